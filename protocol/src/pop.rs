@@ -3,7 +3,9 @@
 //!
 //! proof = version ‖ timestamp(8) ‖ nonce(12) ‖ MAC(32), where MAC is keyed BLAKE3
 //! under `KDF("onetrip v1 pop key", session key)` over the version, timestamp,
-//! nonce, token id, length-prefixed method and path, and BLAKE3(body).
+//! nonce, the token's 25-byte clear header (its binding: unique per token through
+//! the token nonce, and readable by the client, which cannot open the token),
+//! length-prefixed method and path, and BLAKE3(body).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -13,6 +15,7 @@ use subtle::ConstantTimeEq;
 use crate::codec::{field, field_mut, read_u64, write_u64};
 use crate::kdf;
 use crate::secret::Secret;
+pub use crate::token::TOKEN_BINDING_LEN;
 
 /// Length of a proof in bytes.
 pub const POP_PROOF_LEN: usize = 53;
@@ -67,13 +70,14 @@ impl core::fmt::Debug for PopProof {
 }
 
 impl PopProof {
-    /// Signs `method`, `path` and `body` for the token `token_id` at `now`.
+    /// Signs `method`, `path` and `body` at `now` for the token whose
+    /// [`crate::Token::binding`] is `binding`.
     ///
     /// # Errors
     /// [`PopError::TooLong`] for absurd method or path lengths.
     pub fn sign(
         session_key: &Secret<32>,
-        token_id: &[u8; 16],
+        binding: &[u8; TOKEN_BINDING_LEN],
         method: &str,
         path: &str,
         body: &[u8],
@@ -84,7 +88,7 @@ impl PopProof {
         proof[OFF_VERSION] = crate::VERSION;
         write_u64::<OFF_TIMESTAMP, POP_PROOF_LEN>(&mut proof, now);
         rng.fill_bytes(field_mut::<OFF_NONCE, NONCE_LEN, POP_PROOF_LEN>(&mut proof));
-        let mac = mac(session_key, &proof, token_id, method, path, body)?;
+        let mac = mac(session_key, &proof, binding, method, path, body)?;
         *field_mut::<OFF_MAC, 32, POP_PROOF_LEN>(&mut proof) = mac;
         Ok(Self(proof))
     }
@@ -144,14 +148,14 @@ impl PopProof {
     pub fn verify(
         &self,
         session_key: &Secret<32>,
-        token_id: &[u8; 16],
+        binding: &[u8; TOKEN_BINDING_LEN],
         method: &str,
         path: &str,
         body: &[u8],
         now: u64,
         window: u64,
     ) -> Result<(), PopError> {
-        let expected = mac(session_key, &self.0, token_id, method, path, body)?;
+        let expected = mac(session_key, &self.0, binding, method, path, body)?;
         if !bool::from(expected.ct_eq(field::<OFF_MAC, 32, POP_PROOF_LEN>(&self.0))) {
             return Err(PopError::BadSignature);
         }
@@ -166,7 +170,7 @@ impl PopProof {
 fn mac(
     session_key: &Secret<32>,
     proof: &[u8; POP_PROOF_LEN],
-    token_id: &[u8; 16],
+    binding: &[u8; TOKEN_BINDING_LEN],
     method: &str,
     path: &str,
     body: &[u8],
@@ -176,7 +180,7 @@ fn mac(
     let key = kdf::derive(kdf::LABEL_POP_KEY, &[session_key.expose()]);
     let mut h = blake3::Hasher::new_keyed(key.expose());
     h.update(&proof[..OFF_MAC]);
-    h.update(token_id);
+    h.update(binding);
     h.update(&method_len.to_be_bytes());
     h.update(method.as_bytes());
     h.update(&path_len.to_be_bytes());

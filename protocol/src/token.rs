@@ -28,6 +28,8 @@ pub const AUDIENCE_TAG_LEN: usize = 8;
 pub const TOKEN_ID_LEN: usize = 16;
 /// Characters of a token in base64url (the `Authorization: Onetrip …` value).
 pub const TOKEN_BASE64_LEN: usize = (TOKEN_LEN * 4).div_ceil(3);
+/// Length of a token's clear header, which proofs of possession are bound to.
+pub const TOKEN_BINDING_LEN: usize = T_OFF_BODY;
 /// Clock slack when checking `issued_at` against the verifier's clock.
 pub const ISSUED_AT_SLACK_SECS: u64 = 60;
 
@@ -149,6 +151,11 @@ impl Token {
     /// The raw bytes.
     pub fn as_bytes(&self) -> &[u8; TOKEN_LEN] {
         &self.0
+    }
+    /// The clear header (version, key id, audience tag, random nonce): unique per
+    /// token, and what a proof of possession is bound to.
+    pub fn binding(&self) -> &[u8; TOKEN_BINDING_LEN] {
+        field::<0, TOKEN_BINDING_LEN, TOKEN_LEN>(&self.0)
     }
     /// The token key id in the clear header.
     pub fn key_id(&self) -> [u8; TOKEN_KEY_ID_LEN] {
@@ -443,7 +450,8 @@ impl<B: CryptoBackend> TokenVerifier<B> {
         window: u64,
     ) -> Result<Claims, TokenError> {
         let claims = self.verify(token, now)?;
-        proof.verify(claims.session_key(), &claims.token_id, method, path, body, now, window)?;
+        let binding = token.first_chunk::<TOKEN_BINDING_LEN>().ok_or(TokenError::Length)?;
+        proof.verify(claims.session_key(), binding, method, path, body, now, window)?;
         Ok(claims)
     }
 }

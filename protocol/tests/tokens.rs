@@ -144,7 +144,7 @@ fn pop_signs_and_verifies_with_the_token() {
     let mut rng = TestRng::new(13);
     let sk = Secret::random(&mut rng);
     let token = fx.tokens.seal(&claims(&sk), &mut rng).unwrap();
-    let proof = PopProof::sign(&sk, &[7; 16], "POST", "/v1/query", b"select 1", NOW, &mut rng).unwrap();
+    let proof = PopProof::sign(&sk, token.binding(), "POST", "/v1/query", b"select 1", NOW, &mut rng).unwrap();
     let header = proof.to_header();
     assert_eq!(header.len(), POP_HEADER_LEN);
     let parsed = PopProof::from_header(&header).unwrap();
@@ -160,30 +160,37 @@ fn pop_signs_and_verifies_with_the_token() {
         TokenError::Pop(PopError::Stale { timestamp: NOW, now: NOW + 61 })
     );
     // A proof made with another session key (a thief holding only the token) fails.
-    let thief =
-        PopProof::sign(&Secret::new([0; 32]), &[7; 16], "POST", "/v1/query", b"select 1", NOW, &mut rng).unwrap();
+    let thief = PopProof::sign(&Secret::new([0; 32]), token.binding(), "POST", "/v1/query", b"select 1", NOW, &mut rng)
+        .unwrap();
     assert_eq!(
         fx.tokens.verify_request(token.as_bytes(), &thief, "POST", "/v1/query", b"select 1", NOW, 60).unwrap_err(),
         TokenError::Pop(PopError::BadSignature)
     );
     // Method/path boundaries are length-prefixed: "POST" + "/x" differs from "POS" + "T/x".
-    let a = PopProof::sign(&sk, &[7; 16], "POST", "/x", b"", NOW, &mut TestRng::new(1)).unwrap();
-    assert!(a.verify(&sk, &[7; 16], "POS", "T/x", b"", NOW, 60).is_err());
+    let a = PopProof::sign(&sk, &[7; 25], "POST", "/x", b"", NOW, &mut TestRng::new(1)).unwrap();
+    assert!(a.verify(&sk, &[7; 25], "POST", "/x", b"", NOW, 60).is_ok());
+    assert!(a.verify(&sk, &[7; 25], "POS", "T/x", b"", NOW, 60).is_err());
+    // A proof is bound to the token it was made for.
+    let other = fx.tokens.seal(&claims(&sk), &mut rng).unwrap();
+    assert_eq!(
+        fx.tokens.verify_request(other.as_bytes(), &parsed, "POST", "/v1/query", b"select 1", NOW, 60).unwrap_err(),
+        TokenError::Pop(PopError::BadSignature)
+    );
 }
 
 #[test]
 fn pop_bit_flips_never_verify() {
     let mut rng = TestRng::new(14);
     let sk = Secret::random(&mut rng);
-    let proof = PopProof::sign(&sk, &[1; 16], "GET", "/", b"", NOW, &mut rng).unwrap();
+    let proof = PopProof::sign(&sk, &[1; 25], "GET", "/", b"", NOW, &mut rng).unwrap();
     for bit in 0..proof.as_bytes().len() * 8 {
         let mut bad = *proof.as_bytes();
         bad[bit / 8] ^= 1 << (bit % 8);
-        let ok = PopProof::from_bytes(&bad).and_then(|p| p.verify(&sk, &[1; 16], "GET", "/", b"", NOW, u64::MAX));
+        let ok = PopProof::from_bytes(&bad).and_then(|p| p.verify(&sk, &[1; 25], "GET", "/", b"", NOW, u64::MAX));
         assert!(ok.is_err(), "bit {bit}");
     }
     assert_eq!(PopProof::from_bytes(&[1; 10]).unwrap_err(), PopError::Length);
     assert_eq!(PopProof::from_header("!!").unwrap_err(), PopError::Length);
     assert_eq!(PopProof::from_header(&"*".repeat(POP_HEADER_LEN)).unwrap_err(), PopError::Encoding);
-    assert_ne!(proof.replay_id(), PopProof::sign(&sk, &[1; 16], "GET", "/", b"", NOW, &mut rng).unwrap().replay_id());
+    assert_ne!(proof.replay_id(), PopProof::sign(&sk, &[1; 25], "GET", "/", b"", NOW, &mut rng).unwrap().replay_id());
 }

@@ -278,11 +278,12 @@ fn generate<B: CryptoBackend>() -> Value {
 
     // Proof of possession for the "ok" token.
     let pop_session = Secret::new(input::<32>("ok session key"));
-    let pop_token_id: [u8; 16] = input("ok token id");
+    let ok_token = &cases[0]["token"];
+    let pop_binding: [u8; 25] = hex::decode(ok_token.as_str().unwrap()).unwrap()[..25].try_into().unwrap();
     let pop_nonce: [u8; 12] = input("pop nonce");
     let mut pop_rng = FixedRng(pop_nonce.to_vec());
     let proof =
-        PopProof::sign(&pop_session, &pop_token_id, "POST", "/v1/query", b"select 1", NOW, &mut pop_rng).unwrap();
+        PopProof::sign(&pop_session, &pop_binding, "POST", "/v1/query", b"select 1", NOW, &mut pop_rng).unwrap();
 
     json!({
         "comment": "onetrip protocol v1 test vectors; see PROTOCOL.md section 12. All byte strings are hex. Inputs are BLAKE3-derive_key(\"onetrip test vector input\", name) truncated.",
@@ -323,7 +324,7 @@ fn generate<B: CryptoBackend>() -> Value {
         "handshakes": cases,
         "pop": {
             "session_key": hx(pop_session.expose()),
-            "token_id": hx(&pop_token_id),
+            "token_binding": hx(&pop_binding),
             "method": "POST",
             "path": "/v1/query",
             "body": hx(b"select 1"),

@@ -26,7 +26,9 @@ impl CryptoBackend for RustCrypto {
     }
 
     fn static_key(&self, private: &Secret<32>) -> Result<DalekStaticKey, CryptoError> {
-        let public = x25519_dalek::x25519(*private.expose(), x25519_dalek::X25519_BASEPOINT_BYTES);
+        // Fixed-base multiplication through dalek's precomputed Edwards tables: ~3x
+        // faster than the Montgomery ladder on the base point, same bytes.
+        let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(*private.expose())).to_bytes();
         Ok(DalekStaticKey { private: private.clone(), public })
     }
 
