@@ -1,0 +1,346 @@
+//! Key management operations, and the admin Unix socket that carries them to a
+//! running server. redb allows one process at a time, so while `onetrip serve` runs
+//! the CLI sends its request over `admin.sock` (mode 0600: filesystem permissions are
+//! the authentication); otherwise the CLI opens the store and runs the same
+//! [`execute`] itself.
+
+use std::path::Path;
+
+use onetrip_protocol::api_key::{ApiKey, KeyId};
+use onetrip_protocol::{DefaultBackend, IdentityKey};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::keys::KeyEntry;
+use crate::shared::SharedState;
+use crate::state::{unix_now, AppState};
+use crate::store::{ApiKeyRecord, Store};
+
+/// Longest admin request line.
+const MAX_LINE: usize = 64 * 1024;
+
+/// One admin operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AdminRequest {
+    /// Create an API key; the answer carries the key string, shown once.
+    KeysCreate {
+        /// Human name.
+        name: String,
+        /// Scopes it may request.
+        scopes: Vec<String>,
+        /// Audiences it may request tokens for.
+        audiences: Vec<String>,
+        /// Requires a second factor.
+        require_otp: bool,
+        /// Where codes go.
+        otp_to: Option<String>,
+    },
+    /// List keys.
+    KeysList,
+    /// Show one key.
+    KeysShow {
+        /// Key id (hex).
+        id: String,
+    },
+    /// Revoke a key now.
+    KeysRevoke {
+        /// Key id (hex).
+        id: String,
+    },
+    /// New key with the same settings; the old one stays valid `grace_secs`.
+    KeysRotate {
+        /// Key id (hex).
+        id: String,
+        /// Grace period for the old key.
+        grace_secs: u64,
+    },
+    /// Fingerprint and handshake keys.
+    ServerKeyShow,
+    /// New handshake key; the old ones stay valid `overlap_secs`.
+    ServerKeyRotate {
+        /// Overlap period.
+        overlap_secs: u64,
+    },
+    /// The audience key a resource server needs for its `TokenVerifier`.
+    AudienceKey {
+        /// Audience name.
+        audience: String,
+    },
+}
+
+/// Hooks into a running server so changes apply without restart.
+pub trait Live {
+    /// A key record was created or changed.
+    fn key_changed(&self, id: KeyId, record: &ApiKeyRecord);
+    /// Handshake keys changed in the store.
+    fn server_keys_changed(&self) -> Result<(), String>;
+}
+
+impl<S: SharedState> Live for AppState<S> {
+    fn key_changed(&self, id: KeyId, record: &ApiKeyRecord) {
+        if let Some(entry) = KeyEntry::new(id, record.clone()) {
+            self.keys.upsert(entry);
+        }
+    }
+    fn server_keys_changed(&self) -> Result<(), String> {
+        self.reload_handshake_keys().map_err(|e| e.to_string())
+    }
+}
+
+fn key_id(s: &str) -> Result<KeyId, String> {
+    KeyId::from_hex(s.trim())
+        .ok_or_else(|| format!("`{s}` is not a key id (32 hex characters, see `onetrip keys list`)"))
+}
+
+fn record_json(id: &KeyId, r: &ApiKeyRecord, now: u64) -> serde_json::Value {
+    serde_json::json!({
+        "id": id.to_string(),
+        "name": r.name,
+        "scopes": r.scopes,
+        "audiences": r.audiences,
+        "require_otp": r.require_otp,
+        "otp_to": r.otp_to,
+        "created_at": r.created_at,
+        "last_used_at": r.last_used_at,
+        "revoked_at": r.revoked_at,
+        "expires_at": r.expires_at,
+        "replaced_by": r.replaced_by,
+        "active": r.is_active(now),
+    })
+}
+
+fn validate_names(kind: &str, names: &[String], max_total: usize) -> Result<(), String> {
+    for n in names {
+        if n.is_empty() || n.len() > 64 || !n.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!("{kind} `{n}` must be 1 to 64 printable characters without spaces"));
+        }
+    }
+    if names.join(" ").len() > max_total {
+        return Err(format!("{kind}s together must fit in {max_total} characters"));
+    }
+    Ok(())
+}
+
+/// Runs one admin operation against `store`, telling `live` (a running server) about
+/// changes. Blocking: call from `spawn_blocking` inside the server.
+pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Result<serde_json::Value, String> {
+    let now = unix_now();
+    let e = |e: crate::store::StoreError| e.to_string();
+    match req {
+        AdminRequest::KeysCreate { name, scopes, audiences, require_otp, otp_to } => {
+            validate_names("scope", &scopes, 128)?;
+            validate_names("audience", &audiences, usize::MAX)?;
+            if name.is_empty() || name.len() > 128 {
+                return Err("name must be 1 to 128 characters".into());
+            }
+            if require_otp && otp_to.is_none() {
+                return Err("--require-otp needs --otp-to (an email address, webhook target or `totp`)".into());
+            }
+            let key = ApiKey::generate(&mut rand_core::OsRng);
+            let verifier = key.verifier(&DefaultBackend::default()).map_err(|e| e.to_string())?;
+            let record = ApiKeyRecord {
+                name,
+                verifier: hex::encode(verifier.as_bytes()),
+                scopes,
+                audiences,
+                require_otp,
+                otp_to,
+                created_at: now,
+                last_used_at: None,
+                revoked_at: None,
+                expires_at: None,
+                replaced_by: None,
+            };
+            store.put_api_keys(&[(key.id(), record.clone())]).map_err(e)?;
+            store
+                .audit(now, "key.created", serde_json::json!({ "id": key.id().to_string(), "name": record.name }))
+                .map_err(e)?;
+            if let Some(live) = live {
+                live.key_changed(key.id(), &record);
+            }
+            let mut out = record_json(&key.id(), &record, now);
+            out["api_key"] = serde_json::Value::String(key.encode().to_string());
+            Ok(out)
+        }
+        AdminRequest::KeysList => {
+            let keys = store.list_api_keys().map_err(e)?;
+            Ok(serde_json::Value::Array(keys.iter().map(|(id, r)| record_json(id, r, now)).collect()))
+        }
+        AdminRequest::KeysShow { id } => {
+            let id = key_id(&id)?;
+            let r = store.get_api_key(&id).map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
+            Ok(record_json(&id, &r, now))
+        }
+        AdminRequest::KeysRevoke { id } => {
+            let id = key_id(&id)?;
+            let mut r = store.get_api_key(&id).map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
+            if r.revoked_at.is_none() {
+                r.revoked_at = Some(now);
+                store.put_api_keys(&[(id, r.clone())]).map_err(e)?;
+                store.audit(now, "key.revoked", serde_json::json!({ "id": id.to_string() })).map_err(e)?;
+            }
+            if let Some(live) = live {
+                live.key_changed(id, &r);
+            }
+            Ok(record_json(&id, &r, now))
+        }
+        AdminRequest::KeysRotate { id, grace_secs } => {
+            let old_id = key_id(&id)?;
+            let mut old = store.get_api_key(&old_id).map_err(e)?.ok_or_else(|| format!("no key {old_id}"))?;
+            if !old.is_active(now) {
+                return Err(format!("key {old_id} is revoked or expired; create a new key instead"));
+            }
+            let key = ApiKey::generate(&mut rand_core::OsRng);
+            let verifier = key.verifier(&DefaultBackend::default()).map_err(|e| e.to_string())?;
+            let new = ApiKeyRecord {
+                verifier: hex::encode(verifier.as_bytes()),
+                created_at: now,
+                last_used_at: None,
+                revoked_at: None,
+                expires_at: None,
+                replaced_by: None,
+                ..old.clone()
+            };
+            old.expires_at = Some(now + grace_secs);
+            old.replaced_by = Some(key.id().to_string());
+            store.put_api_keys(&[(old_id, old.clone()), (key.id(), new.clone())]).map_err(e)?;
+            store
+                .audit(now, "key.rotated", serde_json::json!({ "old": old_id.to_string(), "new": key.id().to_string(), "grace_secs": grace_secs }))
+                .map_err(e)?;
+            if let Some(live) = live {
+                live.key_changed(old_id, &old);
+                live.key_changed(key.id(), &new);
+            }
+            let mut out = record_json(&key.id(), &new, now);
+            out["api_key"] = serde_json::Value::String(key.encode().to_string());
+            out["old_key_expires_at"] = serde_json::json!(now + grace_secs);
+            Ok(out)
+        }
+        AdminRequest::ServerKeyShow => server_key_json(store, now),
+        AdminRequest::ServerKeyRotate { overlap_secs } => {
+            let new_id = store.rotate_server_key(now, now + overlap_secs).map_err(e)?;
+            if let Some(live) = live {
+                live.server_keys_changed()?;
+            }
+            let mut out = server_key_json(store, now)?;
+            out["new_key_id"] = serde_json::Value::String(hex::encode(new_id));
+            Ok(out)
+        }
+        AdminRequest::AudienceKey { audience } => {
+            validate_names("audience", std::slice::from_ref(&audience), 64)?;
+            let secrets = store.server_secrets().map_err(e)?;
+            let mut ring = secrets.token_keys.into_iter();
+            let (id, master) = ring.next().ok_or("no token key")?;
+            let mut keyring = onetrip_protocol::TokenKeyring::new(id, master);
+            for (id, m) in ring {
+                keyring.push_previous(id, m);
+            }
+            let keys: Vec<_> = keyring
+                .audience_secrets(&audience)
+                .iter()
+                .map(|(id, k)| serde_json::json!({ "key_id": hex::encode(id), "key": hex::encode(k.expose()) }))
+                .collect();
+            Ok(serde_json::json!({ "audience": audience, "keys": keys }))
+        }
+    }
+}
+
+fn server_key_json(store: &Store, now: u64) -> Result<serde_json::Value, String> {
+    let secrets = store.server_secrets().map_err(|e| e.to_string())?;
+    let identity = IdentityKey::from_seed(&secrets.identity_seed);
+    let backend = DefaultBackend::default();
+    let keys: Vec<_> = secrets
+        .server_keys
+        .iter()
+        .map(|(id, private, nb, na)| {
+            use onetrip_protocol::CryptoBackend;
+            let public = backend.static_key(private).map(|k| hex::encode(backend.public_key(&k))).unwrap_or_default();
+            serde_json::json!({
+                "key_id": hex::encode(id),
+                "public": public,
+                "not_before": nb,
+                "not_after": na,
+                "valid_now": *nb <= now && now <= *na,
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "fingerprint": identity.fingerprint().to_string(),
+        "sealed": store.is_sealed(),
+        "store": store.path().display().to_string(),
+        "keys": keys,
+    }))
+}
+
+/// Answers admin requests on `socket` until the task is dropped.
+pub async fn serve_socket<S: SharedState>(socket: &Path, state: AppState<S>) -> std::io::Result<()> {
+    // Only one server can hold the store, so a socket file left here is stale.
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    }
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle_admin_connection(stream, state).await {
+                tracing::debug!(error = %e, "admin connection failed");
+            }
+        });
+    }
+}
+
+async fn handle_admin_connection<S: SharedState>(stream: UnixStream, state: AppState<S>) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read.take(MAX_LINE as u64)).lines();
+    while let Some(line) = lines.next_line().await? {
+        let reply = match serde_json::from_str::<AdminRequest>(&line) {
+            Ok(req) => {
+                let op = serde_json::to_value(&req).ok().and_then(|v| v["op"].as_str().map(str::to_owned));
+                tracing::info!(op = op.as_deref().unwrap_or("?"), "admin request");
+                let st = state.clone();
+                let result = tokio::task::spawn_blocking(move || execute(&st.store, Some(&st), req))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("admin task failed: {e}")));
+                match result {
+                    Ok(data) => serde_json::json!({ "ok": true, "data": data }),
+                    Err(error) => serde_json::json!({ "ok": false, "error": error }),
+                }
+            }
+            Err(e) => serde_json::json!({ "ok": false, "error": format!("invalid admin request: {e}") }),
+        };
+        write.write_all(format!("{reply}\n").as_bytes()).await?;
+    }
+    Ok(())
+}
+
+/// Sends one request to a running server. `Ok(None)` when no server is listening.
+pub async fn request(socket: &Path, req: &AdminRequest) -> Result<Option<Result<serde_json::Value, String>>, String> {
+    let stream = match UnixStream::connect(socket).await {
+        Ok(s) => s,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(format!("cannot reach the admin socket {}: {e}", socket.display())),
+    };
+    let (read, mut write) = stream.into_split();
+    let line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    write.write_all(format!("{line}\n").as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut lines = BufReader::new(read).lines();
+    let reply = lines
+        .next_line()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the server closed the admin connection without answering")?;
+    let v: serde_json::Value = serde_json::from_str(&reply).map_err(|e| e.to_string())?;
+    if v["ok"].as_bool() == Some(true) {
+        Ok(Some(Ok(v["data"].clone())))
+    } else {
+        Ok(Some(Err(v["error"].as_str().unwrap_or("unknown error").to_owned())))
+    }
+}

@@ -1,0 +1,471 @@
+//! The `onetrip` command line: `serve`, `keys …`, `server-key …`, `audience-key`.
+//! Key commands go to a running server over its admin socket, or open the store
+//! directly when no server runs.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use crate::admin::{self, AdminRequest};
+use crate::config::{default_data_dir, FileConfig, Settings};
+use crate::seal::SealError;
+use crate::shared::{MemoryShared, SharedState};
+use crate::state::{unix_now, AppState};
+use crate::store::{Store, StoreError};
+
+/// onetrip: one-roundtrip API-key authentication server.
+#[derive(Debug, Parser)]
+#[command(name = "onetrip", version, about, long_about = None)]
+pub struct Cli {
+    /// Data directory (store, identity marker, admin socket).
+    /// Default: $XDG_DATA_HOME/onetrip, else ~/.local/share/onetrip.
+    #[arg(long, global = true, env = "ONETRIP_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML configuration file (flags and ONETRIP_* variables override it).
+    #[arg(long, global = true, env = "ONETRIP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// File holding the passphrase that seals private keys at rest
+    /// (or set ONETRIP_PASSPHRASE; prompted for on a terminal when needed).
+    #[arg(long, global = true, env = "ONETRIP_PASSPHRASE_FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (creates the data directory and keys on first start).
+    Serve(ServeArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Show or rotate the server's handshake keys.
+    #[command(subcommand, name = "server-key")]
+    ServerKey(ServerKeyCommand),
+    /// Print the token key a resource server needs to verify tokens for AUDIENCE.
+    AudienceKey {
+        /// Audience (resource server name).
+        audience: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `onetrip serve` options; each also reads an `ONETRIP_*` variable.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:7420].
+    #[arg(long, env = "ONETRIP_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Token lifetime in seconds [default: 900].
+    #[arg(long, env = "ONETRIP_TOKEN_TTL_SECS")]
+    pub token_ttl_secs: Option<u64>,
+    /// Accepted client clock difference in seconds, ± [default: 60].
+    #[arg(long, env = "ONETRIP_CLOCK_WINDOW_SECS")]
+    pub clock_window_secs: Option<u64>,
+    /// Audience of tokens for keys without audiences [default: onetrip].
+    #[arg(long, env = "ONETRIP_DEFAULT_AUDIENCE")]
+    pub default_audience: Option<String>,
+    /// Simultaneous connections [default: 1024].
+    #[arg(long, env = "ONETRIP_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Milliseconds allowed to receive request headers [default: 5000].
+    #[arg(long, env = "ONETRIP_HEADER_TIMEOUT_MS")]
+    pub header_timeout_ms: Option<u64>,
+    /// Milliseconds allowed to receive a request body [default: 5000].
+    #[arg(long, env = "ONETRIP_BODY_TIMEOUT_MS")]
+    pub body_timeout_ms: Option<u64>,
+    /// Most request ids kept by the replay cache [default: 1000000].
+    #[arg(long, env = "ONETRIP_REPLAY_CACHE_CAPACITY")]
+    pub replay_cache_capacity: Option<usize>,
+    /// Handshakes per second per client IP [default: 10000].
+    #[arg(long, env = "ONETRIP_AUTH_RATE_PER_IP")]
+    pub auth_rate_per_ip: Option<u64>,
+    /// Admin Unix socket [default: DATA_DIR/admin.sock].
+    #[arg(long, env = "ONETRIP_ADMIN_SOCKET")]
+    pub admin_socket: Option<PathBuf>,
+    /// TLS certificate chain, PEM (enables HTTPS and bearer tokens).
+    #[arg(long, env = "ONETRIP_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key, PEM.
+    #[arg(long, env = "ONETRIP_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `onetrip_server=debug` [default: info].
+    #[arg(long, env = "ONETRIP_LOG")]
+    pub log: Option<String>,
+}
+
+/// `onetrip keys …`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key and print it once.
+    Create {
+        /// Human name.
+        #[arg(long)]
+        name: String,
+        /// Scope the key may request (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Audience the key may get tokens for (repeatable).
+        #[arg(long = "audience")]
+        audiences: Vec<String>,
+        /// Require a second factor on every handshake.
+        #[arg(long, requires = "otp_to")]
+        require_otp: bool,
+        /// Where second-factor codes go (email address, webhook target, `totp`).
+        #[arg(long)]
+        otp_to: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one key.
+    Show {
+        /// Key id (hex).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key (new handshakes fail at once).
+    Revoke {
+        /// Key id (hex).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue a new secret (new key id); the old key keeps working for the grace period.
+    Rotate {
+        /// Key id (hex).
+        id: String,
+        /// Seconds the old key stays valid.
+        #[arg(long, default_value_t = 86_400)]
+        grace_secs: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `onetrip server-key …`
+#[derive(Debug, Subcommand)]
+pub enum ServerKeyCommand {
+    /// Fingerprint, key ids and validity.
+    Show {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// New handshake key; clients on the old one keep working for the overlap.
+    Rotate {
+        /// Seconds the old key stays valid.
+        #[arg(long, default_value_t = 86_400)]
+        overlap_secs: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main_with(cli: Cli) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(ref args) => serve(&cli, args).await,
+            Command::Keys(ref k) => keys(&cli, k).await,
+            Command::ServerKey(ref s) => server_key(&cli, s).await,
+            Command::AudienceKey { ref audience, json } => {
+                let v = admin_call(&cli, AdminRequest::AudienceKey { audience: audience.clone() }).await?;
+                print_value(&v, json, |v| {
+                    let mut s = format!("audience {}\n", v["audience"].as_str().unwrap_or(""));
+                    for k in v["keys"].as_array().into_iter().flatten() {
+                        s += &format!(
+                            "  key id {}  key {}\n",
+                            k["key_id"].as_str().unwrap_or(""),
+                            k["key"].as_str().unwrap_or("")
+                        );
+                    }
+                    s + "Give these to the resource server's TokenVerifier; keep them secret."
+                });
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn settings(cli: &Cli, args: Option<&ServeArgs>) -> Result<Settings, String> {
+    let file = match &cli.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let mut overrides = FileConfig { data_dir: cli.data_dir.clone(), ..Default::default() };
+    if let Some(a) = args {
+        overrides.listen = a.listen;
+        overrides.token_ttl_secs = a.token_ttl_secs;
+        overrides.clock_window_secs = a.clock_window_secs;
+        overrides.default_audience = a.default_audience.clone();
+        overrides.max_connections = a.max_connections;
+        overrides.header_timeout_ms = a.header_timeout_ms;
+        overrides.body_timeout_ms = a.body_timeout_ms;
+        overrides.replay_cache_capacity = a.replay_cache_capacity;
+        overrides.auth_rate_per_ip = a.auth_rate_per_ip;
+        overrides.admin_socket = a.admin_socket.clone();
+        overrides.tls_cert = a.tls_cert.clone();
+        overrides.tls_key = a.tls_key.clone();
+        overrides.log = a.log.clone();
+    }
+    Settings::merge(overrides, file, default_data_dir())
+}
+
+/// The passphrase from ONETRIP_PASSPHRASE or the passphrase file, if any.
+fn passphrase(cli: &Cli) -> Result<Option<zeroize::Zeroizing<String>>, String> {
+    if let Ok(p) = std::env::var("ONETRIP_PASSPHRASE") {
+        if !p.is_empty() {
+            return Ok(Some(zeroize::Zeroizing::new(p)));
+        }
+    }
+    if let Some(path) = &cli.passphrase_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read passphrase file {}: {e}", path.display()))?;
+        return Ok(Some(zeroize::Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_owned())));
+    }
+    Ok(None)
+}
+
+/// Opens (or creates) the store, prompting for the passphrase on a terminal if the
+/// store is sealed and none was configured.
+fn open_store(cli: &Cli, data_dir: &Path) -> Result<(Store, bool), String> {
+    let pass = passphrase(cli)?;
+    match Store::open_or_init(data_dir, pass.as_deref().map(String::as_str), unix_now()) {
+        Err(StoreError::Seal(SealError::PassphraseRequired)) if pass.is_none() && std::io::stdin().is_terminal() => {
+            let typed = zeroize::Zeroizing::new(
+                rpassword::prompt_password("onetrip store passphrase: ")
+                    .map_err(|e| format!("cannot read passphrase: {e}"))?,
+            );
+            Store::open_or_init(data_dir, Some(&typed), unix_now()).map_err(|e| e.to_string())
+        }
+        other => other.map_err(|e| e.to_string()),
+    }
+}
+
+async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
+    let settings = settings(cli, Some(args))?;
+    init_tracing(&settings.log);
+    let (store, created) = open_store(cli, &settings.data_dir)?;
+    if !store.is_sealed() {
+        tracing::warn!(
+            store = %store.path().display(),
+            "private keys are stored UNENCRYPTED: set ONETRIP_PASSPHRASE (or --passphrase-file) before the first start to seal them"
+        );
+    }
+    let tls = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let listener =
+        TcpListener::bind(settings.listen).await.map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let admin_socket = settings.admin_socket.clone();
+    let data_dir = settings.data_dir.clone();
+    let shared = MemoryShared::new(settings.replay_cache_capacity);
+    let state = AppState::new(settings, store, shared).map_err(|e| e.to_string())?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("onetrip {} listening on {scheme}://{local}", env!("CARGO_PKG_VERSION"));
+    println!("identity fingerprint: {}", state.fingerprint());
+    println!("data directory: {}{}", data_dir.display(), if created { " (created)" } else { "" });
+    println!("admin socket: {}", admin_socket.display());
+    tracing::info!(%local, fingerprint = %state.fingerprint(), "serving");
+
+    let admin = {
+        let state = state.clone();
+        let socket = admin_socket.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve_socket(&socket, state).await {
+                tracing::error!(error = %e, socket = %socket.display(), "admin socket failed; key commands must wait for a restart");
+            }
+        })
+    };
+    let maintenance = tokio::spawn(maintenance(state.clone()));
+    crate::listener::run(listener, tls, state, crate::listener::shutdown_signal()).await;
+    admin.abort();
+    maintenance.abort();
+    let _ = std::fs::remove_file(&admin_socket);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Once a second: expire replay ids and rate windows, retire expired handshake keys.
+async fn maintenance<S: SharedState>(state: AppState<S>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = unix_now();
+        state.shared.sweep(now);
+        let st = state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = st.expire_handshake_keys(now) {
+                tracing::error!(error = %e, "cannot retire expired handshake keys");
+            }
+        })
+        .await;
+    }
+}
+
+fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read TLS certificate {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("invalid TLS certificate {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("cannot read TLS key {}: {e}", key.display()))?;
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| format!("TLS certificate and key do not fit together: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+fn init_tracing(filter: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Runs an admin request through the running server, or against the store directly.
+async fn admin_call(cli: &Cli, req: AdminRequest) -> Result<serde_json::Value, String> {
+    let settings = settings(cli, None)?;
+    if let Some(answer) = admin::request(&settings.admin_socket, &req).await? {
+        return answer;
+    }
+    if !settings.data_dir.join(crate::store::STORE_FILE).exists() {
+        return Err(format!(
+            "no onetrip store in {} and no server running: start `onetrip serve` first (or pass --data-dir)",
+            settings.data_dir.display()
+        ));
+    }
+    let cli_data_dir = settings.data_dir.clone();
+    let (store, _) = open_store(cli, &cli_data_dir)?;
+    tokio::task::spawn_blocking(move || admin::execute(&store, None, req)).await.map_err(|e| e.to_string())?
+}
+
+fn print_value(v: &serde_json::Value, json: bool, human: impl FnOnce(&serde_json::Value) -> String) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        println!("{}", human(v));
+    }
+}
+
+fn key_line(v: &serde_json::Value) -> String {
+    let list = |k: &str| {
+        v[k].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default()
+    };
+    format!(
+        "{}  {:<20} scopes={} audiences={} {}{}",
+        v["id"].as_str().unwrap_or(""),
+        v["name"].as_str().unwrap_or(""),
+        list("scopes"),
+        list("audiences"),
+        if v["active"].as_bool() == Some(true) { "active" } else { "INACTIVE" },
+        if v["require_otp"].as_bool() == Some(true) { " otp" } else { "" },
+    )
+}
+
+async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<(), String> {
+    let (req, json) = match cmd {
+        KeysCommand::Create { name, scopes, audiences, require_otp, otp_to, json } => (
+            AdminRequest::KeysCreate {
+                name: name.clone(),
+                scopes: scopes.clone(),
+                audiences: audiences.clone(),
+                require_otp: *require_otp,
+                otp_to: otp_to.clone(),
+            },
+            *json,
+        ),
+        KeysCommand::List { json } => (AdminRequest::KeysList, *json),
+        KeysCommand::Show { id, json } => (AdminRequest::KeysShow { id: id.clone() }, *json),
+        KeysCommand::Revoke { id, json } => (AdminRequest::KeysRevoke { id: id.clone() }, *json),
+        KeysCommand::Rotate { id, grace_secs, json } => {
+            (AdminRequest::KeysRotate { id: id.clone(), grace_secs: *grace_secs }, *json)
+        }
+    };
+    let v = admin_call(cli, req).await?;
+    print_value(&v, json, |v| match cmd {
+        KeysCommand::List { .. } => {
+            v.as_array().map(|a| a.iter().map(key_line).collect::<Vec<_>>().join("\n")).unwrap_or_default()
+        }
+        KeysCommand::Create { .. } | KeysCommand::Rotate { .. } => format!(
+            "{}\n\n  {}\n\nThis is the only time the API key is shown: store it in your secret manager.{}",
+            key_line(v),
+            v["api_key"].as_str().unwrap_or(""),
+            v["old_key_expires_at"]
+                .as_u64()
+                .map(|t| format!("\nThe old key stays valid until {t} (unix time)."))
+                .unwrap_or_default()
+        ),
+        _ => key_line(v),
+    });
+    Ok(())
+}
+
+async fn server_key(cli: &Cli, cmd: &ServerKeyCommand) -> Result<(), String> {
+    let (req, json) = match cmd {
+        ServerKeyCommand::Show { json } => (AdminRequest::ServerKeyShow, *json),
+        ServerKeyCommand::Rotate { overlap_secs, json } => {
+            (AdminRequest::ServerKeyRotate { overlap_secs: *overlap_secs }, *json)
+        }
+    };
+    let v = admin_call(cli, req).await?;
+    print_value(&v, json, |v| {
+        let mut s = format!(
+            "identity fingerprint: {}\nprivate keys sealed: {}\n",
+            v["fingerprint"].as_str().unwrap_or(""),
+            v["sealed"].as_bool().unwrap_or(false)
+        );
+        for k in v["keys"].as_array().into_iter().flatten() {
+            s += &format!(
+                "handshake key {}  valid {}..{}{}\n",
+                k["key_id"].as_str().unwrap_or(""),
+                k["not_before"],
+                k["not_after"],
+                if k["valid_now"].as_bool() == Some(true) { "" } else { " (not valid now)" }
+            );
+        }
+        s.trim_end().to_owned()
+    });
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! HTTP endpoints: routing, body limits and timeouts, and the JSON views. Handlers
+//! are thin: `/v1/auth` hands bytes to [`crate::handshake`], token endpoints to
+//! [`AppState::check_token`].
+//!
+//! | endpoint | what |
+//! |---|---|
+//! | `GET /v1/server-key` | signed server key document (binary; `?format=json` for humans) |
+//! | `POST /v1/auth` | the fixed-size handshake |
+//! | `POST /v1/introspect` | token (+ PoP) → claims or `{"active": false}` |
+//! | `GET /v1/whoami` | claims of the presented token (PoP, or bearer on TLS) |
+//! | `GET /healthz`, `GET /metrics` | liveness, Prometheus text |
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use http::{header, HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use onetrip_protocol::handshake::{REQUEST_LEN, RESPONSE_LEN};
+use onetrip_protocol::pop::POP_HEADER;
+use onetrip_protocol::{PopProof, ServerKeyDocument, Token};
+use serde::Deserialize;
+
+use crate::problem::{json, octets, problem, rate_limited, Body};
+use crate::shared::{RateDecision, SharedState};
+use crate::state::{unix_now, AppState, TokenCheckError};
+
+/// Largest JSON body accepted.
+const MAX_JSON_BODY: usize = 16 * 1024;
+
+/// What the listener knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// Client address.
+    pub peer: IpAddr,
+    /// The connection is TLS (bearer tokens allowed).
+    pub tls: bool,
+}
+
+/// Serves one request.
+pub async fn route<S: SharedState>(
+    state: AppState<S>,
+    req: Request<Incoming>,
+    conn: ConnInfo,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    state.metrics.http_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::POST, "/v1/auth") => auth(&state, req, conn).await,
+        (&Method::GET, "/v1/server-key") => server_key(&state, req.uri().query()),
+        (&Method::POST, "/v1/introspect") => introspect(&state, req, conn).await,
+        (&Method::GET, "/v1/whoami") => whoami(&state, req, conn).await,
+        (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+        (&Method::GET, "/metrics") => metrics(&state),
+        (_, "/v1/auth" | "/v1/server-key" | "/v1/introspect" | "/v1/whoami" | "/healthz" | "/metrics") => problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "Method not allowed",
+            "see the API documentation",
+        ),
+        _ => problem(StatusCode::NOT_FOUND, "not_found", "Not found", "no such endpoint"),
+    };
+    Ok(resp)
+}
+
+/// Reads a body of at most `max` bytes within the configured time.
+async fn read_body<S>(state: &AppState<S>, req: Request<Incoming>, max: usize) -> Result<Bytes, Response<Body>> {
+    if let Some(len) = content_length(req.headers()) {
+        if len > max as u64 {
+            return Err(problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "Body too large",
+                &format!("this endpoint accepts at most {max} bytes"),
+            ));
+        }
+    }
+    let timeout = Duration::from_millis(state.settings.body_timeout_ms);
+    match tokio::time::timeout(timeout, Limited::new(req.into_body(), max).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "Body too large",
+            &format!("this endpoint accepts at most {max} bytes"),
+        )),
+        Ok(Err(_)) => {
+            Err(problem(StatusCode::BAD_REQUEST, "bad_body", "Unreadable body", "the request body was cut off"))
+        }
+        Err(_) => Err(problem(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "Body too slow",
+            "the request body did not arrive in time",
+        )),
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+async fn auth<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    let now = unix_now();
+    if let RateDecision::Limited { retry_after } =
+        state.ip_limiter.check(conn.peer, state.settings.auth_rate_per_ip, now)
+    {
+        return rate_limited(retry_after, "too many handshakes from this address");
+    }
+    let body = match read_body(state, req, REQUEST_LEN).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let mut out = [0u8; RESPONSE_LEN];
+    match crate::handshake::handle_auth(state, &body, now, &mut out).await {
+        Ok(_) => octets(Bytes::copy_from_slice(&out)),
+        Err(e) => problem(StatusCode::BAD_REQUEST, "bad_request", "Not a handshake request", &e.to_string()),
+    }
+}
+
+fn server_key<S: SharedState>(state: &AppState<S>, query: Option<&str>) -> Response<Body> {
+    let hs = state.handshake.load();
+    if query.is_some_and(|q| q.split('&').any(|p| p == "format=json")) {
+        let Ok(doc) = ServerKeyDocument::parse(&hs.document) else {
+            return problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", "document unreadable");
+        };
+        let keys: Vec<_> = doc
+            .entries()
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "key_id": hex::encode(e.key_id),
+                    "public": hex::encode(e.public),
+                    "not_before": e.not_before,
+                    "not_after": e.not_after,
+                })
+            })
+            .collect();
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "fingerprint": doc.fingerprint().to_string(),
+                "identity_public": hex::encode(doc.identity()),
+                "issued_at": doc.issued_at(),
+                "keys": keys,
+            }),
+        );
+    }
+    octets(hs.document.clone())
+}
+
+fn metrics<S: SharedState>(state: &AppState<S>) -> Response<Body> {
+    let text = state.metrics.render(state.keys.len(), state.shared.replay_entries());
+    let mut resp = Response::new(Body::new(Bytes::from(text)));
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
+    resp
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntrospectRequest {
+    token: String,
+    pop: Option<String>,
+    method: Option<String>,
+    path: Option<String>,
+    /// Request body the proof covers, base64 (standard).
+    body: Option<String>,
+}
+
+async fn introspect<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    let body = match read_body(state, req, MAX_JSON_BODY).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let r: IntrospectRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "bad_json", "Invalid JSON body", &e.to_string()),
+    };
+    let Ok(token) = Token::from_base64(&r.token) else {
+        return json(StatusCode::OK, &serde_json::json!({ "active": false }));
+    };
+    let pop = match &r.pop {
+        Some(p) => match PopProof::from_header(p) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                return problem(StatusCode::BAD_REQUEST, "bad_pop", "Invalid proof of possession", &e.to_string())
+            }
+        },
+        None => None,
+    };
+    let pop_body = match r.body.as_deref().map(|b| STANDARD.decode(b)) {
+        Some(Ok(b)) => b,
+        Some(Err(_)) => {
+            return problem(StatusCode::BAD_REQUEST, "bad_json", "Invalid JSON body", "body must be base64")
+        }
+        None => Vec::new(),
+    };
+    let (method, path) = (r.method.as_deref().unwrap_or(""), r.path.as_deref().unwrap_or(""));
+    let now = unix_now();
+    match state.check_token(&token, pop.as_ref().map(|p| (p, method, path, &pop_body[..])), conn.tls, now).await {
+        Ok(c) => json(StatusCode::OK, &claims_json(&c, pop.is_some())),
+        Err(TokenCheckError::PopRequired) => problem(
+            StatusCode::BAD_REQUEST,
+            "pop_required",
+            "Proof of possession required",
+            "over plain HTTP a token is only checked together with its Onetrip-PoP proof (pop, method, path, body)",
+        ),
+        Err(TokenCheckError::Shared(e)) => {
+            problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", &e)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "introspection: inactive");
+            json(StatusCode::OK, &serde_json::json!({ "active": false }))
+        }
+    }
+}
+
+fn claims_json(c: &onetrip_protocol::Claims, pop_verified: bool) -> serde_json::Value {
+    serde_json::json!({
+        "active": true,
+        "token_id": hex::encode(c.token_id),
+        "key_id": c.api_key_id.to_string(),
+        "audience": c.audience(),
+        "scope": c.scopes(),
+        "iat": c.issued_at,
+        "exp": c.expires_at,
+        "second_factor": c.second_factor,
+        "pop_verified": pop_verified,
+    })
+}
+
+async fn whoami<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    let unauthorized = |code: &str, detail: &str| {
+        let mut r = problem(StatusCode::UNAUTHORIZED, code, "Unauthorized", detail);
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Onetrip"));
+        r
+    };
+    let Some(auth) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return unauthorized("token_missing", "send Authorization: Onetrip <token> with an Onetrip-PoP header");
+    };
+    let (scheme, value) = auth.split_once(' ').unwrap_or((auth, ""));
+    let bearer = scheme.eq_ignore_ascii_case("bearer");
+    if !bearer && !scheme.eq_ignore_ascii_case("onetrip") {
+        return unauthorized("token_invalid", "unsupported authorization scheme; use Onetrip");
+    }
+    if bearer && !conn.tls {
+        return unauthorized(
+            "bearer_requires_tls",
+            "bearer tokens are refused on plain HTTP: use Onetrip with Onetrip-PoP",
+        );
+    }
+    let Ok(token) = Token::from_base64(value) else {
+        return unauthorized("token_invalid", "the token is not valid");
+    };
+    let proof = match req.headers().get(POP_HEADER).map(|v| v.to_str().map(PopProof::from_header)) {
+        Some(Ok(Ok(p))) => Some(p),
+        Some(_) => return unauthorized("pop_invalid", "the Onetrip-PoP header is malformed"),
+        None if bearer => None,
+        None => return unauthorized("pop_required", "send the Onetrip-PoP header signed with the session key"),
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let method = req.method().as_str().to_owned();
+    let now = unix_now();
+    let pop = proof.as_ref().map(|p| (p, method.as_str(), path.as_str(), &b""[..]));
+    match state.check_token(&token, pop, conn.tls, now).await {
+        Ok(c) => json(StatusCode::OK, &claims_json(&c, proof.is_some())),
+        Err(TokenCheckError::Shared(e)) => {
+            problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", &e)
+        }
+        Err(e) => unauthorized("token_invalid", &e.to_string()),
+    }
+}

@@ -1,0 +1,35 @@
+//! # onetrip-server
+//!
+//! The `onetrip` server: a thin shell that moves bytes between HTTP and the
+//! `onetrip-protocol` state machines, plus the embedded store and key management.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`config`] | TOML file + `ONETRIP_*` environment + flags, with defaults |
+//! | [`store`] | redb file: API key verifiers, server keys (sealed), audit log |
+//! | [`seal`] | argon2id passphrase sealing of private keys at rest |
+//! | [`keys`] | in-memory key directory with the cached static-static DH per key |
+//! | [`shared`] | state shared between replicas (replay cache, limits, revocations) behind one trait |
+//! | [`state`] | `AppState`: everything a request handler needs, cheap to clone |
+//! | [`handshake`] | `POST /v1/auth`: request bytes → response bytes |
+//! | [`http`] | routing, endpoints, problem+json errors |
+//! | [`listener`] | accept loop, connection limit, timeouts, TLS, graceful shutdown |
+//! | [`admin`] | the admin Unix socket and the key-management operations |
+//! | [`metrics`] | Prometheus counters and histograms |
+//! | [`cli`] | the `onetrip` command line |
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod handshake;
+pub mod http;
+pub mod keys;
+pub mod listener;
+pub mod metrics;
+pub mod problem;
+pub mod seal;
+pub mod shared;
+pub mod state;
+pub mod store;

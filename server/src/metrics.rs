@@ -1,0 +1,102 @@
+//! Prometheus metrics: handshake outcomes, handshake latency, keys, replay cache,
+//! connections. A fixed set of atomics, so recording costs a few relaxed adds and
+//! no lookup or allocation on the hot path.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use onetrip_protocol::Status;
+
+/// Upper bounds (seconds) of the handshake latency histogram buckets.
+const LATENCY_BUCKETS: [f64; 12] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0];
+
+/// All counters of one server.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    handshakes: [AtomicU64; Status::ALL.len()],
+    /// `POST /v1/auth` answered with HTTP 400 (wire errors).
+    pub handshakes_rejected: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_sum_ns: AtomicU64,
+    latency_count: AtomicU64,
+    /// Requests by outcome class.
+    pub http_requests: AtomicU64,
+    /// Open connections.
+    pub connections_open: AtomicI64,
+    /// Connections refused because the limit was reached.
+    pub connections_refused: AtomicU64,
+    /// Tokens checked by introspection/whoami.
+    pub token_checks: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts a handshake answer and its server-side latency.
+    pub fn record_handshake(&self, status: Status, nanos: u64) {
+        self.handshakes[usize::from(status.code())].fetch_add(1, Ordering::Relaxed);
+        let secs = nanos as f64 / 1e9;
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency_sum_ns.fetch_add(nanos, Ordering::Relaxed);
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Handshakes answered with `status` so far.
+    pub fn handshakes(&self, status: Status) -> u64 {
+        self.handshakes[usize::from(status.code())].load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self, api_keys: usize, replay_entries: usize) -> String {
+        let mut out = String::with_capacity(4096);
+        let _ = writeln!(out, "# HELP onetrip_handshakes_total Handshake answers by status.");
+        let _ = writeln!(out, "# TYPE onetrip_handshakes_total counter");
+        for s in Status::ALL {
+            let _ = writeln!(out, "onetrip_handshakes_total{{status=\"{}\"}} {}", s.as_str(), self.handshakes(s));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP onetrip_handshakes_rejected_total Handshake bodies refused before cryptography (HTTP 4xx)."
+        );
+        let _ = writeln!(out, "# TYPE onetrip_handshakes_rejected_total counter");
+        let _ = writeln!(out, "onetrip_handshakes_rejected_total {}", self.handshakes_rejected.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP onetrip_handshake_seconds Server-side handshake processing time.");
+        let _ = writeln!(out, "# TYPE onetrip_handshake_seconds histogram");
+        let mut cumulative = 0;
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
+            cumulative += count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "onetrip_handshake_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let total = self.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "onetrip_handshake_seconds_bucket{{le=\"+Inf\"}} {total}");
+        let _ =
+            writeln!(out, "onetrip_handshake_seconds_sum {}", self.latency_sum_ns.load(Ordering::Relaxed) as f64 / 1e9);
+        let _ = writeln!(out, "onetrip_handshake_seconds_count {total}");
+        let gauges = [
+            ("onetrip_api_keys", "API keys in the store.", api_keys as i64),
+            ("onetrip_replay_cache_entries", "Request ids held by the replay cache.", replay_entries as i64),
+            ("onetrip_connections_open", "Open client connections.", self.connections_open.load(Ordering::Relaxed)),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+        let counters = [
+            ("onetrip_http_requests_total", "HTTP requests served.", self.http_requests.load(Ordering::Relaxed)),
+            (
+                "onetrip_connections_refused_total",
+                "Connections refused at the limit.",
+                self.connections_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "onetrip_token_checks_total",
+                "Tokens checked by introspect/whoami.",
+                self.token_checks.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        }
+        out
+    }
+}

@@ -1,0 +1,237 @@
+//! `AppState`: everything a request handler needs, behind one cheap `Clone`.
+//! The responder and its signed document are swapped atomically on rotation, so the
+//! hot path never takes a lock.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use dashmap::DashMap;
+use onetrip_protocol::token::{audience_tag, Claims, TokenError, AUDIENCE_TAG_LEN};
+use onetrip_protocol::{DefaultBackend, IdentityKey, PopProof, Responder, Token, TokenKeyring, TokenVerifier};
+
+use crate::config::Settings;
+use crate::keys::{KeyDirectory, KeyEntry};
+use crate::metrics::Metrics;
+use crate::shared::{IpLimiter, SharedState};
+use crate::store::{Store, StoreError};
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The server's handshake keys and the document that lists them.
+pub struct Handshake {
+    /// The protocol responder.
+    pub responder: Responder,
+    /// Signed server key document, served at `/v1/server-key`.
+    pub document: Bytes,
+}
+
+/// Shared server state.
+pub struct Inner<S> {
+    /// Resolved settings.
+    pub settings: Settings,
+    /// The embedded store (blocking; call from `spawn_blocking`).
+    pub store: Arc<Store>,
+    /// Responder + document, replaced on rotation.
+    pub handshake: ArcSwap<Handshake>,
+    /// API keys and cached static-static values.
+    pub keys: KeyDirectory,
+    /// Replica-shared state.
+    pub shared: S,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Server start time; requests stamped earlier are refused (replay safety across restarts).
+    pub started_at: u64,
+    /// Per-IP limiter for `/v1/auth`, checked before any cryptography.
+    pub ip_limiter: IpLimiter,
+    token_keys: TokenKeyring,
+    verifiers: DashMap<String, Arc<TokenVerifier>>,
+    verifiers_by_tag: DashMap<[u8; AUDIENCE_TAG_LEN], Arc<TokenVerifier>>,
+}
+
+/// Cheap handle to the shared state.
+pub struct AppState<S>(Arc<Inner<S>>);
+
+impl<S> Clone for AppState<S> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<S> std::ops::Deref for AppState<S> {
+    type Target = Inner<S>;
+    fn deref(&self) -> &Inner<S> {
+        &self.0
+    }
+}
+
+/// Why a presented token was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenCheckError {
+    /// Token alone on a plain-HTTP listener.
+    #[error("a token without proof of possession is only accepted over TLS: send the Onetrip-PoP header")]
+    PopRequired,
+    /// The token or proof failed.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// Token fine, but its key was revoked or the token was revoked.
+    #[error("token revoked")]
+    Revoked,
+    /// Shared state unavailable.
+    #[error("cannot check revocation: {0}")]
+    Shared(String),
+}
+
+impl<S: SharedState> AppState<S> {
+    /// Builds the state from an open store.
+    pub fn new(settings: Settings, store: Store, shared: S) -> Result<Self, StoreError> {
+        let now = unix_now();
+        let secrets = store.server_secrets()?;
+        let handshake = build_handshake(&store, now)?;
+        let mut token_keys = secrets.token_keys.into_iter();
+        let (id, master) = token_keys.next().ok_or_else(|| StoreError::Record("token_keys (empty)".into()))?;
+        let mut keyring = TokenKeyring::new(id, master);
+        for (id, master) in token_keys {
+            keyring.push_previous(id, master);
+        }
+        let keys = KeyDirectory::default();
+        for (id, record) in store.list_api_keys()? {
+            let entry = KeyEntry::new(id, record).ok_or_else(|| StoreError::Record(id.to_string()))?;
+            keys.upsert(entry);
+        }
+        let state = Self(Arc::new(Inner {
+            settings,
+            store: Arc::new(store),
+            handshake: ArcSwap::from_pointee(handshake),
+            keys,
+            shared,
+            metrics: Metrics::default(),
+            started_at: now,
+            ip_limiter: IpLimiter::default(),
+            token_keys: keyring,
+            verifiers: DashMap::new(),
+            verifiers_by_tag: DashMap::new(),
+        }));
+        state.token_verifier(&state.settings.default_audience.clone());
+        Ok(state)
+    }
+
+    /// The server identity fingerprint.
+    pub fn fingerprint(&self) -> onetrip_protocol::Fingerprint {
+        self.handshake.load().responder.identity().fingerprint()
+    }
+
+    /// Re-reads handshake keys from the store (after rotation) and re-signs the document.
+    pub fn reload_handshake_keys(&self) -> Result<(), StoreError> {
+        let hs = build_handshake(&self.store, unix_now())?;
+        let live: Vec<[u8; 8]> = hs.responder.entries().map(|e| e.key_id).collect();
+        self.handshake.store(Arc::new(hs));
+        self.keys.retain_server_keys(&live);
+        Ok(())
+    }
+
+    /// Drops expired handshake keys from the responder; re-signs when one went.
+    pub fn expire_handshake_keys(&self, now: u64) -> Result<(), StoreError> {
+        let current = self.handshake.load();
+        if current.responder.entries().any(|e| e.not_after < now) {
+            self.reload_handshake_keys()?;
+        }
+        Ok(())
+    }
+
+    /// The prepared token verifier/sealer for `audience`.
+    pub fn token_verifier(&self, audience: &str) -> Option<Arc<TokenVerifier>> {
+        if let Some(v) = self.verifiers.get(audience) {
+            return Some(Arc::clone(&v));
+        }
+        let v = Arc::new(self.token_keys.for_audience(DefaultBackend::default(), audience).ok()?);
+        self.verifiers.insert(audience.to_owned(), Arc::clone(&v));
+        self.verifiers_by_tag.insert(audience_tag(audience), Arc::clone(&v));
+        Some(v)
+    }
+
+    /// The token keyring (to export audience keys to resource servers).
+    pub fn token_keys(&self) -> &TokenKeyring {
+        &self.token_keys
+    }
+
+    /// Checks a presented token (and its proof of possession, when given) and that
+    /// neither it nor its key was revoked.
+    pub async fn check_token(
+        &self,
+        token: &Token,
+        pop: Option<(&PopProof, &str, &str, &[u8])>,
+        tls: bool,
+        now: u64,
+    ) -> Result<Claims, TokenCheckError> {
+        self.metrics.token_checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let verifier = self.verifier_for(token)?;
+        let claims = match pop {
+            Some((proof, method, path, body)) => verifier.verify_request(
+                token.as_bytes(),
+                proof,
+                method,
+                path,
+                body,
+                now,
+                self.settings.clock_window_secs,
+            )?,
+            None if tls => verifier.verify(token.as_bytes(), now)?,
+            None => return Err(TokenCheckError::PopRequired),
+        };
+        let key_active = self.keys.get(&claims.api_key_id).is_some_and(|k| k.record.is_active(now));
+        let revoked = self
+            .shared
+            .is_token_revoked(claims.token_id, now)
+            .await
+            .map_err(|e| TokenCheckError::Shared(e.to_string()))?;
+        if !key_active || revoked {
+            return Err(TokenCheckError::Revoked);
+        }
+        Ok(claims)
+    }
+
+    fn verifier_for(&self, token: &Token) -> Result<Arc<TokenVerifier>, TokenError> {
+        let tag = token.audience_tag();
+        if let Some(v) = self.verifiers_by_tag.get(&tag) {
+            return Ok(Arc::clone(&v));
+        }
+        // Audiences are learnt lazily; a tag may belong to a key's audience not used yet.
+        for entry in self.keys_audiences() {
+            if audience_tag(&entry) == tag {
+                return self.token_verifier(&entry).ok_or(TokenError::WrongAudience);
+            }
+        }
+        Err(TokenError::WrongAudience)
+    }
+
+    fn keys_audiences(&self) -> Vec<String> {
+        let mut all: Vec<String> = Vec::new();
+        self.keys.for_each(|e| {
+            for a in &e.record.audiences {
+                if !all.contains(a) {
+                    all.push(a.clone());
+                }
+            }
+        });
+        all
+    }
+}
+
+fn build_handshake(store: &Store, now: u64) -> Result<Handshake, StoreError> {
+    let secrets = store.server_secrets()?;
+    let identity = IdentityKey::from_seed(&secrets.identity_seed);
+    let mut responder = Responder::new(DefaultBackend::default(), identity, secrets.dummy_secret);
+    for (id, private, not_before, not_after) in secrets.server_keys.iter().filter(|k| k.3 >= now) {
+        responder
+            .add_key(*id, private, *not_before, *not_after)
+            .map_err(|e| StoreError::Record(format!("server key: {e}")))?;
+    }
+    let document =
+        responder.signed_document(now).map_err(|e| StoreError::Record(format!("server key document: {e}")))?;
+    Ok(Handshake { responder, document: Bytes::from(document) })
+}

@@ -1,0 +1,428 @@
+//! The embedded store: one redb file holding API key verifiers and metadata, the
+//! server's identity, handshake and token keys (sealed at rest), and an audit log.
+//! Every write is one durable transaction; an existing store is never recreated.
+
+use std::path::{Path, PathBuf};
+
+use onetrip_protocol::api_key::KeyId;
+use onetrip_protocol::Secret;
+use rand_core::{OsRng, RngCore};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::seal::{SealError, SealParams, Sealer};
+
+const API_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("api_keys");
+const SERVER_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("server_keys");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+/// File name of the store inside the data directory.
+pub const STORE_FILE: &str = "onetrip.redb";
+/// Written next to the store at creation; its presence without the store means
+/// the store was lost, which must not silently become a fresh identity.
+pub const MARKER_FILE: &str = "onetrip.identity";
+const FORMAT: &[u8] = b"onetrip-store-v1";
+
+/// Why the store could not be used. Messages say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process (normally a running `onetrip serve`) holds the store.
+    #[error(
+        "the store {0} is in use by another process (is `onetrip serve` running? its admin socket was not reachable)"
+    )]
+    Locked(PathBuf),
+    /// The store file is gone but the data directory says one existed.
+    #[error("the store file {0} is missing but this data directory was initialised (identity marker present). Restore the file from backup; onetrip will not create a new identity over a lost one (clients pinned the old fingerprint). Remove {MARKER_FILE} only if you really want a fresh server")]
+    Missing(PathBuf),
+    /// redb reported corruption or an I/O error.
+    #[error("cannot read the store {path}: {detail}. The file may be damaged: restore it from backup (onetrip never rewrites a damaged store)")]
+    Damaged {
+        /// Store file.
+        path: PathBuf,
+        /// redb's description.
+        detail: String,
+    },
+    /// Not an onetrip store, or a newer format.
+    #[error("{0} is not an onetrip store of a supported format")]
+    Format(PathBuf),
+    /// Sealing problem (passphrase).
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// Filesystem problem around the store.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A record could not be decoded.
+    #[error("store record {0} is damaged")]
+    Record(String),
+}
+
+/// One API key as stored: the verifier, never the secret.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApiKeyRecord {
+    /// Human name.
+    pub name: String,
+    /// Client static public key (hex).
+    pub verifier: String,
+    /// Scopes this key may request.
+    pub scopes: Vec<String>,
+    /// Audiences this key may request tokens for (empty: only the default).
+    pub audiences: Vec<String>,
+    /// Handshakes need a second factor.
+    pub require_otp: bool,
+    /// Where second-factor codes go.
+    pub otp_to: Option<String>,
+    /// Creation time, unix seconds.
+    pub created_at: u64,
+    /// Last successful handshake (coarse).
+    pub last_used_at: Option<u64>,
+    /// Revocation time.
+    pub revoked_at: Option<u64>,
+    /// End of validity (set on the old key by `keys rotate`).
+    pub expires_at: Option<u64>,
+    /// Key id that replaced this one.
+    pub replaced_by: Option<String>,
+}
+
+impl ApiKeyRecord {
+    /// Usable for a handshake at `now`.
+    pub fn is_active(&self, now: u64) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| now <= e)
+    }
+}
+
+/// One server handshake key as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerKeyRecord {
+    /// Sealed X25519 private key (hex).
+    pub private: String,
+    /// Validity start.
+    pub not_before: u64,
+    /// Validity end.
+    pub not_after: u64,
+}
+
+/// One token master key as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenKeyRecord {
+    /// 4-byte key id (hex).
+    pub id: String,
+    /// Sealed master key (hex).
+    pub master: String,
+    /// Creation time.
+    pub created_at: u64,
+}
+
+/// Everything the server needs from the store at start.
+pub struct ServerSecrets {
+    /// Ed25519 identity seed.
+    pub identity_seed: Secret<32>,
+    /// Dummy static-static secret.
+    pub dummy_secret: Secret<32>,
+    /// Handshake keys: id, private, not_before, not_after.
+    pub server_keys: Vec<([u8; 8], Secret<32>, u64, u64)>,
+    /// Token master keys, newest first.
+    pub token_keys: Vec<([u8; 4], Secret<32>)>,
+}
+
+/// The open store.
+pub struct Store {
+    db: Database,
+    sealer: Sealer,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).field("sealer", &self.sealer).finish()
+    }
+}
+
+/// A long validity for the first handshake key; rotation shortens it.
+pub const FAR_FUTURE: u64 = 253_402_300_799; // 9999-12-31
+
+impl Store {
+    /// Opens the store in `data_dir`, creating the directory, identity, handshake and
+    /// token keys on first use. Returns the store and whether it was just created.
+    pub fn open_or_init(data_dir: &Path, passphrase: Option<&str>, now: u64) -> Result<(Self, bool), StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
+            what: "cannot create data directory",
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        restrict_permissions(data_dir, 0o700);
+        let path = data_dir.join(STORE_FILE);
+        let marker = data_dir.join(MARKER_FILE);
+        if path.exists() {
+            let store = Self::open_existing(&path, passphrase)?;
+            return Ok((store, false));
+        }
+        if marker.exists() {
+            return Err(StoreError::Missing(path));
+        }
+        let db = Database::create(&path).map_err(|e| map_db_error(&path, e))?;
+        restrict_permissions(&path, 0o600);
+        let (sealer, params) = Sealer::create(passphrase)?;
+        let store = Self { db, sealer, path: path.clone() };
+        store.initialise(&params, now)?;
+        let fingerprint =
+            onetrip_protocol::IdentityKey::from_seed(&store.server_secrets()?.identity_seed).fingerprint();
+        std::fs::write(&marker, format!("{fingerprint}\n")).map_err(|source| StoreError::Io {
+            what: "cannot write identity marker",
+            path: marker.clone(),
+            source,
+        })?;
+        Ok((store, true))
+    }
+
+    fn open_existing(path: &Path, passphrase: Option<&str>) -> Result<Self, StoreError> {
+        let db = Database::open(path).map_err(|e| map_db_error(path, e))?;
+        let read = db.begin_read().map_err(|e| damaged(path, e))?;
+        let meta = read.open_table(META).map_err(|_| StoreError::Format(path.to_owned()))?;
+        let format =
+            meta.get("format").map_err(|e| damaged(path, e))?.ok_or_else(|| StoreError::Format(path.to_owned()))?;
+        if format.value() != FORMAT {
+            return Err(StoreError::Format(path.to_owned()));
+        }
+        let params =
+            meta.get("seal").map_err(|e| damaged(path, e))?.ok_or_else(|| StoreError::Record("seal".into()))?;
+        let params: SealParams =
+            serde_json::from_slice(params.value()).map_err(|_| StoreError::Record("seal".into()))?;
+        let sealer = Sealer::open(&params, passphrase)?;
+        drop(meta);
+        drop(read);
+        Ok(Self { db, sealer, path: path.to_owned() })
+    }
+
+    fn initialise(&self, params: &SealParams, now: u64) -> Result<(), StoreError> {
+        let mut rng = OsRng;
+        let identity = Secret::<32>::random(&mut rng);
+        let dummy = Secret::<32>::random(&mut rng);
+        let token_master = Secret::<32>::random(&mut rng);
+        let mut token_id = [0u8; 4];
+        rng.fill_bytes(&mut token_id);
+        let mut server_key_id = [0u8; 8];
+        rng.fill_bytes(&mut server_key_id);
+        let server_private = Secret::<32>::random(&mut rng);
+        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        {
+            let mut meta = w.open_table(META).map_err(|e| damaged(&self.path, e))?;
+            let put = |t: &mut redb::Table<&str, &[u8]>, k: &str, v: &[u8]| t.insert(k, v).map(|_| ());
+            put(&mut meta, "format", FORMAT).map_err(|e| damaged(&self.path, e))?;
+            let params = serde_json::to_vec(params).map_err(|_| StoreError::Record("seal".into()))?;
+            put(&mut meta, "seal", &params).map_err(|e| damaged(&self.path, e))?;
+            put(&mut meta, "identity", &self.sealer.seal("identity", identity.expose()))
+                .map_err(|e| damaged(&self.path, e))?;
+            put(&mut meta, "dummy_secret", &self.sealer.seal("dummy_secret", dummy.expose()))
+                .map_err(|e| damaged(&self.path, e))?;
+            let tokens = vec![TokenKeyRecord {
+                id: hex::encode(token_id),
+                master: hex::encode(self.sealer.seal("token_key", token_master.expose())),
+                created_at: now,
+            }];
+            let tokens = serde_json::to_vec(&tokens).map_err(|_| StoreError::Record("token_keys".into()))?;
+            put(&mut meta, "token_keys", &tokens).map_err(|e| damaged(&self.path, e))?;
+            w.open_table(API_KEYS).map_err(|e| damaged(&self.path, e))?;
+            w.open_table(AUDIT).map_err(|e| damaged(&self.path, e))?;
+            let mut sk = w.open_table(SERVER_KEYS).map_err(|e| damaged(&self.path, e))?;
+            let record = ServerKeyRecord {
+                private: hex::encode(self.sealer.seal("server_key", server_private.expose())),
+                not_before: now,
+                not_after: FAR_FUTURE,
+            };
+            let record = serde_json::to_vec(&record).map_err(|_| StoreError::Record("server key".into()))?;
+            sk.insert(&server_key_id[..], &record[..]).map_err(|e| damaged(&self.path, e))?;
+        }
+        w.commit().map_err(|e| damaged(&self.path, e))?;
+        self.audit(now, "store.created", serde_json::json!({ "sealed": self.sealer.is_sealed() }))?;
+        Ok(())
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True when private keys are sealed with a passphrase.
+    pub fn is_sealed(&self) -> bool {
+        self.sealer.is_sealed()
+    }
+
+    /// Loads and unseals the server's private material.
+    pub fn server_secrets(&self) -> Result<ServerSecrets, StoreError> {
+        let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
+        let meta = read.open_table(META).map_err(|e| damaged(&self.path, e))?;
+        let get = |k: &str| -> Result<Vec<u8>, StoreError> {
+            Ok(meta
+                .get(k)
+                .map_err(|e| damaged(&self.path, e))?
+                .ok_or_else(|| StoreError::Record(k.into()))?
+                .value()
+                .to_vec())
+        };
+        let identity_seed = self.sealer.open_secret("identity", &get("identity")?)?;
+        let dummy_secret = self.sealer.open_secret("dummy_secret", &get("dummy_secret")?)?;
+        let token_records: Vec<TokenKeyRecord> =
+            serde_json::from_slice(&get("token_keys")?).map_err(|_| StoreError::Record("token_keys".into()))?;
+        let mut token_keys = Vec::new();
+        for t in token_records {
+            let id: [u8; 4] = hex_array(&t.id).ok_or_else(|| StoreError::Record("token key id".into()))?;
+            let blob = hex::decode(&t.master).map_err(|_| StoreError::Record("token key".into()))?;
+            token_keys.push((id, self.sealer.open_secret("token_key", &blob)?));
+        }
+        let mut server_keys = Vec::new();
+        let table = read.open_table(SERVER_KEYS).map_err(|e| damaged(&self.path, e))?;
+        for row in table.iter().map_err(|e| damaged(&self.path, e))? {
+            let (k, v) = row.map_err(|e| damaged(&self.path, e))?;
+            let id: [u8; 8] = k.value().try_into().map_err(|_| StoreError::Record("server key id".into()))?;
+            let r: ServerKeyRecord =
+                serde_json::from_slice(v.value()).map_err(|_| StoreError::Record("server key".into()))?;
+            let blob = hex::decode(&r.private).map_err(|_| StoreError::Record("server key".into()))?;
+            server_keys.push((id, self.sealer.open_secret("server_key", &blob)?, r.not_before, r.not_after));
+        }
+        Ok(ServerSecrets { identity_seed, dummy_secret, server_keys, token_keys })
+    }
+
+    /// Adds a handshake key valid from `now` and ends every other key's validity at
+    /// `old_not_after` (if earlier than it was). Returns the new key id.
+    pub fn rotate_server_key(&self, now: u64, old_not_after: u64) -> Result<[u8; 8], StoreError> {
+        let mut id = [0u8; 8];
+        OsRng.fill_bytes(&mut id);
+        let private = Secret::<32>::random(&mut OsRng);
+        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        {
+            let mut table = w.open_table(SERVER_KEYS).map_err(|e| damaged(&self.path, e))?;
+            let mut updates = Vec::new();
+            for row in table.iter().map_err(|e| damaged(&self.path, e))? {
+                let (k, v) = row.map_err(|e| damaged(&self.path, e))?;
+                let mut r: ServerKeyRecord =
+                    serde_json::from_slice(v.value()).map_err(|_| StoreError::Record("server key".into()))?;
+                if r.not_after < now {
+                    updates.push((k.value().to_vec(), None));
+                } else if r.not_after > old_not_after {
+                    r.not_after = old_not_after.max(r.not_before);
+                    updates.push((k.value().to_vec(), Some(r)));
+                }
+            }
+            for (k, r) in updates {
+                match r {
+                    Some(r) => {
+                        let v = serde_json::to_vec(&r).map_err(|_| StoreError::Record("server key".into()))?;
+                        table.insert(&k[..], &v[..]).map_err(|e| damaged(&self.path, e))?;
+                    }
+                    None => {
+                        table.remove(&k[..]).map_err(|e| damaged(&self.path, e))?;
+                    }
+                }
+            }
+            let record = ServerKeyRecord {
+                private: hex::encode(self.sealer.seal("server_key", private.expose())),
+                not_before: now,
+                not_after: FAR_FUTURE,
+            };
+            let v = serde_json::to_vec(&record).map_err(|_| StoreError::Record("server key".into()))?;
+            table.insert(&id[..], &v[..]).map_err(|e| damaged(&self.path, e))?;
+        }
+        w.commit().map_err(|e| damaged(&self.path, e))?;
+        self.audit(
+            now,
+            "server_key.rotated",
+            serde_json::json!({ "new_key_id": hex::encode(id), "old_not_after": old_not_after }),
+        )?;
+        Ok(id)
+    }
+
+    /// Inserts or replaces API key records in one durable transaction.
+    pub fn put_api_keys(&self, records: &[(KeyId, ApiKeyRecord)]) -> Result<(), StoreError> {
+        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        {
+            let mut table = w.open_table(API_KEYS).map_err(|e| damaged(&self.path, e))?;
+            for (id, record) in records {
+                let v = serde_json::to_vec(record).map_err(|_| StoreError::Record(id.to_string()))?;
+                table.insert(&id.as_bytes()[..], &v[..]).map_err(|e| damaged(&self.path, e))?;
+            }
+        }
+        w.commit().map_err(|e| damaged(&self.path, e))
+    }
+
+    /// One API key record.
+    pub fn get_api_key(&self, id: &KeyId) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
+        let table = read.open_table(API_KEYS).map_err(|e| damaged(&self.path, e))?;
+        let Some(v) = table.get(&id.as_bytes()[..]).map_err(|e| damaged(&self.path, e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(v.value()).map(Some).map_err(|_| StoreError::Record(id.to_string()))
+    }
+
+    /// Every API key record, ordered by key id.
+    pub fn list_api_keys(&self) -> Result<Vec<(KeyId, ApiKeyRecord)>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
+        let table = read.open_table(API_KEYS).map_err(|e| damaged(&self.path, e))?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|e| damaged(&self.path, e))? {
+            let (k, v) = row.map_err(|e| damaged(&self.path, e))?;
+            let id: [u8; 16] = k.value().try_into().map_err(|_| StoreError::Record("api key id".into()))?;
+            let id = KeyId::from_bytes(id);
+            let record = serde_json::from_slice(v.value()).map_err(|_| StoreError::Record(id.to_string()))?;
+            out.push((id, record));
+        }
+        Ok(out)
+    }
+
+    /// Appends an audit event.
+    pub fn audit(&self, now: u64, event: &str, detail: serde_json::Value) -> Result<(), StoreError> {
+        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        {
+            let mut table = w.open_table(AUDIT).map_err(|e| damaged(&self.path, e))?;
+            let next = table.last().map_err(|e| damaged(&self.path, e))?.map_or(0, |(k, _)| k.value() + 1);
+            let v = serde_json::to_vec(&serde_json::json!({ "at": now, "event": event, "detail": detail }))
+                .map_err(|_| StoreError::Record("audit".into()))?;
+            table.insert(next, &v[..]).map_err(|e| damaged(&self.path, e))?;
+        }
+        w.commit().map_err(|e| damaged(&self.path, e))
+    }
+
+    /// The newest `limit` audit events, oldest first.
+    pub fn audit_tail(&self, limit: usize) -> Result<Vec<serde_json::Value>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
+        let table = read.open_table(AUDIT).map_err(|e| damaged(&self.path, e))?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|e| damaged(&self.path, e))?.rev().take(limit) {
+            let (_, v) = row.map_err(|e| damaged(&self.path, e))?;
+            out.push(serde_json::from_slice(v.value()).map_err(|_| StoreError::Record("audit".into()))?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+}
+
+fn hex_array<const N: usize>(s: &str) -> Option<[u8; N]> {
+    hex::decode(s).ok()?.try_into().ok()
+}
+
+fn damaged(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Damaged { path: path.to_owned(), detail: e.to_string() }
+}
+
+fn map_db_error(path: &Path, e: redb::DatabaseError) -> StoreError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.to_owned()),
+        other => damaged(path, other),
+    }
+}
+
+fn restrict_permissions(path: &Path, mode: u32) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+    }
+}
