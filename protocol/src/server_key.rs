@@ -278,7 +278,8 @@ impl ServerKeyDocument {
     pub fn entries(&self) -> &[ServerKeyEntry] {
         &self.entries[..self.count]
     }
-    /// The key a client should use at `now`: among the valid ones, the newest.
+    /// The key a client should use at `now`: among the valid ones, the newest (latest
+    /// `not_before`; on a tie, the one valid longest, i.e. the rotation successor).
     ///
     /// # Errors
     /// [`DocumentError::NoCurrentKey`] if none is valid at `now`.
@@ -286,7 +287,7 @@ impl ServerKeyDocument {
         self.entries()
             .iter()
             .filter(|e| e.is_valid_at(now))
-            .max_by_key(|e| e.not_before)
+            .max_by_key(|e| (e.not_before, e.not_after))
             .ok_or(DocumentError::NoCurrentKey)
     }
 

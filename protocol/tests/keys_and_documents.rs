@@ -169,3 +169,15 @@ fn fingerprint_is_ssh_style_and_parses_back() {
     assert!("MD5:abc".parse::<Fingerprint>().is_err());
     assert!(!format!("{identity:?}").contains(&format!("{:?}", identity.seed().expose())));
 }
+
+#[test]
+fn rotation_in_the_same_second_still_selects_the_successor() {
+    let mut rng = TestRng::new(9);
+    let identity = IdentityKey::generate(&mut rng);
+    let old = ServerKeyEntry { key_id: *b"old00001", public: [1; 32], not_before: 100, not_after: 160 };
+    let new = ServerKeyEntry { key_id: *b"new00002", public: [2; 32], not_before: 100, not_after: u64::MAX };
+    for order in [[old, new], [new, old]] {
+        let doc = ServerKeyDocument::new(100, identity.public(), &order).unwrap();
+        assert_eq!(doc.current(100).unwrap().key_id, new.key_id);
+    }
+}

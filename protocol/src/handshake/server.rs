@@ -218,7 +218,7 @@ impl<B: CryptoBackend> Responder<B> {
             .keys
             .iter()
             .filter(|k| k.entry.is_valid_at(now))
-            .max_by_key(|k| k.entry.not_before)
+            .max_by_key(|k| (k.entry.not_before, k.entry.not_after))
             .ok_or(RequestError::KeySet("no handshake key is valid now"))?;
         out.fill(0);
         out[OFF_VERSION] = crate::VERSION;

@@ -1,0 +1,234 @@
+//! Test harness: runs the real `onetrip` binary on 127.0.0.1 with an ephemeral port
+//! and a temporary data directory, kills it (by pid) on drop, and speaks raw HTTP/1.1
+//! so every byte on the wire is visible.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use onetrip_protocol::api_key::ApiKey;
+use onetrip_protocol::handshake::{ClientRequest, REQUEST_LEN};
+use onetrip_protocol::{AwaitingResponse, ClientHandshake, DefaultBackend, Fingerprint, Outcome, ServerKeyDocument};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_onetrip");
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A running `onetrip serve`.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub fingerprint: Fingerprint,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub stderr_path: PathBuf,
+}
+
+impl Server {
+    /// Starts a server on a fresh data directory.
+    pub fn start(extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let mut s = Server::start_in(&dir, extra).expect("server starts");
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts a server on `dir`; `Err(stderr)` if it exits instead of listening.
+    pub fn start_in(dir: &Path, extra: &[&str]) -> Result<Server, String> {
+        let stderr_path = dir.with_extension(format!("stderr.{}", std::process::id()));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--data-dir"])
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("ONETRIP_PASSPHRASE")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut port, mut fingerprint) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while port.is_none() || fingerprint.is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err("server did not start in 20 s".into());
+            }
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) =
+                        line.split("listening on http://").nth(1).or(line.split("listening on https://").nth(1))
+                    {
+                        port = addr.rsplit(':').next().and_then(|p| p.trim().parse().ok());
+                    }
+                    if let Some(fp) = line.strip_prefix("identity fingerprint: ") {
+                        fingerprint = fp.trim().parse().ok();
+                    }
+                }
+                _ => {
+                    let _ = child.wait();
+                    return Err(std::fs::read_to_string(&stderr_path).unwrap_or_default());
+                }
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Server {
+            child,
+            port: port.unwrap(),
+            fingerprint: fingerprint.unwrap(),
+            data_dir: dir.to_owned(),
+            _tmp: None,
+            stderr_path,
+        })
+    }
+
+    /// Runs `onetrip <args> --data-dir DIR`.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        cli(&self.data_dir, args)
+    }
+
+    /// Creates a key through the CLI and returns (key, id hex).
+    pub fn create_key(&self, args: &[&str]) -> (ApiKey, String) {
+        create_key(&self.data_dir, args)
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = Command::new("kill").args(["-9", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> HttpResponse {
+        http(self.port, "GET", path, &[], b"")
+    }
+
+    pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+        http(self.port, "POST", path, headers, body)
+    }
+
+    pub fn document(&self) -> ServerKeyDocument {
+        let doc = ServerKeyDocument::parse(&self.get("/v1/server-key").body).unwrap();
+        doc.check_pin(&self.fingerprint).unwrap();
+        doc
+    }
+
+    /// Builds a request for `key`; returns its bytes and the pending client state.
+    pub fn request(&self, key: &ApiKey, req: &ClientRequest<'_>) -> ([u8; REQUEST_LEN], AwaitingResponse) {
+        let client = ClientHandshake::new(DefaultBackend::default(), key, &self.document(), now()).unwrap();
+        let mut out = [0u8; REQUEST_LEN];
+        let pending = client.start(req, now(), &mut rand_core::OsRng, &mut out).unwrap();
+        (out, pending)
+    }
+
+    /// One full handshake.
+    pub fn handshake(&self, key: &ApiKey, req: &ClientRequest<'_>) -> Outcome {
+        let (request, pending) = self.request(key, req);
+        let resp = self.post("/v1/auth", &[("content-type", "application/octet-stream")], &request);
+        assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+        pending.finish(&resp.body).unwrap()
+    }
+
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = String::from_utf8(self.get("/metrics").body).unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .unwrap_or_else(|| panic!("metric {name} missing"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}
+
+pub fn cli(data_dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).arg("--data-dir").arg(data_dir).env_remove("ONETRIP_PASSPHRASE").output().unwrap()
+}
+
+pub fn create_key(data_dir: &Path, args: &[&str]) -> (ApiKey, String) {
+    let mut full = vec!["keys", "create", "--json"];
+    full.extend_from_slice(args);
+    let out = cli(data_dir, &full);
+    assert!(out.status.success(), "keys create failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = ApiKey::parse(v["api_key"].as_str().unwrap()).unwrap();
+    (key, v["id"].as_str().unwrap().to_owned())
+}
+
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`).
+pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head += &format!("{k}: {v}\r\n");
+    }
+    head += "\r\n";
+    s.write_all(head.as_bytes()).unwrap();
+    // A server may answer (413) and close before a large body is sent: keep the answer.
+    let _ = s.write_all(body);
+    read_response(&mut s)
+}
+
+pub fn read_response(s: &mut impl Read) -> HttpResponse {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            // A reset after the answer arrived (the server closed with unread input).
+            Err(e) if !raw.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("reading the response failed: {e}"),
+        }
+    }
+    parse_response(&raw)
+}
+
+pub fn parse_response(raw: &[u8]) -> HttpResponse {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("complete HTTP head");
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))).collect();
+    HttpResponse { status, headers, body: raw[split + 4..].to_vec() }
+}
