@@ -60,6 +60,7 @@ impl Server {
         while port.is_none() || fingerprint.is_none() {
             if Instant::now() > deadline {
                 let _ = child.kill();
+                let _ = child.wait();
                 return Err("server did not start in 20 s".into());
             }
             match lines.next() {
