@@ -175,12 +175,17 @@ pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Res
         }
         AdminRequest::KeysRevoke { id } => {
             let id = key_id(&id)?;
-            let mut r = store.get_api_key(&id).map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
-            if r.revoked_at.is_none() {
-                r.revoked_at = Some(now);
-                store.put_api_keys(&[(id, r.clone())]).map_err(e)?;
+            let written = store
+                .update_api_keys(&[id], |_, r| {
+                    let fresh = r.revoked_at.is_none();
+                    r.revoked_at.get_or_insert(now);
+                    fresh
+                })
+                .map_err(e)?;
+            if !written.is_empty() {
                 store.audit(now, "key.revoked", serde_json::json!({ "id": id.to_string() })).map_err(e)?;
             }
+            let r = store.get_api_key(&id).map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
             if let Some(live) = live {
                 live.key_changed(id, &r);
             }
@@ -188,8 +193,8 @@ pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Res
         }
         AdminRequest::KeysRotate { id, grace_secs } => {
             let old_id = key_id(&id)?;
-            let mut old = store.get_api_key(&old_id).map_err(e)?.ok_or_else(|| format!("no key {old_id}"))?;
-            if !old.is_active(now) {
+            let current = store.get_api_key(&old_id).map_err(e)?.ok_or_else(|| format!("no key {old_id}"))?;
+            if !current.is_active(now) {
                 return Err(format!("key {old_id} is revoked or expired; create a new key instead"));
             }
             let key = ApiKey::generate(&mut rand_core::OsRng);
@@ -201,11 +206,20 @@ pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Res
                 revoked_at: None,
                 expires_at: None,
                 replaced_by: None,
-                ..old.clone()
+                ..current
             };
-            old.expires_at = Some(now + grace_secs);
-            old.replaced_by = Some(key.id().to_string());
-            store.put_api_keys(&[(old_id, old.clone()), (key.id(), new.clone())]).map_err(e)?;
+            store.put_api_keys(&[(key.id(), new.clone())]).map_err(e)?;
+            let new_id = key.id().to_string();
+            let old = store
+                .update_api_keys(&[old_id], |_, r| {
+                    r.expires_at = Some(r.expires_at.map_or(now + grace_secs, |x| x.min(now + grace_secs)));
+                    r.replaced_by = Some(new_id.clone());
+                    true
+                })
+                .map_err(e)?
+                .pop()
+                .map(|(_, r)| r)
+                .ok_or_else(|| format!("no key {old_id}"))?;
             store
                 .audit(now, "key.rotated", serde_json::json!({ "old": old_id.to_string(), "new": key.id().to_string(), "grace_secs": grace_secs }))
                 .map_err(e)?;
@@ -274,8 +288,9 @@ fn server_key_json(store: &Store, now: u64) -> Result<serde_json::Value, String>
     }))
 }
 
-/// Answers admin requests on `socket` until the task is dropped.
-pub async fn serve_socket<S: SharedState>(socket: &Path, state: AppState<S>) -> std::io::Result<()> {
+/// Binds the admin socket (mode 0600). Call before announcing the server, so a CLI
+/// that sees the server also finds its socket.
+pub fn bind_socket(socket: &Path) -> std::io::Result<UnixListener> {
     // Only one server can hold the store, so a socket file left here is stale.
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket)?;
@@ -284,6 +299,11 @@ pub async fn serve_socket<S: SharedState>(socket: &Path, state: AppState<S>) -> 
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     }
+    Ok(listener)
+}
+
+/// Answers admin requests until the task is dropped.
+pub async fn serve_socket<S: SharedState>(listener: UnixListener, state: AppState<S>) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let state = state.clone();

@@ -297,6 +297,8 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
     let data_dir = settings.data_dir.clone();
     let shared = MemoryShared::new(settings.replay_cache_capacity);
     let state = AppState::new(settings, store, shared).map_err(|e| e.to_string())?;
+    let admin_listener = admin::bind_socket(&admin_socket)
+        .map_err(|e| format!("cannot create the admin socket {}: {e}", admin_socket.display()))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("onetrip {} listening on {scheme}://{local}", env!("CARGO_PKG_VERSION"));
     println!("identity fingerprint: {}", state.fingerprint());
@@ -308,31 +310,41 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
         let state = state.clone();
         let socket = admin_socket.clone();
         tokio::spawn(async move {
-            if let Err(e) = admin::serve_socket(&socket, state).await {
+            if let Err(e) = admin::serve_socket(admin_listener, state).await {
                 tracing::error!(error = %e, socket = %socket.display(), "admin socket failed; key commands must wait for a restart");
             }
         })
     };
     let maintenance = tokio::spawn(maintenance(state.clone()));
-    crate::listener::run(listener, tls, state, crate::listener::shutdown_signal()).await;
+    crate::listener::run(listener, tls, state.clone(), crate::listener::shutdown_signal()).await;
     admin.abort();
     maintenance.abort();
+    let st = state.clone();
+    let _ = tokio::task::spawn_blocking(move || st.flush_last_used()).await;
     let _ = std::fs::remove_file(&admin_socket);
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Once a second: expire replay ids and rate windows, retire expired handshake keys.
+/// Once a second: expire replay ids and rate windows, retire expired handshake keys;
+/// every ten seconds, persist `last_used_at`.
 async fn maintenance<S: SharedState>(state: AppState<S>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
+        ticks += 1;
         let now = unix_now();
         state.shared.sweep(now);
         let st = state.clone();
         let _ = tokio::task::spawn_blocking(move || {
             if let Err(e) = st.expire_handshake_keys(now) {
                 tracing::error!(error = %e, "cannot retire expired handshake keys");
+            }
+            if ticks % 10 == 0 {
+                if let Err(e) = st.flush_last_used() {
+                    tracing::warn!(error = %e, "cannot record key last-use times");
+                }
             }
         })
         .await;
@@ -377,7 +389,19 @@ async fn admin_call(cli: &Cli, req: AdminRequest) -> Result<serde_json::Value, S
         ));
     }
     let cli_data_dir = settings.data_dir.clone();
-    let (store, _) = open_store(cli, &cli_data_dir)?;
+    let (store, _) = match open_store(cli, &cli_data_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            // A server may be starting: it holds the store before its socket exists.
+            for _ in 0..20 {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                if let Some(answer) = admin::request(&settings.admin_socket, &req).await? {
+                    return answer;
+                }
+            }
+            return Err(e);
+        }
+    };
     tokio::task::spawn_blocking(move || admin::execute(&store, None, req)).await.map_err(|e| e.to_string())?
 }
 

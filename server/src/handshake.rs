@@ -120,6 +120,7 @@ async fn answer<S: SharedState>(
         }
     };
     auth.respond(&Reply::Granted { token: &token, session_key: &session_key, expires_at }, now, out);
+    state.last_used.insert(entry.id, now);
     Ok(Status::Ok)
 }
 

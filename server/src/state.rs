@@ -48,6 +48,9 @@ pub struct Inner<S> {
     pub started_at: u64,
     /// Per-IP limiter for `/v1/auth`, checked before any cryptography.
     pub ip_limiter: IpLimiter,
+    /// Keys used since the last flush, with the time; written to the store in batches
+    /// so a handshake never waits for a disk write.
+    pub last_used: DashMap<onetrip_protocol::api_key::KeyId, u64>,
     token_keys: TokenKeyring,
     verifiers: DashMap<String, Arc<TokenVerifier>>,
     verifiers_by_tag: DashMap<[u8; AUDIENCE_TAG_LEN], Arc<TokenVerifier>>,
@@ -112,6 +115,7 @@ impl<S: SharedState> AppState<S> {
             metrics: Metrics::default(),
             started_at: now,
             ip_limiter: IpLimiter::default(),
+            last_used: DashMap::new(),
             token_keys: keyring,
             verifiers: DashMap::new(),
             verifiers_by_tag: DashMap::new(),
@@ -141,6 +145,24 @@ impl<S: SharedState> AppState<S> {
             self.reload_handshake_keys()?;
         }
         Ok(())
+    }
+
+    /// Writes pending `last_used_at` times to the store (blocking).
+    pub fn flush_last_used(&self) -> Result<usize, StoreError> {
+        let pending: Vec<_> = self.last_used.iter().map(|e| (*e.key(), *e.value())).collect();
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<_> = pending.iter().map(|(id, _)| *id).collect();
+        let written = self.store.update_api_keys(&ids, |id, r| {
+            let at = pending.iter().find(|(p, _)| p == id).map(|(_, at)| *at);
+            r.last_used_at = at.max(r.last_used_at);
+            true
+        })?;
+        for (id, at) in pending {
+            self.last_used.remove_if(&id, |_, v| *v == at);
+        }
+        Ok(written.len())
     }
 
     /// The prepared token verifier/sealer for `audience`.

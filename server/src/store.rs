@@ -352,6 +352,35 @@ impl Store {
         w.commit().map_err(|e| damaged(&self.path, e))
     }
 
+    /// Read-modify-write of API key records in one write transaction, so concurrent
+    /// updates (an admin revoke, a last-used flush) cannot overwrite each other.
+    /// `update` returns false to leave a record as it was. Returns the records written.
+    pub fn update_api_keys(
+        &self,
+        ids: &[KeyId],
+        mut update: impl FnMut(&KeyId, &mut ApiKeyRecord) -> bool,
+    ) -> Result<Vec<(KeyId, ApiKeyRecord)>, StoreError> {
+        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        let mut written = Vec::new();
+        {
+            let mut table = w.open_table(API_KEYS).map_err(|e| damaged(&self.path, e))?;
+            for id in ids {
+                let current =
+                    table.get(&id.as_bytes()[..]).map_err(|e| damaged(&self.path, e))?.map(|v| v.value().to_vec());
+                let Some(current) = current else { continue };
+                let mut record: ApiKeyRecord =
+                    serde_json::from_slice(&current).map_err(|_| StoreError::Record(id.to_string()))?;
+                if update(id, &mut record) {
+                    let v = serde_json::to_vec(&record).map_err(|_| StoreError::Record(id.to_string()))?;
+                    table.insert(&id.as_bytes()[..], &v[..]).map_err(|e| damaged(&self.path, e))?;
+                    written.push((*id, record));
+                }
+            }
+        }
+        w.commit().map_err(|e| damaged(&self.path, e))?;
+        Ok(written)
+    }
+
     /// One API key record.
     pub fn get_api_key(&self, id: &KeyId) -> Result<Option<ApiKeyRecord>, StoreError> {
         let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
