@@ -82,6 +82,7 @@ impl<S: SharedState> Live for AppState<S> {
     fn key_changed(&self, id: KeyId, record: &ApiKeyRecord) {
         if let Some(entry) = KeyEntry::new(id, record.clone()) {
             self.keys.upsert(entry);
+            self.warm_keys();
         }
     }
     fn server_keys_changed(&self) -> Result<(), String> {

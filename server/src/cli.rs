@@ -316,6 +316,14 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
         })
     };
     let maintenance = tokio::spawn(maintenance(state.clone()));
+    {
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let n = st.warm_keys();
+            tracing::info!(computed = n, elapsed_ms = started.elapsed().as_millis() as u64, "key cache warmed");
+        });
+    }
     crate::listener::run(listener, tls, state.clone(), crate::listener::shutdown_signal()).await;
     admin.abort();
     maintenance.abort();

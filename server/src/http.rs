@@ -152,7 +152,8 @@ fn server_key<S: SharedState>(state: &AppState<S>, query: Option<&str>) -> Respo
 }
 
 fn metrics<S: SharedState>(state: &AppState<S>) -> Response<Body> {
-    let text = state.metrics.render(state.keys.len(), state.shared.replay_entries());
+    let text =
+        state.metrics.render(state.keys.len(), state.shared.replay_entries(), state.keys.cached_static_statics());
     let mut resp = Response::new(Body::new(Bytes::from(text)));
     resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
     resp

@@ -76,6 +76,34 @@ impl KeyDirectory {
         self.static_statics.retain(|(_, s), _| live.contains(s));
     }
 
+    /// Computes the static-static value of every active key under every server key
+    /// that is not cached yet. Run off the runtime after start, key creation and
+    /// rotation, so that a key's first handshake does not take an extra DH (which
+    /// would tell a prober that the key id exists). Returns how many were computed.
+    pub fn warm(&self, responder: &Responder, now: u64) -> usize {
+        let server_keys: Vec<[u8; 8]> = responder.entries().map(|e| e.key_id).collect();
+        let entries: Vec<Arc<KeyEntry>> =
+            self.keys.iter().filter(|e| e.record.is_active(now)).map(|e| Arc::clone(e.value())).collect();
+        let mut computed = 0;
+        for entry in entries {
+            for sk in &server_keys {
+                if self.static_statics.contains_key(&(entry.id, *sk)) {
+                    continue;
+                }
+                if let Ok(ss) = responder.static_static(sk, &entry.verifier) {
+                    self.static_statics.insert((entry.id, *sk), ss);
+                    computed += 1;
+                }
+            }
+        }
+        computed
+    }
+
+    /// Cached static-static values (for tests and metrics).
+    pub fn cached_static_statics(&self) -> usize {
+        self.static_statics.len()
+    }
+
     /// The static-static value to authenticate with, and the key entry when the key is
     /// known and usable at `now`. Everything else gets the dummy.
     pub fn static_static(

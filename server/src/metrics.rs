@@ -48,7 +48,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition.
-    pub fn render(&self, api_keys: usize, replay_entries: usize) -> String {
+    pub fn render(&self, api_keys: usize, replay_entries: usize, cached_static_statics: usize) -> String {
         let mut out = String::with_capacity(4096);
         let _ = writeln!(out, "# HELP onetrip_handshakes_total Handshake answers by status.");
         let _ = writeln!(out, "# TYPE onetrip_handshakes_total counter");
@@ -76,6 +76,11 @@ impl Metrics {
         let gauges = [
             ("onetrip_api_keys", "API keys in the store.", api_keys as i64),
             ("onetrip_replay_cache_entries", "Request ids held by the replay cache.", replay_entries as i64),
+            (
+                "onetrip_static_static_cached",
+                "Precomputed static-static DH values (API keys x handshake keys).",
+                cached_static_statics as i64,
+            ),
             ("onetrip_connections_open", "Open client connections.", self.connections_open.load(Ordering::Relaxed)),
         ];
         for (name, help, value) in gauges {

@@ -129,13 +129,20 @@ impl<S: SharedState> AppState<S> {
         self.handshake.load().responder.identity().fingerprint()
     }
 
-    /// Re-reads handshake keys from the store (after rotation) and re-signs the document.
+    /// Re-reads handshake keys from the store (after rotation), re-signs the document
+    /// and precomputes the new key's static-static values (blocking).
     pub fn reload_handshake_keys(&self) -> Result<(), StoreError> {
-        let hs = build_handshake(&self.store, unix_now())?;
+        let hs = Arc::new(build_handshake(&self.store, unix_now())?);
         let live: Vec<[u8; 8]> = hs.responder.entries().map(|e| e.key_id).collect();
-        self.handshake.store(Arc::new(hs));
+        self.keys.warm(&hs.responder, unix_now());
+        self.handshake.store(Arc::clone(&hs));
         self.keys.retain_server_keys(&live);
         Ok(())
+    }
+
+    /// Precomputes static-static values for every key (blocking; see [`KeyDirectory::warm`]).
+    pub fn warm_keys(&self) -> usize {
+        self.keys.warm(&self.handshake.load().responder, unix_now())
     }
 
     /// Drops expired handshake keys from the responder; re-signs when one went.

@@ -123,8 +123,12 @@ fn server_key_rotation_keeps_old_clients_during_overlap_then_they_refetch_once()
     let old_client =
         onetrip_protocol::ClientHandshake::new(onetrip_protocol::DefaultBackend::default(), &key, &old_doc, now())
             .unwrap();
+    // Static-static values are precomputed, so no key's first handshake costs an
+    // extra DH that a prober could time.
+    assert_eq!(server.metric("onetrip_static_static_cached"), 1);
     let out = server.cli(&["server-key", "rotate", "--overlap-secs", "2", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(server.metric("onetrip_static_static_cached"), 2, "warmed for the new server key too");
     let new_doc = server.document();
     assert_eq!(new_doc.entries().len(), 2);
     assert_ne!(new_doc.current(now()).unwrap().key_id, old_client.server_key().key_id, "new clients use the new key");
