@@ -28,6 +28,7 @@ pub mod http;
 pub mod keys;
 pub mod listener;
 pub mod metrics;
+pub mod otp;
 pub mod problem;
 pub mod seal;
 pub mod shared;
