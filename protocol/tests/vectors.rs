@@ -383,3 +383,35 @@ fn vectors_cover_every_sealed_status() {
         }
     }
 }
+
+#[test]
+fn protocol_md_worked_example_matches_the_vectors() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../PROTOCOL.md")).unwrap();
+    let committed: Value = serde_json::from_str(&std::fs::read_to_string(VECTORS).unwrap()).unwrap();
+    let start = doc.find("<!-- vector-example:begin -->").expect("begin marker");
+    let end = doc.find("<!-- vector-example:end -->").expect("end marker");
+    let mut checked = 0;
+    let block = &doc[start..end];
+    let code = block.split("```").nth(1).expect("code block in the worked example");
+    for line in code.lines() {
+        let Some((name, value)) = line.split_once(" = ") else { continue };
+        let candidates = [
+            &committed["handshakes"][0][name],
+            &committed["inputs"][name],
+            &committed["derived"][name],
+            &committed["pop"][name],
+            &committed["pop"][name.trim_start_matches("pop_")],
+        ];
+        let expected = candidates
+            .iter()
+            .find(|v| !v.is_null())
+            .unwrap_or_else(|| panic!("PROTOCOL.md names `{name}`, which the vectors do not have"));
+        let expected = match expected {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        assert_eq!(value.trim(), expected, "PROTOCOL.md worked example `{name}` is stale");
+        checked += 1;
+    }
+    assert!(checked >= 30, "worked example too short ({checked} values)");
+}
