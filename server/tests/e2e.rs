@@ -313,3 +313,23 @@ fn cli_reports_bad_input_clearly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("onetrip serve"));
 }
+
+#[test]
+fn sigterm_shuts_down_gracefully() {
+    let mut server = Server::start(&[]);
+    let socket = server.data_dir.join("admin.sock");
+    assert!(socket.exists());
+    let pid = server.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "server did not stop within 10 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status:?}");
+    assert!(!socket.exists(), "admin socket removed on shutdown");
+    assert!(server.stderr().contains("shutting down"));
+}
