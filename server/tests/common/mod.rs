@@ -203,9 +203,11 @@ pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body:
         head += &format!("{k}: {v}\r\n");
     }
     head += "\r\n";
-    s.write_all(head.as_bytes()).unwrap();
+    let mut msg = head.into_bytes();
+    msg.extend_from_slice(body);
+    s.set_nodelay(true).unwrap();
     // A server may answer (413) and close before a large body is sent: keep the answer.
-    let _ = s.write_all(body);
+    let _ = s.write_all(&msg);
     read_response(&mut s)
 }
 
