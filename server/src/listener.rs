@@ -109,7 +109,8 @@ struct ConnGuard<S: SharedState> {
 
 impl<S: SharedState> ConnGuard<S> {
     fn new(state: AppState<S>, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
-        state.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+        let open = state.metrics.connections_open.fetch_add(1, Ordering::Relaxed) + 1;
+        state.metrics.connections_peak.fetch_max(open, Ordering::Relaxed);
         Self { state, _permit: permit }
     }
 }

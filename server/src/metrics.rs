@@ -24,8 +24,8 @@ pub struct Metrics {
     pub http_requests: AtomicU64,
     /// Open connections.
     pub connections_open: AtomicI64,
-    /// Connections refused because the limit was reached.
-    pub connections_refused: AtomicU64,
+    /// Most connections open at once since start.
+    pub connections_peak: AtomicI64,
     /// Tokens checked by introspection/whoami.
     pub token_checks: AtomicU64,
 }
@@ -82,17 +82,17 @@ impl Metrics {
                 cached_static_statics as i64,
             ),
             ("onetrip_connections_open", "Open client connections.", self.connections_open.load(Ordering::Relaxed)),
+            (
+                "onetrip_connections_peak",
+                "Most connections open at once.",
+                self.connections_peak.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         }
         let counters = [
             ("onetrip_http_requests_total", "HTTP requests served.", self.http_requests.load(Ordering::Relaxed)),
-            (
-                "onetrip_connections_refused_total",
-                "Connections refused at the limit.",
-                self.connections_refused.load(Ordering::Relaxed),
-            ),
             (
                 "onetrip_token_checks_total",
                 "Tokens checked by introspect/whoami.",
