@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -19,28 +19,10 @@ fn flood(port: u16, body: &[u8], n: usize) -> Vec<u16> {
     let mut writer = s;
     let mut statuses = Vec::with_capacity(n);
     for _ in 0..n {
-        // One write per request: a separate small body write would wait for a delayed ACK.
-        let mut msg =
-            format!("POST /v1/auth HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
-        msg.extend_from_slice(body);
-        writer.write_all(&msg).unwrap();
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        statuses.push(line.split(' ').nth(1).unwrap().parse().unwrap());
-        let mut len = 0;
-        loop {
-            let mut h = String::new();
-            reader.read_line(&mut h).unwrap();
-            if h == "\r\n" {
-                break;
-            }
-            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut b = vec![0; len];
-        reader.read_exact(&mut b).unwrap();
-        assert_eq!(b.len(), RESPONSE_LEN);
+        writer.write_all(&request_bytes("POST", "/v1/auth", &[], body, false)).unwrap();
+        let (status, answer) = read_answer(&mut reader);
+        assert_eq!(answer.len(), RESPONSE_LEN);
+        statuses.push(status);
     }
     statuses
 }
@@ -162,28 +144,12 @@ fn unknown_wrong_and_revoked_keys_are_not_separated_by_timing() {
     let mut sizes = std::collections::BTreeSet::new();
     for i in 0..SAMPLES {
         for (class, reqs) in requests.iter().enumerate() {
-            let mut msg =
-                format!("POST /v1/auth HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n", reqs[i].len()).into_bytes();
-            msg.extend_from_slice(&reqs[i]);
+            let msg = request_bytes("POST", "/v1/auth", &[], &reqs[i], false);
             let started = std::time::Instant::now();
             writer.write_all(&msg).unwrap();
-            let mut status = String::new();
-            reader.read_line(&mut status).unwrap();
-            let mut len = 0;
-            loop {
-                let mut h = String::new();
-                reader.read_line(&mut h).unwrap();
-                if h == "\r\n" {
-                    break;
-                }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0; len];
-            reader.read_exact(&mut body).unwrap();
+            let (status, body) = read_answer(&mut reader);
             times[class].push(started.elapsed().as_nanos() as f64);
-            sizes.insert((status.trim().to_owned(), body.len()));
+            sizes.insert((status, body.len()));
         }
     }
     assert_eq!(sizes.len(), 1, "status and size differ between classes: {sizes:?}");

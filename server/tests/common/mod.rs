@@ -191,23 +191,49 @@ impl HttpResponse {
     }
 }
 
-/// One HTTP/1.1 request on a fresh connection (`Connection: close`).
-pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
+/// The bytes of one HTTP/1.1 request, head and body together (one write, so a
+/// small body never waits for a delayed ACK).
+pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8], close: bool) -> Vec<u8> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {}\r\n", body.len());
+    if close {
+        head += "connection: close\r\n";
+    }
     for (k, v) in headers {
         head += &format!("{k}: {v}\r\n");
     }
     head += "\r\n";
     let mut msg = head.into_bytes();
     msg.extend_from_slice(body);
+    msg
+}
+
+/// Reads one response (status, body) from a keep-alive connection.
+pub fn read_answer(reader: &mut impl BufRead) -> (u16, Vec<u8>) {
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    let mut len = 0;
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).unwrap();
+        if h == "\r\n" || h.is_empty() {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).unwrap();
+    (status.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0), body)
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`).
+pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.set_nodelay(true).unwrap();
     // A server may answer (413) and close before a large body is sent: keep the answer.
-    let _ = s.write_all(&msg);
+    let _ = s.write_all(&request_bytes(method, path, headers, body, true));
     read_response(&mut s)
 }
 
