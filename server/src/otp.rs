@@ -474,3 +474,74 @@ mod tests {
         assert_eq!(mask_destination(""), "");
     }
 }
+
+#[cfg(test)]
+mod store_tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::Store;
+
+    #[test]
+    fn fifty_parallel_wrong_checks_evaluate_exactly_five() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open_or_init(dir.path(), None, 1000).unwrap();
+        let store = Arc::new(store);
+        let key = *store.otp_key().unwrap().expose();
+        let (v, code) =
+            Verification::create(&mut rand_core::OsRng, &key, [1; 16], "console", "dev", Policy::default(), 1000)
+                .unwrap();
+        store.put_verification(&v).unwrap();
+        let wrong = if code.as_str() == "000000" { "111111" } else { "000000" };
+        let threads: Vec<_> = (0..50)
+            .map(|_| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    store.update_verification(&v.id, |v| v.check(&key, wrong, 1001)).unwrap().unwrap()
+                })
+            })
+            .collect();
+        let outcomes: Vec<CheckOutcome> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let evaluated = outcomes.iter().filter(|o| matches!(o, CheckOutcome::Wrong { .. })).count();
+        let refused = outcomes.iter().filter(|o| **o == CheckOutcome::NotPending(Status::MaxAttemptsReached)).count();
+        assert_eq!((evaluated, refused), (5, 45));
+        // The right code is refused too: the counter, not luck, ended it.
+        let after = store.update_verification(&v.id, |v| v.check(&key, &code, 1002)).unwrap().unwrap();
+        assert_eq!(after, CheckOutcome::NotPending(Status::MaxAttemptsReached));
+    }
+
+    #[test]
+    fn attempts_survive_a_reopen_of_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let id;
+        let key;
+        let code;
+        {
+            let (store, _) = Store::open_or_init(dir.path(), None, 1000).unwrap();
+            key = *store.otp_key().unwrap().expose();
+            let (v, c) =
+                Verification::create(&mut rand_core::OsRng, &key, [1; 16], "console", "dev", Policy::default(), 1000)
+                    .unwrap();
+            store.put_verification(&v).unwrap();
+            for _ in 0..4 {
+                store.update_verification(&v.id, |v| v.check(&key, "nope00", 1001)).unwrap();
+            }
+            id = v.id;
+            code = c;
+        }
+        let (store, created) = Store::open_or_init(dir.path(), None, 1002).unwrap();
+        assert!(!created);
+        assert_eq!(*store.otp_key().unwrap().expose(), key, "the OTP key persists");
+        assert_eq!(
+            store.update_verification(&id, |v| v.check(&key, "nope00", 1003)).unwrap(),
+            Some(CheckOutcome::Wrong { attempts_left: 0 })
+        );
+        assert_eq!(
+            store.update_verification(&id, |v| v.check(&key, &code, 1003)).unwrap(),
+            Some(CheckOutcome::NotPending(Status::MaxAttemptsReached)),
+            "a restart does not reset the counter"
+        );
+        assert_eq!(store.update_verification(&[9; 16], |v| v.status).unwrap(), None);
+        assert_eq!(store.sweep_verifications(1000 + 600 + 3601, 3600).unwrap(), 1);
+    }
+}

@@ -16,6 +16,7 @@ const API_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("api_keys")
 const SERVER_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("server_keys");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const OTP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("otp_verifications");
 
 /// File name of the store inside the data directory.
 pub const STORE_FILE: &str = "onetrip.redb";
@@ -379,6 +380,100 @@ impl Store {
         }
         w.commit().map_err(|e| damaged(&self.path, e))?;
         Ok(written)
+    }
+
+    /// Stores a new OTP verification (durably, before its code is sent).
+    pub fn put_verification(&self, v: &crate::otp::Verification) -> Result<(), StoreError> {
+        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        {
+            let mut table = w.open_table(OTP).map_err(|e| damaged(&self.path, e))?;
+            let bytes = serde_json::to_vec(v).map_err(|_| StoreError::Record("otp verification".into()))?;
+            table.insert(&v.id[..], &bytes[..]).map_err(|e| damaged(&self.path, e))?;
+        }
+        w.commit().map_err(|e| damaged(&self.path, e))
+    }
+
+    /// Runs `f` on a verification inside one durable write transaction and stores the
+    /// result: concurrent checks are serialized by redb's single writer, and an
+    /// attempt is on disk before its answer leaves the server. `Ok(None)` when there
+    /// is no such verification.
+    pub fn update_verification<R>(
+        &self,
+        id: &[u8; 16],
+        f: impl FnOnce(&mut crate::otp::Verification) -> R,
+    ) -> Result<Option<R>, StoreError> {
+        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        let result = {
+            let mut table = w.open_table(OTP).map_err(|e| damaged(&self.path, e))?;
+            let current = table.get(&id[..]).map_err(|e| damaged(&self.path, e))?.map(|v| v.value().to_vec());
+            match current {
+                None => None,
+                Some(bytes) => {
+                    let mut v: crate::otp::Verification =
+                        serde_json::from_slice(&bytes).map_err(|_| StoreError::Record("otp verification".into()))?;
+                    let r = f(&mut v);
+                    let bytes = serde_json::to_vec(&v).map_err(|_| StoreError::Record("otp verification".into()))?;
+                    table.insert(&id[..], &bytes[..]).map_err(|e| damaged(&self.path, e))?;
+                    Some(r)
+                }
+            }
+        };
+        w.commit().map_err(|e| damaged(&self.path, e))?;
+        Ok(result)
+    }
+
+    /// Deletes verifications that expired more than `keep_secs` ago; returns how many.
+    pub fn sweep_verifications(&self, now: u64, keep_secs: u64) -> Result<usize, StoreError> {
+        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        let removed = {
+            let mut table = w.open_table(OTP).map_err(|e| damaged(&self.path, e))?;
+            let mut old = Vec::new();
+            for row in table.iter().map_err(|e| damaged(&self.path, e))? {
+                let (k, v) = row.map_err(|e| damaged(&self.path, e))?;
+                let v: crate::otp::Verification =
+                    serde_json::from_slice(v.value()).map_err(|_| StoreError::Record("otp verification".into()))?;
+                if v.expires_at.saturating_add(keep_secs) < now {
+                    old.push(k.value().to_vec());
+                }
+            }
+            for k in &old {
+                table.remove(&k[..]).map_err(|e| damaged(&self.path, e))?;
+            }
+            old.len()
+        };
+        w.commit().map_err(|e| damaged(&self.path, e))?;
+        Ok(removed)
+    }
+
+    /// The key that OTP code hashes are made with, created on first use.
+    pub fn otp_key(&self) -> Result<Secret<32>, StoreError> {
+        {
+            let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
+            let meta = read.open_table(META).map_err(|e| damaged(&self.path, e))?;
+            if let Some(blob) = meta.get("otp_key").map_err(|e| damaged(&self.path, e))? {
+                return Ok(self.sealer.open_secret("otp_key", blob.value())?);
+            }
+        }
+        let key = Secret::<32>::random(&mut OsRng);
+        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        let stored = {
+            let mut meta = w.open_table(META).map_err(|e| damaged(&self.path, e))?;
+            // Another writer may have created it meanwhile: keep theirs.
+            let existing = meta.get("otp_key").map_err(|e| damaged(&self.path, e))?.map(|b| b.value().to_vec());
+            match existing {
+                Some(blob) => Some(blob),
+                None => {
+                    meta.insert("otp_key", &self.sealer.seal("otp_key", key.expose())[..])
+                        .map_err(|e| damaged(&self.path, e))?;
+                    None
+                }
+            }
+        };
+        w.commit().map_err(|e| damaged(&self.path, e))?;
+        match stored {
+            Some(blob) => Ok(self.sealer.open_secret("otp_key", &blob)?),
+            None => Ok(key),
+        }
     }
 
     /// One API key record.
