@@ -100,6 +100,9 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `onetrip_server=debug` [default: info].
     #[arg(long, env = "ONETRIP_LOG")]
     pub log: Option<String>,
+    /// DEVELOPMENT ONLY: the console OTP channel prints the codes on stderr.
+    #[arg(long, env = "ONETRIP_OTP_CONSOLE_CODES")]
+    pub otp_console_codes: bool,
 }
 
 /// `onetrip keys …`
@@ -241,6 +244,7 @@ fn settings(cli: &Cli, args: Option<&ServeArgs>) -> Result<Settings, String> {
         overrides.tls_cert = a.tls_cert.clone();
         overrides.tls_key = a.tls_key.clone();
         overrides.log = a.log.clone();
+        overrides.otp_console_codes = a.otp_console_codes.then_some(true);
     }
     Settings::merge(overrides, file, default_data_dir())
 }
@@ -285,6 +289,9 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
             store = %store.path().display(),
             "private keys are stored UNENCRYPTED: set ONETRIP_PASSPHRASE (or --passphrase-file) before the first start to seal them"
         );
+    }
+    if settings.otp_console_codes {
+        tracing::warn!("--otp-console-codes is on: one-time codes are printed on stderr. Never use this in production");
     }
     let tls = match (&settings.tls_cert, &settings.tls_key) {
         (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),

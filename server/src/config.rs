@@ -41,6 +41,8 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     /// See [`Settings::log`].
     pub log: Option<String>,
+    /// See [`Settings::otp_console_codes`].
+    pub otp_console_codes: Option<bool>,
 }
 
 impl FileConfig {
@@ -82,6 +84,8 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     /// tracing filter (e.g. `info`, `onetrip_server=debug`).
     pub log: String,
+    /// Development only: the console channel prints the codes it "sends".
+    pub otp_console_codes: bool,
 }
 
 impl Settings {
@@ -102,6 +106,7 @@ impl Settings {
             tls_cert: None,
             tls_key: None,
             log: "info".into(),
+            otp_console_codes: false,
         }
     }
 
@@ -129,6 +134,7 @@ impl Settings {
             tls_cert: overrides.tls_cert.or(file.tls_cert),
             tls_key: overrides.tls_key.or(file.tls_key),
             log: pick!(log),
+            otp_console_codes: pick!(otp_console_codes),
         };
         s.validate()?;
         Ok(s)

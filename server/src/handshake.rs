@@ -13,6 +13,7 @@ use onetrip_protocol::{RequestError, Secret, Status};
 use rand::RngCore;
 
 use crate::keys::KeyEntry;
+use crate::otp::{self, CheckOutcome};
 use crate::shared::SharedState;
 use crate::state::AppState;
 
@@ -92,12 +93,42 @@ async fn answer<S: SharedState>(
         auth.respond(&Reply::ScopeDenied, now, out);
         return Ok(Status::ScopeDenied);
     };
+    let mut second_factor = false;
     if entry.record.require_otp {
-        // Step-up delivery is not configured in this build: refuse rather than grant
-        // a token without the second factor the key demands.
-        tracing::warn!(key_id = %entry.id, "key requires a second factor, which is not available; refusing");
-        auth.respond(&Reply::ScopeDenied, now, out);
-        return Ok(Status::ScopeDenied);
+        match auth.second_factor() {
+            None => {
+                let reply = start_step_up(state, &entry, now).await;
+                let status = reply.as_ref().map_or(Status::ServerError, |_| Status::SecondFactorRequired);
+                match reply {
+                    Some((operation, channel, destination)) => auth.respond(
+                        &Reply::SecondFactorRequired { operation, channel, destination: &destination },
+                        now,
+                        out,
+                    ),
+                    None => auth.respond(&Reply::ServerError, now, out),
+                }
+                return Ok(status);
+            }
+            Some((operation, code)) => {
+                let code = zeroize::Zeroizing::new(code.to_owned());
+                match check_step_up(state, &entry, operation, code, now).await {
+                    Some(CheckOutcome::Approved) => second_factor = true,
+                    Some(CheckOutcome::Wrong { attempts_left }) => {
+                        let attempts_left = u8::try_from(attempts_left).unwrap_or(u8::MAX);
+                        auth.respond(&Reply::SecondFactorFailed { attempts_left }, now, out);
+                        return Ok(Status::SecondFactorFailed);
+                    }
+                    Some(CheckOutcome::NotPending(_)) => {
+                        auth.respond(&Reply::SecondFactorFailed { attempts_left: 0 }, now, out);
+                        return Ok(Status::SecondFactorFailed);
+                    }
+                    None => {
+                        auth.respond(&Reply::ServerError, now, out);
+                        return Ok(Status::ServerError);
+                    }
+                }
+            }
+        }
     }
     let Some(verifier) = state.token_verifier(audience) else {
         auth.respond(&Reply::ScopeDenied, now, out);
@@ -109,7 +140,8 @@ async fn answer<S: SharedState>(
         let session_key = Secret::random(&mut rng);
         let mut token_id = [0u8; 16];
         rng.fill_bytes(&mut token_id);
-        let claims = Claims::new(token_id, entry.id, now, expires_at, false, audience, scopes, session_key.clone());
+        let claims =
+            Claims::new(token_id, entry.id, now, expires_at, second_factor, audience, scopes, session_key.clone());
         match claims.and_then(|c| verifier.seal(&c, &mut rng)) {
             Ok(token) => (token, session_key),
             Err(e) => {
@@ -122,6 +154,99 @@ async fn answer<S: SharedState>(
     auth.respond(&Reply::Granted { token: &token, session_key: &session_key, expires_at }, now, out);
     state.last_used.insert(entry.id, now);
     Ok(Status::Ok)
+}
+
+/// Creates and delivers a step-up verification for `entry`. `None` when the channel
+/// is not available or the store fails (the handshake then answers `server_error`).
+async fn start_step_up<S: SharedState>(
+    state: &AppState<S>,
+    entry: &KeyEntry,
+    now: u64,
+) -> Option<([u8; 16], onetrip_protocol::Channel, String)> {
+    let destination = entry.record.otp_to.clone()?;
+    let channel = otp::channel_for(&destination);
+    if channel != onetrip_protocol::Channel::Console {
+        tracing::warn!(key_id = %entry.id, channel = channel.as_str(), "second-factor channel not available in this build");
+        return None;
+    }
+    let st = state.clone();
+    let owner = *entry.id.as_bytes();
+    let to = destination.clone();
+    let created = tokio::task::spawn_blocking(move || {
+        let key = st.store.otp_key()?;
+        let (v, code) = otp::Verification::create(
+            &mut rand::thread_rng(),
+            key.expose(),
+            owner,
+            channel.as_str(),
+            &to,
+            otp::Policy::default(),
+            now,
+        )
+        .map_err(|e| crate::store::StoreError::Record(e.to_string()))?;
+        // Stored before the code goes out: a crash cannot leave a code without its counter.
+        st.store.put_verification(&v)?;
+        Ok::<_, crate::store::StoreError>((v.id, code))
+    })
+    .await;
+    let (id, code) = match created {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot store a second-factor verification");
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "second-factor task failed");
+            return None;
+        }
+    };
+    deliver_console(state, &destination, &id, &code);
+    Some((id, channel, otp::mask_destination(&destination)))
+}
+
+/// The development console channel: says a code was sent; prints it only with
+/// `--otp-console-codes`.
+fn deliver_console<S>(state: &AppState<S>, destination: &str, id: &[u8; 16], code: &str) {
+    if state.settings.otp_console_codes {
+        eprintln!("[onetrip console channel] code for {destination} (operation {}): {code}", hex::encode(id));
+    } else {
+        tracing::info!(destination, operation = %hex::encode(id), "console channel: code sent (start with --otp-console-codes to see it)");
+    }
+}
+
+/// Checks a step-up code atomically in the store. `None` on a store failure.
+async fn check_step_up<S: SharedState>(
+    state: &AppState<S>,
+    entry: &KeyEntry,
+    operation: [u8; 16],
+    code: zeroize::Zeroizing<String>,
+    now: u64,
+) -> Option<CheckOutcome> {
+    let st = state.clone();
+    let owner = *entry.id.as_bytes();
+    let result = tokio::task::spawn_blocking(move || {
+        let key = st.store.otp_key()?;
+        st.store.update_verification(&operation, |v| {
+            // Another key's operation id is treated like an unknown one.
+            if v.owner != owner {
+                return CheckOutcome::NotPending(otp::Status::Canceled);
+            }
+            v.check(key.expose(), &code, now)
+        })
+    })
+    .await;
+    match result {
+        Ok(Ok(Some(outcome))) => Some(outcome),
+        Ok(Ok(None)) => Some(CheckOutcome::NotPending(otp::Status::Expired)),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot check a second-factor code");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "second-factor task failed");
+            None
+        }
+    }
 }
 
 /// The audience and scopes to grant, or `None` when the key may not have them.

@@ -320,6 +320,21 @@ impl Verification {
     }
 }
 
+/// Delivery channel named by a key's `--otp-to` destination: `console[:label]`
+/// (development), an email address, `webhook:<target>`, or `totp`.
+pub fn channel_for(destination: &str) -> onetrip_protocol::Channel {
+    use onetrip_protocol::Channel;
+    if destination == "console" || destination.starts_with("console:") {
+        Channel::Console
+    } else if destination == "totp" {
+        Channel::Totp
+    } else if destination.starts_with("webhook:") {
+        Channel::Webhook
+    } else {
+        Channel::Email
+    }
+}
+
 /// Masks a destination for display: `alice@example.com` → `a***@example.com`,
 /// `+15551234567` → `+*******4567`, anything else → first and last character.
 pub fn mask_destination(to: &str) -> String {

@@ -238,3 +238,34 @@ fn blocking_client_works_without_a_runtime() {
 fn hex_bytes(s: &str) -> Vec<u8> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_step_up_flow() {
+    let server = Server::start(&["--otp-console-codes"]);
+    let key = key_string(&server, &["--name", "admin", "--require-otp", "--otp-to", "console:ops"]);
+    let client = client_for(&server, &key).build().unwrap();
+    let Err(Error::SecondFactorRequired { operation, channel, .. }) = client.token().await else {
+        panic!("expected SecondFactorRequired")
+    };
+    assert_eq!(channel, "console");
+    let marker = format!("(operation {}): ", hex_string(&operation));
+    let mut code = None;
+    for _ in 0..100 {
+        if let Some(l) = server.stderr().lines().find(|l| l.contains(&marker)) {
+            code = Some(l.rsplit(": ").next().unwrap().trim().to_owned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let code = code.expect("console code");
+    let err = client.token_with_code(operation, "0000000").await.unwrap_err();
+    assert!(matches!(err, Error::SecondFactorFailed { attempts_left: 4 }), "{err}");
+    client.token_with_code(operation, &code).await.unwrap();
+    // Cached: no new second factor needed until refresh.
+    client.token().await.unwrap();
+    assert_eq!(client.handshakes(), 3);
+}
+
+fn hex_string(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -333,3 +333,58 @@ fn sigterm_shuts_down_gracefully() {
     assert!(!socket.exists(), "admin socket removed on shutdown");
     assert!(server.stderr().contains("shutting down"));
 }
+
+fn console_code(server: &Server, operation: &[u8; 16]) -> String {
+    let marker = format!("(operation {}): ", hex::encode(operation));
+    for _ in 0..100 {
+        if let Some(line) = server.stderr().lines().find(|l| l.contains(&marker)) {
+            return line.rsplit(": ").next().unwrap().trim().to_owned();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no console code for the operation");
+}
+
+#[test]
+fn step_up_with_the_console_channel() {
+    let server = Server::start(&["--otp-console-codes"]);
+    let (key, _) = server.create_key(&["--name", "admin", "--require-otp", "--otp-to", "console:alice"]);
+    let Outcome::SecondFactorRequired { operation, channel, destination } =
+        server.handshake(&key, &ClientRequest::default())
+    else {
+        panic!("expected second_factor_required")
+    };
+    assert_eq!((channel, destination.as_str()), (onetrip_protocol::Channel::Console, "c***e"));
+    let code = console_code(&server, &operation);
+    assert_eq!(code.len(), 6);
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let with = |code: &str| {
+        server.handshake(
+            &key,
+            &ClientRequest {
+                second_factor: Some(onetrip_protocol::SecondFactor { operation, code }),
+                ..Default::default()
+            },
+        )
+    };
+    assert!(matches!(with(wrong), Outcome::SecondFactorFailed { attempts_left: 4 }));
+    let Outcome::Granted(grant) = with(&code) else { panic!("the right code must grant a token") };
+    assert!(matches!(with(&code), Outcome::SecondFactorFailed { attempts_left: 0 }), "codes are single use");
+    // The token carries the second-factor flag.
+    let r = whoami(&server, &grant, "/v1/whoami");
+    assert_eq!(r.json()["second_factor"], true);
+    // Another key cannot use this operation id.
+    let (other, _) = server.create_key(&["--name", "other", "--require-otp", "--otp-to", "console:bob"]);
+    let stolen = server.handshake(
+        &other,
+        &ClientRequest {
+            second_factor: Some(onetrip_protocol::SecondFactor { operation, code: &code }),
+            ..Default::default()
+        },
+    );
+    assert!(matches!(stolen, Outcome::SecondFactorFailed { attempts_left: 0 }));
+    assert!(
+        !server.stderr().lines().any(|l| l.contains(&code) && !l.contains("[onetrip console channel]")),
+        "the code leaked into a log line"
+    );
+}
