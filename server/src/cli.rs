@@ -361,6 +361,12 @@ async fn maintenance<S: SharedState>(state: AppState<S>) {
                     tracing::warn!(error = %e, "cannot record key last-use times");
                 }
             }
+            // Expired verifications are kept an hour (status queries), then deleted.
+            if ticks % 60 == 0 {
+                if let Err(e) = st.store.sweep_verifications(now, 3600) {
+                    tracing::warn!(error = %e, "cannot delete expired verifications");
+                }
+            }
         })
         .await;
     }

@@ -97,6 +97,21 @@ async fn answer<S: SharedState>(
     if entry.record.require_otp {
         match auth.second_factor() {
             None => {
+                // Each step-up sends a code: at most 5 per key per 10 minutes.
+                let bucket = format!("otp-send:{}", entry.id);
+                match state.shared.rate_limit(&bucket, 5, 600, now).await {
+                    Ok(crate::shared::RateDecision::Allowed) => {}
+                    Ok(crate::shared::RateDecision::Limited { retry_after }) => {
+                        let retry_after_secs = u32::try_from(retry_after).unwrap_or(u32::MAX);
+                        auth.respond(&Reply::RateLimited { retry_after_secs }, now, out);
+                        return Ok(Status::RateLimited);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "send limit unavailable; refusing step-up");
+                        auth.respond(&Reply::ServerError, now, out);
+                        return Ok(Status::ServerError);
+                    }
+                }
                 let reply = start_step_up(state, &entry, now).await;
                 let status = reply.as_ref().map_or(Status::ServerError, |_| Status::SecondFactorRequired);
                 match reply {

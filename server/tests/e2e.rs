@@ -388,3 +388,17 @@ fn step_up_with_the_console_channel() {
         "the code leaked into a log line"
     );
 }
+
+#[test]
+fn step_up_sends_are_limited_per_key() {
+    let server = Server::start(&[]);
+    let (key, _) = server.create_key(&["--name", "admin", "--require-otp", "--otp-to", "console:alice"]);
+    for _ in 0..5 {
+        assert!(matches!(server.handshake(&key, &ClientRequest::default()), Outcome::SecondFactorRequired { .. }));
+    }
+    let Outcome::RateLimited { retry_after_secs } = server.handshake(&key, &ClientRequest::default()) else {
+        panic!("the sixth code request within 10 minutes must be refused")
+    };
+    assert!((1..=600).contains(&retry_after_secs));
+    assert_eq!(server.metric("onetrip_handshakes_total{status=\"second_factor_required\"}"), 5);
+}
