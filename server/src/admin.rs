@@ -68,6 +68,13 @@ pub enum AdminRequest {
         /// Audience name.
         audience: String,
     },
+    /// Audit events since a time.
+    Audit {
+        /// Unix seconds.
+        since: u64,
+        /// Most events returned.
+        limit: usize,
+    },
 }
 
 /// Hooks into a running server so changes apply without restart.
@@ -242,6 +249,9 @@ pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Res
             let mut out = server_key_json(store, now)?;
             out["new_key_id"] = serde_json::Value::String(hex::encode(new_id));
             Ok(out)
+        }
+        AdminRequest::Audit { since, limit } => {
+            Ok(serde_json::Value::Array(store.audit_since(since, limit).map_err(e)?))
         }
         AdminRequest::AudienceKey { audience } => {
             validate_names("audience", std::slice::from_ref(&audience), 64)?;

@@ -48,6 +48,18 @@ pub enum Command {
     /// Show or rotate the server's handshake keys.
     #[command(subcommand, name = "server-key")]
     ServerKey(ServerKeyCommand),
+    /// Print audit events (key changes, rotations, second-factor events; never codes).
+    Audit {
+        /// Only events at or after this many seconds ago.
+        #[arg(long, default_value_t = 86_400)]
+        since_secs: u64,
+        /// Most events shown.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the token key a resource server needs to verify tokens for AUDIENCE.
     AudienceKey {
         /// Audience (resource server name).
@@ -198,6 +210,23 @@ pub fn main_with(cli: Cli) -> i32 {
             Command::Serve(ref args) => serve(&cli, args).await,
             Command::Keys(ref k) => keys(&cli, k).await,
             Command::ServerKey(ref s) => server_key(&cli, s).await,
+            Command::Audit { since_secs, limit, json } => {
+                let since = unix_now().saturating_sub(since_secs);
+                let v = admin_call(&cli, AdminRequest::Audit { since, limit }).await?;
+                print_value(&v, json, |v| {
+                    v.as_array()
+                        .map(|a| {
+                            a.iter()
+                                .map(|e| {
+                                    format!("{}  {:<20} {}", e["at"], e["event"].as_str().unwrap_or(""), e["detail"])
+                                })
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        })
+                        .unwrap_or_default()
+                });
+                Ok(())
+            }
             Command::AudienceKey { ref audience, json } => {
                 let v = admin_call(&cli, AdminRequest::AudienceKey { audience: audience.clone() }).await?;
                 print_value(&v, json, |v| {

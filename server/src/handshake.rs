@@ -201,6 +201,11 @@ async fn start_step_up<S: SharedState>(
         .map_err(|e| crate::store::StoreError::Record(e.to_string()))?;
         // Stored before the code goes out: a crash cannot leave a code without its counter.
         st.store.put_verification(&v)?;
+        st.store.audit(
+            now,
+            "otp.generate",
+            serde_json::json!({ "key_id": hex::encode(owner), "operation": hex::encode(v.id), "channel": channel.as_str(), "kind": "step_up" }),
+        )?;
         Ok::<_, crate::store::StoreError>((v.id, code))
     })
     .await;
@@ -241,13 +246,24 @@ async fn check_step_up<S: SharedState>(
     let owner = *entry.id.as_bytes();
     let result = tokio::task::spawn_blocking(move || {
         let key = st.store.otp_key()?;
-        st.store.update_verification(&operation, |v| {
+        let outcome = st.store.update_verification(&operation, |v| {
             // Another key's operation id is treated like an unknown one.
-            if v.owner != owner {
-                return CheckOutcome::NotPending(otp::Status::Canceled);
-            }
-            v.check(key.expose(), &code, now)
-        })
+            (v.owner == owner).then(|| v.check(key.expose(), &code, now))
+        })?;
+        let result = match outcome {
+            Some(Some(CheckOutcome::Approved)) => "approved".to_owned(),
+            Some(Some(CheckOutcome::Wrong { .. })) => "wrong_code".to_owned(),
+            Some(Some(CheckOutcome::NotPending(s))) => format!("refused_{}", s.as_str()),
+            Some(None) => "refused_other_key".to_owned(),
+            None => "refused_unknown_operation".to_owned(),
+        };
+        st.store.audit(
+            now,
+            "otp.check",
+            serde_json::json!({ "key_id": hex::encode(owner), "operation": hex::encode(operation), "outcome": result, "kind": "step_up" }),
+        )?;
+        let outcome = outcome.map(|o| o.unwrap_or(CheckOutcome::NotPending(otp::Status::Canceled)));
+        Ok::<_, crate::store::StoreError>(outcome)
     })
     .await;
     match result {

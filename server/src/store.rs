@@ -514,14 +514,19 @@ impl Store {
         w.commit().map_err(|e| damaged(&self.path, e))
     }
 
-    /// The newest `limit` audit events, oldest first.
-    pub fn audit_tail(&self, limit: usize) -> Result<Vec<serde_json::Value>, StoreError> {
+    /// Audit events at or after `since` (unix seconds), newest `limit`, oldest first.
+    pub fn audit_since(&self, since: u64, limit: usize) -> Result<Vec<serde_json::Value>, StoreError> {
         let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
         let table = read.open_table(AUDIT).map_err(|e| damaged(&self.path, e))?;
         let mut out = Vec::new();
-        for row in table.iter().map_err(|e| damaged(&self.path, e))?.rev().take(limit) {
+        for row in table.iter().map_err(|e| damaged(&self.path, e))?.rev() {
             let (_, v) = row.map_err(|e| damaged(&self.path, e))?;
-            out.push(serde_json::from_slice(v.value()).map_err(|_| StoreError::Record("audit".into()))?);
+            let event: serde_json::Value =
+                serde_json::from_slice(v.value()).map_err(|_| StoreError::Record("audit".into()))?;
+            if event["at"].as_u64().unwrap_or(0) < since || out.len() >= limit {
+                break;
+            }
+            out.push(event);
         }
         out.reverse();
         Ok(out)

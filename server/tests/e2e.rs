@@ -387,6 +387,16 @@ fn step_up_with_the_console_channel() {
         !server.stderr().lines().any(|l| l.contains(&code) && !l.contains("[onetrip console channel]")),
         "the code leaked into a log line"
     );
+    // Every generate and check is audited, without the code.
+    let out = server.cli(&["audit", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let outcomes: Vec<&str> =
+        events.iter().filter(|e| e["event"] == "otp.check").filter_map(|e| e["detail"]["outcome"].as_str()).collect();
+    assert_eq!(outcomes, ["wrong_code", "approved", "refused_approved", "refused_other_key"]);
+    assert_eq!(events.iter().filter(|e| e["event"] == "otp.generate").count(), 1);
+    assert!(events.iter().any(|e| e["event"] == "key.created"));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&code), "audit shows the code");
 }
 
 #[test]
