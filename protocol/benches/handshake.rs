@@ -88,6 +88,7 @@ fn bench_backend<B: CryptoBackend>(c: &mut Criterion) {
             auth.respond(
                 &Reply::Granted { token: &token, session_key: &session_key, expires_at: NOW + 900 },
                 NOW,
+                &mut rng,
                 &mut response,
             );
             black_box(&response);
@@ -104,7 +105,7 @@ fn bench_backend<B: CryptoBackend>(c: &mut Criterion) {
     let mut request2 = [0u8; REQUEST_LEN];
     client.start(&req, NOW, &mut fixed, &mut request2).unwrap();
     let auth = responder.open_request(&request2, NOW).unwrap().authenticate(&ss).unwrap();
-    auth.respond(&Reply::ClockSkew, NOW, &mut response);
+    auth.respond(&Reply::ClockSkew, NOW, &mut rng, &mut response);
     c.bench_function(&format!("client_response/{name}"), |bench| {
         bench.iter_batched(
             || client.start(&req, NOW, &mut BenchRng::new(), &mut [0u8; REQUEST_LEN]).unwrap(),

@@ -320,7 +320,7 @@ fn malformed_payload_is_answered_under_the_authenticated_key() {
     let rejected = opened.authenticate(&ss).unwrap_err();
     assert_eq!(rejected.reason(), RejectReason::PayloadMalformed("non-zero padding"));
     let mut response = [0u8; RESPONSE_LEN];
-    rejected.respond(NOW, &mut response);
+    rejected.respond(NOW, &mut TestRng::new(1), &mut response);
     // `pending` was built for the original request bytes; the response key covers the
     // whole request, so the client cannot read an answer to the altered one.
     assert_eq!(pending.finish(&response).unwrap_err(), HandshakeError::ResponseUnreadable);
@@ -377,4 +377,47 @@ fn requests_and_responses_have_fixed_sizes() {
     assert_eq!((a.len(), b.len()), (384, 384));
     assert_eq!(RESPONSE_LEN, 400);
     assert!(matches!(fx.full_handshake(&mut rng), Outcome::Granted(_)));
+}
+
+fn replayed_answers<B: CryptoBackend>() {
+    let fx = Fixture::<B>::new(31);
+    let mut rng = TestRng::new(32);
+    let session_key = Secret::random(&mut rng);
+    let token = fx.mint(fx.api_key.id(), &session_key, &mut rng);
+    let pending = || fx.request(&fx.api_key, &ClientRequest::default(), &mut TestRng::new(77));
+    let (request, _) = pending();
+    let ss = fx.responder.static_static(&SERVER_KEY_ID, &fx.api_key.verifier(&fx.backend).unwrap()).unwrap();
+    // The server answers the original with a token, then the replayed copy with
+    // auth_failed (as a real server does), each time with its own RNG draw.
+    let answer = |reply: &Reply<'_>, seed: u64| {
+        let mut out = [0u8; RESPONSE_LEN];
+        let auth = fx.responder.open_request(&request, NOW).unwrap().authenticate(&ss).unwrap();
+        auth.respond(reply, NOW, &mut TestRng::new(seed), &mut out);
+        out
+    };
+    let first = answer(&Reply::Granted { token: &token, session_key: &session_key, expires_at: NOW + 900 }, 1);
+    let replay = answer(&Reply::AuthFailed, 2);
+    assert_ne!(first[OFF_RESPONSE_NONCE..OFF_RESPONSE_BODY], replay[OFF_RESPONSE_NONCE..OFF_RESPONSE_BODY]);
+    // Both genuine, both readable by the real client only...
+    assert!(matches!(pending().1.finish(&first).unwrap(), Outcome::Granted(_)));
+    assert!(matches!(pending().1.finish(&replay).unwrap(), Outcome::AuthFailed));
+    // ...and the ciphertexts share no keystream: XORing them does not give the XOR of
+    // the plaintexts (with a repeated nonce it would, exposing the token).
+    let c_xor: Vec<u8> =
+        first[OFF_RESPONSE_BODY..].iter().zip(&replay[OFF_RESPONSE_BODY..]).map(|(a, b)| a ^ b).collect();
+    let mut p_first = [0u8; 64];
+    p_first[0] = Status::Ok.code();
+    p_first[1..9].copy_from_slice(&NOW.to_be_bytes());
+    p_first[9..17].copy_from_slice(&(NOW + 900).to_be_bytes());
+    p_first[17..49].copy_from_slice(session_key.expose());
+    let mut p_replay = [0u8; 64];
+    p_replay[0] = Status::AuthFailed.code();
+    p_replay[1..9].copy_from_slice(&NOW.to_be_bytes());
+    let p_xor: Vec<u8> = p_first.iter().zip(&p_replay).map(|(a, b)| a ^ b).collect();
+    assert_ne!(&c_xor[..64], &p_xor[..], "answers to one request reuse a keystream");
+}
+
+#[test]
+fn answers_to_a_replayed_request_never_share_a_nonce() {
+    for_each_backend!(replayed_answers);
 }

@@ -40,7 +40,7 @@ proptest! {
         prop_assert_eq!(auth.scopes(), scopes.as_str());
         prop_assert_eq!(auth.timestamp_acceptable(NOW, 60, 0), offset <= 120);
         let mut response = [0u8; RESPONSE_LEN];
-        auth.respond(&Reply::ClockSkew, NOW, &mut response);
+        auth.respond(&Reply::ClockSkew, NOW, &mut rng, &mut response);
         let is_clock_skew = matches!(pending.finish(&response).unwrap(), Outcome::ClockSkew { server_time } if server_time == NOW);
         prop_assert!(is_clock_skew);
 

@@ -170,6 +170,7 @@ fn generate<B: CryptoBackend>() -> Value {
         // Server side.
         let session_key = Secret::new(input::<32>(&format!("{} session key", case.name)));
         let token_nonce: [u8; 12] = input(&format!("{} token nonce", case.name));
+        let response_nonce: [u8; 12] = input(&format!("{} response nonce", case.name));
         let claims = Claims::new(
             input(&format!("{} token id", case.name)),
             key.id(),
@@ -206,9 +207,9 @@ fn generate<B: CryptoBackend>() -> Value {
         match opened.authenticate(&ss) {
             Ok(auth) => {
                 replay_id = hx(&auth.replay_id());
-                auth.respond(&reply, NOW, &mut response)
+                auth.respond_with_nonce(&reply, NOW, &response_nonce, &mut response)
             }
-            Err(rejected) => rejected.respond(NOW, &mut response),
+            Err(rejected) => rejected.respond_with_nonce(NOW, &response_nonce, &mut response),
         }
         let outcome = pending.finish(&response).unwrap();
         assert_eq!(
@@ -238,6 +239,7 @@ fn generate<B: CryptoBackend>() -> Value {
             "failure_response_key": hx(failure_key.expose()),
             "replay_id": replay_id,
             "status": outcome.status().as_str(),
+            "response_nonce": hx(&response_nonce),
             "response": hx(&response),
         });
         if matches!(reply, Reply::Granted { .. }) && case.key == "registered" {

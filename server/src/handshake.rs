@@ -59,18 +59,18 @@ async fn answer<S: SharedState>(
         Ok(auth) => auth,
         Err(rejected) => {
             let status = rejected.status();
-            rejected.respond(now, out);
+            rejected.respond(now, &mut rand::thread_rng(), out);
             return Ok(status);
         }
     };
     // authenticate() only succeeds with a real entry's static-static value.
     let Some(entry) = entry else {
-        auth.respond(&Reply::AuthFailed, now, out);
+        auth.respond(&Reply::AuthFailed, now, &mut rand::thread_rng(), out);
         return Ok(Status::AuthFailed);
     };
     let window = state.settings.clock_window_secs;
     if !auth.timestamp_acceptable(now, window, state.started_at) {
-        auth.respond(&Reply::ClockSkew, now, out);
+        auth.respond(&Reply::ClockSkew, now, &mut rand::thread_rng(), out);
         return Ok(Status::ClockSkew);
     }
     // Kept for twice the window: a request is only acceptable within ±window of its stamp.
@@ -78,19 +78,19 @@ async fn answer<S: SharedState>(
         Ok(true) => {}
         Ok(false) => {
             tracing::debug!(key_id = %entry.id, "replayed handshake refused");
-            auth.respond(&Reply::AuthFailed, now, out);
+            auth.respond(&Reply::AuthFailed, now, &mut rand::thread_rng(), out);
             return Ok(Status::AuthFailed);
         }
         Err(e) => {
             tracing::warn!(error = %e, "replay cache unavailable; refusing handshake");
-            auth.respond(&Reply::ServerError, now, out);
+            auth.respond(&Reply::ServerError, now, &mut rand::thread_rng(), out);
             return Ok(Status::ServerError);
         }
     }
     let Some((audience, scopes)) =
         resolve_grant(&entry, auth.audience(), auth.scopes(), &state.settings.default_audience)
     else {
-        auth.respond(&Reply::ScopeDenied, now, out);
+        auth.respond(&Reply::ScopeDenied, now, &mut rand::thread_rng(), out);
         return Ok(Status::ScopeDenied);
     };
     let mut second_factor = false;
@@ -103,12 +103,12 @@ async fn answer<S: SharedState>(
                     Ok(crate::shared::RateDecision::Allowed) => {}
                     Ok(crate::shared::RateDecision::Limited { retry_after }) => {
                         let retry_after_secs = u32::try_from(retry_after).unwrap_or(u32::MAX);
-                        auth.respond(&Reply::RateLimited { retry_after_secs }, now, out);
+                        auth.respond(&Reply::RateLimited { retry_after_secs }, now, &mut rand::thread_rng(), out);
                         return Ok(Status::RateLimited);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "send limit unavailable; refusing step-up");
-                        auth.respond(&Reply::ServerError, now, out);
+                        auth.respond(&Reply::ServerError, now, &mut rand::thread_rng(), out);
                         return Ok(Status::ServerError);
                     }
                 }
@@ -118,9 +118,10 @@ async fn answer<S: SharedState>(
                     Some((operation, channel, destination)) => auth.respond(
                         &Reply::SecondFactorRequired { operation, channel, destination: &destination },
                         now,
+                        &mut rand::thread_rng(),
                         out,
                     ),
-                    None => auth.respond(&Reply::ServerError, now, out),
+                    None => auth.respond(&Reply::ServerError, now, &mut rand::thread_rng(), out),
                 }
                 return Ok(status);
             }
@@ -130,15 +131,20 @@ async fn answer<S: SharedState>(
                     Some(CheckOutcome::Approved) => second_factor = true,
                     Some(CheckOutcome::Wrong { attempts_left }) => {
                         let attempts_left = u8::try_from(attempts_left).unwrap_or(u8::MAX);
-                        auth.respond(&Reply::SecondFactorFailed { attempts_left }, now, out);
+                        auth.respond(&Reply::SecondFactorFailed { attempts_left }, now, &mut rand::thread_rng(), out);
                         return Ok(Status::SecondFactorFailed);
                     }
                     Some(CheckOutcome::NotPending(_)) => {
-                        auth.respond(&Reply::SecondFactorFailed { attempts_left: 0 }, now, out);
+                        auth.respond(
+                            &Reply::SecondFactorFailed { attempts_left: 0 },
+                            now,
+                            &mut rand::thread_rng(),
+                            out,
+                        );
                         return Ok(Status::SecondFactorFailed);
                     }
                     None => {
-                        auth.respond(&Reply::ServerError, now, out);
+                        auth.respond(&Reply::ServerError, now, &mut rand::thread_rng(), out);
                         return Ok(Status::ServerError);
                     }
                 }
@@ -146,7 +152,7 @@ async fn answer<S: SharedState>(
         }
     }
     let Some(verifier) = state.token_verifier(audience) else {
-        auth.respond(&Reply::ScopeDenied, now, out);
+        auth.respond(&Reply::ScopeDenied, now, &mut rand::thread_rng(), out);
         return Ok(Status::ScopeDenied);
     };
     let expires_at = now + state.settings.token_ttl_secs;
@@ -161,12 +167,17 @@ async fn answer<S: SharedState>(
             Ok(token) => (token, session_key),
             Err(e) => {
                 tracing::error!(error = %e, key_id = %entry.id, "cannot mint token");
-                auth.respond(&Reply::ServerError, now, out);
+                auth.respond(&Reply::ServerError, now, &mut rand::thread_rng(), out);
                 return Ok(Status::ServerError);
             }
         }
     };
-    auth.respond(&Reply::Granted { token: &token, session_key: &session_key, expires_at }, now, out);
+    auth.respond(
+        &Reply::Granted { token: &token, session_key: &session_key, expires_at },
+        now,
+        &mut rand::thread_rng(),
+        out,
+    );
     state.last_used.insert(entry.id, now);
     Ok(Status::Ok)
 }

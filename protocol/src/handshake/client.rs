@@ -231,16 +231,17 @@ impl<B: CryptoBackend> AwaitingResponse<B> {
             return self.finish_key_changed(msg);
         }
         let aad = field::<0, OFF_RESPONSE_BODY, RESPONSE_LEN>(msg);
+        let nonce = field::<OFF_RESPONSE_NONCE, RESPONSE_NONCE_LEN, RESPONSE_LEN>(msg);
         let tag = field::<OFF_RESPONSE_TAG, TAG_LEN, RESPONSE_LEN>(msg);
         let sealed = field::<OFF_RESPONSE_BODY, RESPONSE_BODY_LEN, RESPONSE_LEN>(msg);
 
         // Try the authenticated key first, then the failure key (PROTOCOL.md §5.1).
         let mut body = Zeroizing::new(*sealed);
-        if self.open(&self.response_key, aad, &mut body, tag) {
+        if self.open(&self.response_key, nonce, aad, &mut body, tag) {
             return Outcome::decode(&body).ok_or(HandshakeError::ResponseInvalid("unknown status or field value"));
         }
         let mut body = Zeroizing::new(*sealed);
-        if self.open(&self.failure_key, aad, &mut body, tag) {
+        if self.open(&self.failure_key, nonce, aad, &mut body, tag) {
             let outcome =
                 Outcome::decode(&body).ok_or(HandshakeError::ResponseInvalid("unknown status or field value"))?;
             if !outcome.status().allowed_unauthenticated() {
@@ -251,8 +252,15 @@ impl<B: CryptoBackend> AwaitingResponse<B> {
         Err(HandshakeError::ResponseUnreadable)
     }
 
-    fn open(&self, key: &Secret<32>, aad: &[u8], body: &mut [u8; RESPONSE_BODY_LEN], tag: &[u8; TAG_LEN]) -> bool {
-        self.backend.open(&self.backend.aead_key(key), &HANDSHAKE_NONCE, aad, body, tag).is_ok()
+    fn open(
+        &self,
+        key: &Secret<32>,
+        nonce: &[u8; RESPONSE_NONCE_LEN],
+        aad: &[u8],
+        body: &mut [u8; RESPONSE_BODY_LEN],
+        tag: &[u8; TAG_LEN],
+    ) -> bool {
+        self.backend.open(&self.backend.aead_key(key), nonce, aad, body, tag).is_ok()
     }
 
     fn finish_key_changed(self, msg: &[u8; RESPONSE_LEN]) -> Result<Outcome, HandshakeError> {

@@ -23,7 +23,8 @@ pub const MSG_AUTH_RESPONSE: u8 = 0x02;
 /// Message type of a signed "server key changed" response.
 pub const MSG_SERVER_KEY_CHANGED: u8 = 0x03;
 
-/// AEAD nonce of every handshake seal: each handshake key seals exactly once.
+/// AEAD nonce of the two request seals: `k1` and `k2` come from a fresh ephemeral
+/// key and each seals exactly once. Responses carry a random nonce instead.
 pub const HANDSHAKE_NONCE: [u8; 12] = [0u8; 12];
 
 // ---- request (PROTOCOL.md §4.1) ----
@@ -87,8 +88,16 @@ pub const MAX_CODE_LEN: usize = CODE_SLOT - 1;
 // ---- response (PROTOCOL.md §5) ----
 /// Total response length, whatever the outcome.
 pub const RESPONSE_LEN: usize = 400;
+/// Offset of the response's random AEAD nonce (in the clear, authenticated).
+///
+/// The response key is a function of the request bytes, so a replayed request
+/// gets an answer under the same key; a fresh random nonce per answer keeps every
+/// (key, nonce) pair unique (a fixed nonce would let anyone XOR two answers).
+pub const OFF_RESPONSE_NONCE: usize = 2;
+/// Length of the response nonce.
+pub const RESPONSE_NONCE_LEN: usize = 12;
 /// Offset of the sealed body in a [`MSG_AUTH_RESPONSE`].
-pub const OFF_RESPONSE_BODY: usize = 2;
+pub const OFF_RESPONSE_BODY: usize = OFF_RESPONSE_NONCE + RESPONSE_NONCE_LEN;
 /// Offset of the body's tag.
 pub const OFF_RESPONSE_TAG: usize = RESPONSE_LEN - TAG_LEN;
 /// Length of the response body plaintext.

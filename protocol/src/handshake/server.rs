@@ -6,6 +6,7 @@
 //! to [`OpenedRequest::authenticate`]. Every path ends in exactly one fixed-size
 //! response written by `respond`.
 
+use rand_core::CryptoRngCore;
 use zeroize::Zeroizing;
 
 pub use super::body::Reply;
@@ -233,9 +234,17 @@ impl<B: CryptoBackend> Responder<B> {
         Ok(())
     }
 
-    fn seal_response(&self, key: &Secret<32>, reply: &Reply<'_>, now: u64, out: &mut [u8; RESPONSE_LEN]) {
+    fn seal_response(
+        &self,
+        key: &Secret<32>,
+        reply: &Reply<'_>,
+        now: u64,
+        nonce: &[u8; RESPONSE_NONCE_LEN],
+        out: &mut [u8; RESPONSE_LEN],
+    ) {
         out[OFF_VERSION] = crate::VERSION;
         out[OFF_TYPE] = MSG_AUTH_RESPONSE;
+        *field_mut::<OFF_RESPONSE_NONCE, RESPONSE_NONCE_LEN, RESPONSE_LEN>(out) = *nonce;
         let (aad, rest) = out.split_at_mut(OFF_RESPONSE_BODY);
         let (body, tag) = rest.split_at_mut(RESPONSE_BODY_LEN);
         let (Ok(body), Ok(tag)) = (<&mut [u8; RESPONSE_BODY_LEN]>::try_from(body), <&mut [u8; TAG_LEN]>::try_from(tag))
@@ -243,8 +252,15 @@ impl<B: CryptoBackend> Responder<B> {
             unreachable!("response layout is fixed at compile time")
         };
         reply.encode(now, body);
-        self.backend.seal(&self.backend.aead_key(key), &HANDSHAKE_NONCE, aad, body, tag);
+        // resp[14..400] = AEAD(key, nonce, aad = resp[0..14], body)
+        self.backend.seal(&self.backend.aead_key(key), nonce, aad, body, tag);
     }
+}
+
+fn random_nonce(rng: &mut impl CryptoRngCore) -> [u8; RESPONSE_NONCE_LEN] {
+    let mut nonce = [0u8; RESPONSE_NONCE_LEN];
+    rng.fill_bytes(&mut nonce);
+    nonce
 }
 
 /// A request whose key id has been read (or found unreadable).
@@ -375,12 +391,18 @@ impl<B: CryptoBackend> Rejected<'_, B> {
 
     /// Writes the answer: `auth_failed` under the failure key, or `malformed` under
     /// the response key for an authenticated but malformed payload.
-    pub fn respond(self, now: u64, out: &mut [u8; RESPONSE_LEN]) {
+    pub fn respond(self, now: u64, rng: &mut impl CryptoRngCore, out: &mut [u8; RESPONSE_LEN]) {
+        self.respond_with_nonce(now, &random_nonce(rng), out);
+    }
+
+    /// [`Self::respond`] with a caller-chosen nonce: for test vectors only (a nonce
+    /// used twice with one request's keys exposes both answers).
+    pub fn respond_with_nonce(self, now: u64, nonce: &[u8; RESPONSE_NONCE_LEN], out: &mut [u8; RESPONSE_LEN]) {
         let reply = match self.status() {
             Status::Malformed => Reply::Malformed,
             _ => Reply::AuthFailed,
         };
-        self.responder.seal_response(&self.key, &reply, now, out);
+        self.responder.seal_response(&self.key, &reply, now, nonce, out);
     }
 }
 
@@ -448,8 +470,21 @@ impl<B: CryptoBackend> Authenticated<'_, B> {
         ts >= earliest && ts.abs_diff(now) <= window
     }
 
-    /// Seals `reply` under the response key (only this client can read it).
-    pub fn respond(self, reply: &Reply<'_>, now: u64, out: &mut [u8; RESPONSE_LEN]) {
-        self.responder.seal_response(&self.response_key, reply, now, out);
+    /// Seals `reply` under the response key (only this client can read it) with a
+    /// fresh random nonce from `rng`.
+    pub fn respond(self, reply: &Reply<'_>, now: u64, rng: &mut impl CryptoRngCore, out: &mut [u8; RESPONSE_LEN]) {
+        self.respond_with_nonce(reply, now, &random_nonce(rng), out);
+    }
+
+    /// [`Self::respond`] with a caller-chosen nonce: for test vectors only (a nonce
+    /// used twice with one request's keys exposes both answers).
+    pub fn respond_with_nonce(
+        self,
+        reply: &Reply<'_>,
+        now: u64,
+        nonce: &[u8; RESPONSE_NONCE_LEN],
+        out: &mut [u8; RESPONSE_LEN],
+    ) {
+        self.responder.seal_response(&self.response_key, reply, now, nonce, out);
     }
 }

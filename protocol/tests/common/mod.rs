@@ -103,8 +103,8 @@ impl<B: CryptoBackend> Fixture<B> {
             None => self.responder.dummy_static_static(&server_key_id, opened.key_id().as_ref()),
         };
         match opened.authenticate(&ss) {
-            Ok(auth) => auth.respond(reply, NOW, &mut out),
-            Err(rejected) => rejected.respond(NOW, &mut out),
+            Ok(auth) => auth.respond(reply, NOW, &mut TestRng::new(0x5EED), &mut out),
+            Err(rejected) => rejected.respond(NOW, &mut TestRng::new(0x5EED), &mut out),
         }
         out
     }
