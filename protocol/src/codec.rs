@@ -59,7 +59,7 @@ pub(crate) fn write_text<const M: usize>(slot: &mut [u8; M], text: &str) -> Resu
 }
 
 /// Reads a text slot written by [`write_text`]: the length must fit, padding must be
-/// zero, and every byte must be a printable ASCII character other than space.
+/// zero, and every byte must be printable ASCII (space included, as scope separator).
 pub(crate) fn read_text<const M: usize>(slot: &[u8; M]) -> Result<&str, TextError> {
     const { assert!(M >= 1 && M <= 256, "text slot must hold a length byte") };
     let len = usize::from(slot[0]);

@@ -47,7 +47,8 @@ pub use secret::Secret;
 pub use server_key::{DocumentError, Fingerprint, IdentityKey, ServerKeyDocument, ServerKeyEntry};
 pub use token::{Claims, Token, TokenError, TokenKeyring, TokenVerifier, TOKEN_LEN};
 
-/// Protocol version carried in the first byte of every message, token and document.
+/// Protocol version: the first byte of every message, token and proof, and byte 4 of
+/// the server key document (after the `OTSK` magic).
 pub const VERSION: u8 = 1;
 
 /// Default accepted clock difference between client and server, in seconds.

@@ -116,6 +116,15 @@ async fn auth<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, conn:
     let mut out = [0u8; RESPONSE_LEN];
     match crate::handshake::handle_auth(state, &body, now, &mut out).await {
         Ok(_) => octets(Bytes::copy_from_slice(&out)),
+        Err(e @ onetrip_protocol::RequestError::KeySet(_)) => {
+            tracing::error!(error = %e, "no handshake key is valid now: rotate the server key");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+                "the server has no valid handshake key",
+            )
+        }
         Err(e) => problem(StatusCode::BAD_REQUEST, "bad_request", "Not a handshake request", &e.to_string()),
     }
 }
