@@ -1,11 +1,13 @@
 //! A blocking wrapper for callers without an async runtime (e.g. synchronous
-//! database drivers): the async client driven by its own current-thread runtime.
+//! database drivers): the async client driven by its own current-thread runtime,
+//! with the same builder, cache, single flight and retries.
 
 use crate::client::{Client, ClientBuilder};
-use crate::core::{AccessToken, SignedRequest};
 use crate::error::Error;
+use crate::token::{AccessToken, SignedRequest};
 
-/// Blocking onetrip client. Do not use from inside an async runtime.
+/// Blocking onetrip client. Cheap to share by reference across threads; calls from
+/// inside an async runtime are refused (use [`Client`] there).
 #[derive(Debug)]
 pub struct BlockingClient {
     client: Client,
@@ -16,15 +18,26 @@ impl BlockingClient {
     /// Builds from the same builder as the async client.
     ///
     /// # Errors
-    /// As [`ClientBuilder::build`], or when the runtime cannot start.
+    /// As [`ClientBuilder::build`], or [`Error::Config`] when the runtime cannot start.
     pub fn build(builder: ClientBuilder) -> Result<Self, Error> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| Error::Config(format!("cannot start a runtime: {e}")))?;
-        // hyper's pool needs the runtime when the client is created.
-        let client = runtime.block_on(async { builder.build() })?;
+            .map_err(|e| Error::Config(format!("cannot start a runtime for the blocking client: {e}")))?;
+        // The connection pool spawns onto the runtime it is created in.
+        let guard = runtime.enter();
+        let client = builder.build()?;
+        drop(guard);
         Ok(Self { client, runtime })
+    }
+
+    fn block_on<T>(&self, f: impl std::future::Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::Config(
+                "BlockingClient was called from inside an async runtime, where blocking would stall it: use onetrip_client::Client there".into(),
+            ));
+        }
+        self.runtime.block_on(f)
     }
 
     /// See [`Client::token`].
@@ -32,7 +45,7 @@ impl BlockingClient {
     /// # Errors
     /// As [`Client::token`].
     pub fn token(&self) -> Result<AccessToken, Error> {
-        self.runtime.block_on(self.client.token())
+        self.block_on(self.client.token())
     }
 
     /// See [`Client::token_with_code`].
@@ -40,7 +53,7 @@ impl BlockingClient {
     /// # Errors
     /// As [`Client::token_with_code`].
     pub fn token_with_code(&self, operation: [u8; 16], code: &str) -> Result<AccessToken, Error> {
-        self.runtime.block_on(self.client.token_with_code(operation, code))
+        self.block_on(self.client.token_with_code(operation, code))
     }
 
     /// See [`Client::sign_request`].
@@ -48,10 +61,15 @@ impl BlockingClient {
     /// # Errors
     /// As [`Client::sign_request`].
     pub fn sign_request(&self, method: &str, path: &str, body: &[u8]) -> Result<SignedRequest, Error> {
-        self.runtime.block_on(self.client.sign_request(method, path, body))
+        self.block_on(self.client.sign_request(method, path, body))
     }
 
-    /// Handshakes sent so far.
+    /// See [`Client::invalidate`].
+    pub fn invalidate(&self) {
+        self.client.invalidate();
+    }
+
+    /// Handshake requests sent so far, retries included.
     pub fn handshakes(&self) -> u64 {
         self.client.handshakes()
     }

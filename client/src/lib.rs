@@ -9,6 +9,8 @@
 //!     .server("http://127.0.0.1:7420")
 //!     .api_key("otk_…")
 //!     .pin("SHA256:…".parse().expect("fingerprint"))
+//!     .audience("db")
+//!     .scopes(["db:read"])
 //!     .build()?;
 //! let signed = client.sign_request("POST", "/query", b"select 1").await?;
 //! // send `Authorization: {signed.authorization()}` and `Onetrip-PoP: {signed.pop()}`
@@ -17,14 +19,16 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | [`core`] | sans-IO state: trust, document, clock offset, responses → tokens |
-//! | [`client`] | async client: token cache, single flight, one-time retries |
+//! | [`core`] | sans-IO state: trust, document, handshake, clock offset, token; responses → steps |
+//! | [`client`] | async client (tokio + hyper): token cache, single flight, retries |
 //! | [`blocking`] | the same for synchronous callers |
+//! | [`token`] | the access token and the headers it signs |
 //! | [`trust`] | pinning and trust on first use |
 //! | [`error`] | typed, actionable errors |
 //!
 //! Resource servers verify tokens in-process with the re-exported
-//! [`TokenVerifier`] (see `examples/db_driver.rs`).
+//! [`TokenVerifier`] (see `examples/db_driver.rs`). Over plain HTTP always send the
+//! proof of possession; `Authorization: Bearer` without one is for TLS only.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -32,13 +36,16 @@ pub mod blocking;
 pub mod client;
 pub mod core;
 pub mod error;
+pub mod token;
 mod transport;
 pub mod trust;
 
 pub use blocking::BlockingClient;
-pub use client::{Client, ClientBuilder};
-pub use core::{AccessToken, SignedRequest, AUTHORIZATION_SCHEME, POP_HEADER};
+pub use client::{Client, ClientBuilder, Clock, IntoApiKey};
 pub use error::Error;
 pub use onetrip_protocol::{
-    ApiKey, Claims, DefaultBackend, Fingerprint, PopProof, Secret, Token, TokenError, TokenVerifier,
+    ApiKey, ApiKeyError, Channel, Claims, DefaultBackend, Fingerprint, KeyId, PopError, PopProof, Secret, Token,
+    TokenError, TokenVerifier,
 };
+pub use token::{AccessToken, SignedRequest, AUTHORIZATION_SCHEME, POP_HEADER};
+pub use trust::Trust;
