@@ -247,7 +247,7 @@ async fn client_step_up_flow() {
     let Err(Error::SecondFactorRequired { operation, channel, .. }) = client.token().await else {
         panic!("expected SecondFactorRequired")
     };
-    assert_eq!(channel, "console");
+    assert_eq!(channel, onetrip_client::Channel::Console);
     let marker = format!("(operation {}): ", hex_string(&operation));
     let mut code = None;
     for _ in 0..100 {
