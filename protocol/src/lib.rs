@@ -15,6 +15,7 @@
 //! | [`handshake`] | the one-roundtrip request/response, client and server state machines |
 //! | [`token`] | fixed-size sealed tokens, per-audience keys, the `TokenVerifier` |
 //! | [`pop`] | proof-of-possession signatures made with the session key |
+//! | `fuzzing` | (feature `fuzzing`) the properties the `fuzz/` targets check |
 //!
 //! The byte-level specification is `PROTOCOL.md` at the repository root; every
 //! constant named there is a `pub const` here.
@@ -27,6 +28,8 @@ compile_error!("enable at least one crypto backend feature: `aws-lc` or `rustcry
 pub mod api_key;
 pub mod backend;
 mod codec;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod handshake;
 pub mod kdf;
 pub mod pop;
