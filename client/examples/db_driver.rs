@@ -7,8 +7,12 @@
 //!    `TokenVerifier::verify_request`, holding only its own audience key: no call to
 //!    the onetrip server.
 //!
+//! When the key needs a second factor (`--require-otp`), the driver asks for the code
+//! on the terminal and finishes with `token_with_code`.
+//!
 //! ```sh
 //! onetrip keys create --name app --scope db:read --audience db      # → otk_…
+//! #   (or, with step-up: … --require-otp --otp-to console:me, and serve --otp-console-codes)
 //! onetrip server-key show                                           # → SHA256:…
 //! onetrip audience-key db                                           # → key id, key
 //! ONETRIP_SERVER=http://127.0.0.1:7420 ONETRIP_API_KEY=otk_… ONETRIP_FINGERPRINT=SHA256:… \
@@ -19,7 +23,7 @@ use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use onetrip_client::{
-    BlockingClient, Client, DefaultBackend, PopProof, Secret, Token, TokenVerifier, AUTHORIZATION_SCHEME,
+    BlockingClient, Client, DefaultBackend, Error, PopProof, Secret, Token, TokenVerifier, AUTHORIZATION_SCHEME,
 };
 
 /// Accepted difference between the proof's timestamp and the database's clock.
@@ -64,7 +68,19 @@ fn run(server: &str, api_key: &str, fingerprint: &str, audience: &str, audience_
     let database = "orders";
     let startup_packet = b"user=app database=orders application_name=db_driver";
     println!("driver: asking {server} for a token for audience `{audience}` (one roundtrip)");
-    let signed = client.sign_request("CONNECT", database, startup_packet).map_err(|e| e.to_string())?;
+    let signed = match client.sign_request("CONNECT", database, startup_packet) {
+        // Keys created with --require-otp (or asking for an MFA scope) need a code.
+        Err(Error::SecondFactorRequired { operation, channel, destination }) => {
+            eprint!("driver: enter the code sent by {} to {destination}: ", channel.as_str());
+            let mut code = String::new();
+            std::io::stdin().read_line(&mut code).map_err(|e| format!("cannot read the code: {e}"))?;
+            let token = client.token_with_code(operation, code.trim()).map_err(|e| e.to_string())?;
+            println!("driver: second factor accepted; the token carries the flag: {}", token.second_factor());
+            client.sign_request("CONNECT", database, startup_packet)
+        }
+        other => other,
+    }
+    .map_err(|e| e.to_string())?;
     println!(
         "driver: got a token expiring at {} (server clock); refresh due locally at {}",
         signed.access_token().expires_at(),

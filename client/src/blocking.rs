@@ -64,6 +64,46 @@ impl BlockingClient {
         self.block_on(self.client.sign_request(method, path, body))
     }
 
+    /// See [`Client::otp_create`].
+    ///
+    /// # Errors
+    /// As [`Client::otp_create`].
+    pub fn otp_create(&self, new: &crate::NewVerification) -> Result<crate::Verification, Error> {
+        self.block_on(self.client.otp_create(new))
+    }
+
+    /// See [`Client::otp_check`].
+    ///
+    /// # Errors
+    /// As [`Client::otp_check`].
+    pub fn otp_check(&self, id: &str, code: &str) -> Result<crate::CheckResult, Error> {
+        self.block_on(self.client.otp_check(id, code))
+    }
+
+    /// See [`Client::otp_resend`].
+    ///
+    /// # Errors
+    /// As [`Client::otp_resend`].
+    pub fn otp_resend(&self, id: &str) -> Result<crate::Verification, Error> {
+        self.block_on(self.client.otp_resend(id))
+    }
+
+    /// See [`Client::otp_cancel`].
+    ///
+    /// # Errors
+    /// As [`Client::otp_cancel`].
+    pub fn otp_cancel(&self, id: &str) -> Result<crate::Verification, Error> {
+        self.block_on(self.client.otp_cancel(id))
+    }
+
+    /// See [`Client::otp_get`].
+    ///
+    /// # Errors
+    /// As [`Client::otp_get`].
+    pub fn otp_get(&self, id: &str) -> Result<crate::Verification, Error> {
+        self.block_on(self.client.otp_get(id))
+    }
+
     /// See [`Client::invalidate`].
     pub fn invalidate(&self) {
         self.client.invalidate();

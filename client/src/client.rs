@@ -289,6 +289,10 @@ impl Client {
         self.0.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    pub(crate) fn transport(&self) -> &Transport {
+        &self.0.transport
+    }
+
     fn now(&self) -> u64 {
         (self.0.clock)()
     }

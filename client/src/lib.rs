@@ -24,6 +24,7 @@
 //! | [`blocking`] | the same for synchronous callers |
 //! | [`token`] | the access token and the headers it signs |
 //! | [`trust`] | pinning and trust on first use |
+//! | [`otp`] | typed calls to the server's OTP API (create, check, resend, cancel, get) |
 //! | [`error`] | typed, actionable errors |
 //!
 //! Resource servers verify tokens in-process with the re-exported
@@ -36,6 +37,7 @@ pub mod blocking;
 pub mod client;
 pub mod core;
 pub mod error;
+pub mod otp;
 pub mod token;
 mod transport;
 pub mod trust;
@@ -47,5 +49,6 @@ pub use onetrip_protocol::{
     ApiKey, ApiKeyError, Channel, Claims, DefaultBackend, Fingerprint, KeyId, PopError, PopProof, Secret, Token,
     TokenError, TokenVerifier,
 };
+pub use otp::{CheckResult, NewVerification, OtpChannel, Verification, VerificationStatus};
 pub use token::{AccessToken, SignedRequest, AUTHORIZATION_SCHEME, POP_HEADER};
 pub use trust::Trust;

@@ -78,11 +78,37 @@ impl Transport {
         self.once(Method::POST, path, Some(body)).await
     }
 
+    /// A JSON call with extra headers (the signed OTP API): any 2xx body, or a typed
+    /// error. One attempt: these calls are not idempotent (a check uses an attempt).
+    pub(crate) async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&[u8]>,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Bytes, Error> {
+        self.exchange(method, path, body, "application/json", headers).await
+    }
+
     async fn once(&self, method: Method, path: &str, body: Option<&[u8]>) -> Result<Bytes, Error> {
+        self.exchange(method, path, body, "application/octet-stream", &[]).await
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&[u8]>,
+        content_type: &'static str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Bytes, Error> {
         let uri = format!("{}{path}", self.base);
         let mut request = Request::builder().method(method).uri(&uri);
         if body.is_some() {
-            request = request.header(http::header::CONTENT_TYPE, "application/octet-stream");
+            request = request.header(http::header::CONTENT_TYPE, content_type);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let request = request
             .body(Full::new(Bytes::copy_from_slice(body.unwrap_or_default())))
@@ -105,7 +131,7 @@ impl Transport {
         let (status, retry_after, body) =
             tokio::time::timeout(self.timeout, exchange).await.map_err(|_| Error::Timeout(self.timeout))??;
         match status {
-            StatusCode::OK => Ok(body),
+            s if s.is_success() => Ok(body),
             StatusCode::TOO_MANY_REQUESTS => {
                 Err(Error::RateLimited { retry_after: Duration::from_secs(retry_after.unwrap_or(1)) })
             }

@@ -56,6 +56,12 @@ pub enum AdminRequest {
         /// Grace period for the old key.
         grace_secs: u64,
     },
+    /// Enrol a key created with `--otp-to totp` in an authenticator app; the answer
+    /// carries the secret and its `otpauth://` URI, shown once.
+    KeysTotpEnroll {
+        /// Key id (hex).
+        id: String,
+    },
     /// Fingerprint and handshake keys.
     ServerKeyShow,
     /// New handshake key; the old ones stay valid `overlap_secs`.
@@ -239,6 +245,32 @@ pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Res
             out["api_key"] = serde_json::Value::String(key.encode().to_string());
             out["old_key_expires_at"] = serde_json::json!(now + grace_secs);
             Ok(out)
+        }
+        AdminRequest::KeysTotpEnroll { id } => {
+            let id = key_id(&id)?;
+            let r = store.get_api_key(&id).map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
+            if r.otp_to.as_deref() != Some("totp") {
+                return Err(format!(
+                    "key {id} does not use TOTP (its codes go to {}): create a key with --otp-to totp",
+                    r.otp_to.as_deref().unwrap_or("nowhere")
+                ));
+            }
+            let secret = crate::totp::generate_secret(&mut rand_core::OsRng);
+            store.put_totp(id.as_bytes(), crate::otp_service::STEP_UP_ACCOUNT, secret.as_bytes(), now).map_err(e)?;
+            store
+                .audit(now, "otp.totp_enroll", serde_json::json!({ "key_id": id.to_string(), "account": crate::otp_service::STEP_UP_ACCOUNT, "outcome": "enrolled" }))
+                .map_err(e)?;
+            let params = crate::totp::TotpParams::default();
+            let uri = crate::totp::otpauth_uri(&secret, &params, "onetrip", &r.name);
+            Ok(serde_json::json!({
+                "id": id.to_string(),
+                "name": r.name,
+                "secret": &*secret.to_base32(),
+                "otpauth_uri": uri,
+                "algorithm": "SHA1",
+                "digits": 6,
+                "period": 30,
+            }))
         }
         AdminRequest::ServerKeyShow => server_key_json(store, now),
         AdminRequest::ServerKeyRotate { overlap_secs } => {

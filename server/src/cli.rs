@@ -38,6 +38,8 @@ pub struct Cli {
 }
 
 /// Subcommands.
+// Parsed once per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (creates the data directory and keys on first start).
@@ -48,6 +50,10 @@ pub enum Command {
     /// Show or rotate the server's handshake keys.
     #[command(subcommand, name = "server-key")]
     ServerKey(ServerKeyCommand),
+    /// Get a token from a server with an API key (ONETRIP_API_KEY) and print it, for
+    /// scripts and curl (`Authorization: Bearer` on HTTPS). Asks for the code on
+    /// stdin when the key needs a second factor.
+    Token(TokenArgs),
     /// Print audit events (key changes, rotations, second-factor events; never codes).
     Audit {
         /// Only events at or after this many seconds ago.
@@ -115,11 +121,50 @@ pub struct ServeArgs {
     /// DEVELOPMENT ONLY: the console OTP channel prints the codes on stderr.
     #[arg(long, env = "ONETRIP_OTP_CONSOLE_CODES")]
     pub otp_console_codes: bool,
+    /// Scope that only second-factor tokens get (repeatable), e.g. `admin`.
+    #[arg(long = "mfa-scope", env = "ONETRIP_MFA_SCOPES", value_delimiter = ',')]
+    pub mfa_scopes: Vec<String>,
+    /// OTP codes sent to one destination per 10 minutes [default: 5].
+    #[arg(long, env = "ONETRIP_OTP_SENDS_PER_DESTINATION")]
+    pub otp_sends_per_destination: Option<u64>,
+    /// OTP codes one API key may have sent per 10 minutes [default: 100].
+    #[arg(long, env = "ONETRIP_OTP_SENDS_PER_KEY")]
+    pub otp_sends_per_key: Option<u64>,
+    /// Requests per second per client IP on /v1/otp/* [default: 50].
+    #[arg(long, env = "ONETRIP_OTP_API_RATE_PER_IP")]
+    pub otp_api_rate_per_ip: Option<u64>,
+    /// SMTP relay for the email channel (password: ONETRIP_SMTP_PASSWORD).
+    #[arg(long, env = "ONETRIP_SMTP_HOST")]
+    pub smtp_host: Option<String>,
+    /// SMTP port [default: 587, 465 with --smtp-tls tls, 25 with none].
+    #[arg(long, env = "ONETRIP_SMTP_PORT")]
+    pub smtp_port: Option<u16>,
+    /// SMTP transport security: starttls, tls or none [default: starttls].
+    #[arg(long, env = "ONETRIP_SMTP_TLS")]
+    pub smtp_tls: Option<String>,
+    /// SMTP user name.
+    #[arg(long, env = "ONETRIP_SMTP_USERNAME")]
+    pub smtp_username: Option<String>,
+    /// Sender address of OTP emails.
+    #[arg(long, env = "ONETRIP_SMTP_FROM")]
+    pub smtp_from: Option<String>,
+    /// URL the signed webhook channel POSTs to (HMAC key: ONETRIP_WEBHOOK_SECRET).
+    #[arg(long, env = "ONETRIP_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
 }
 
 /// `onetrip keys …`
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
+    /// Enrol a `--otp-to totp` key in an authenticator app: prints the secret, its
+    /// otpauth:// URI and a QR code, once. Enrolling again replaces the secret.
+    TotpEnroll {
+        /// Key id.
+        id: String,
+        /// Print JSON (no QR code).
+        #[arg(long)]
+        json: bool,
+    },
     /// Create an API key and print it once.
     Create {
         /// Human name.
@@ -176,6 +221,36 @@ pub enum KeysCommand {
     },
 }
 
+/// `onetrip token` options. The API key comes from the environment or a file, never
+/// from the command line (where `ps` and shell history would show it).
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Server URL.
+    #[arg(long, env = "ONETRIP_SERVER", default_value = "http://127.0.0.1:7420")]
+    pub server: String,
+    /// File holding the API key (else ONETRIP_API_KEY).
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
+    /// Expected server fingerprint (`onetrip server-key show`).
+    #[arg(long, env = "ONETRIP_FINGERPRINT")]
+    pub pin: Option<String>,
+    /// Trust-on-first-use file, when no --pin is given.
+    #[arg(long, conflicts_with = "pin")]
+    pub trust_file: Option<PathBuf>,
+    /// CA certificate (PEM) for an https server with a private CA.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// Audience to ask for.
+    #[arg(long)]
+    pub audience: Option<String>,
+    /// Scope to ask for (repeatable; default: all of the key's).
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    /// Print JSON (token, expiry, second-factor flag).
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `onetrip server-key …`
 #[derive(Debug, Subcommand)]
 pub enum ServerKeyCommand {
@@ -209,6 +284,7 @@ pub fn main_with(cli: Cli) -> i32 {
         match cli.command {
             Command::Serve(ref args) => serve(&cli, args).await,
             Command::Keys(ref k) => keys(&cli, k).await,
+            Command::Token(ref t) => token(t).await,
             Command::ServerKey(ref s) => server_key(&cli, s).await,
             Command::Audit { since_secs, limit, json } => {
                 let since = unix_now().saturating_sub(since_secs);
@@ -274,6 +350,27 @@ fn settings(cli: &Cli, args: Option<&ServeArgs>) -> Result<Settings, String> {
         overrides.tls_key = a.tls_key.clone();
         overrides.log = a.log.clone();
         overrides.otp_console_codes = a.otp_console_codes.then_some(true);
+        let smtp = (a.smtp_host.is_some()
+            || a.smtp_port.is_some()
+            || a.smtp_tls.is_some()
+            || a.smtp_username.is_some()
+            || a.smtp_from.is_some())
+        .then(|| crate::config::SmtpFileConfig {
+            host: a.smtp_host.clone(),
+            port: a.smtp_port,
+            tls: a.smtp_tls.clone(),
+            username: a.smtp_username.clone(),
+            from: a.smtp_from.clone(),
+        });
+        overrides.otp = Some(crate::config::OtpFileConfig {
+            sends_per_destination: a.otp_sends_per_destination,
+            sends_per_key: a.otp_sends_per_key,
+            api_rate_per_ip: a.otp_api_rate_per_ip,
+            mfa_scopes: (!a.mfa_scopes.is_empty()).then(|| a.mfa_scopes.clone()),
+            totp_issuer: None,
+            smtp,
+            webhook: a.webhook_url.clone().map(|url| crate::config::WebhookFileConfig { url: Some(url) }),
+        });
     }
     Settings::merge(overrides, file, default_data_dir())
 }
@@ -335,6 +432,9 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
     let state = AppState::new(settings, store, shared).map_err(|e| e.to_string())?;
     let admin_listener = admin::bind_socket(&admin_socket)
         .map_err(|e| format!("cannot create the admin socket {}: {e}", admin_socket.display()))?;
+    // Before the announcement below: a SIGTERM sent as soon as we are "up" must stop
+    // us gracefully, not by the default action.
+    let shutdown = crate::listener::shutdown_signal();
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("onetrip {} listening on {scheme}://{local}", env!("CARGO_PKG_VERSION"));
     println!("identity fingerprint: {}", state.fingerprint());
@@ -360,7 +460,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
             tracing::info!(computed = n, elapsed_ms = started.elapsed().as_millis() as u64, "key cache warmed");
         });
     }
-    crate::listener::run(listener, tls, state.clone(), crate::listener::shutdown_signal()).await;
+    crate::listener::run(listener, tls, state.clone(), shutdown).await;
     admin.abort();
     maintenance.abort();
     let st = state.clone();
@@ -491,6 +591,7 @@ async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<(), String> {
             *json,
         ),
         KeysCommand::List { json } => (AdminRequest::KeysList, *json),
+        KeysCommand::TotpEnroll { id, json } => (AdminRequest::KeysTotpEnroll { id: id.clone() }, *json),
         KeysCommand::Show { id, json } => (AdminRequest::KeysShow { id: id.clone() }, *json),
         KeysCommand::Revoke { id, json } => (AdminRequest::KeysRevoke { id: id.clone() }, *json),
         KeysCommand::Rotate { id, grace_secs, json } => {
@@ -511,8 +612,61 @@ async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<(), String> {
                 .map(|t| format!("\nThe old key stays valid until {t} (unix time)."))
                 .unwrap_or_default()
         ),
+        KeysCommand::TotpEnroll { .. } => {
+            let uri = v["otpauth_uri"].as_str().unwrap_or("");
+            format!(
+                "Scan this with an authenticator app (or enter the secret by hand):\n\n{}\n  secret: {}\n  uri:    {uri}\n\nThis is the only time the secret is shown. Codes: 6 digits, 30 s, SHA-1.",
+                crate::totp::qr_terminal(uri),
+                v["secret"].as_str().unwrap_or(""),
+            )
+        }
         _ => key_line(v),
     });
+    Ok(())
+}
+
+async fn token(args: &TokenArgs) -> Result<(), String> {
+    use onetrip_client::{Client, Error};
+    let api_key = match &args.api_key_file {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?,
+        None => std::env::var("ONETRIP_API_KEY")
+            .map_err(|_| "set ONETRIP_API_KEY (or --api-key-file) to the API key".to_owned())?,
+    };
+    let api_key = zeroize::Zeroizing::new(api_key.trim().to_owned());
+    let mut builder = Client::builder().server(&args.server).api_key(api_key.as_str()).scopes(args.scopes.clone());
+    builder = match (&args.pin, &args.trust_file) {
+        (Some(pin), _) => builder.pin(pin.parse().map_err(|e| format!("--pin: {e}"))?),
+        (None, Some(file)) => builder.trust_on_first_use(file),
+        (None, None) => return Err("pass --pin <fingerprint> (see `onetrip server-key show`) or --trust-file".into()),
+    };
+    if let Some(a) = &args.audience {
+        builder = builder.audience(a);
+    }
+    if let Some(ca) = &args.ca_cert {
+        let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+        builder = builder.ca_certificates_pem(&pem);
+    }
+    let client = builder.build().map_err(|e| e.to_string())?;
+    let token = match client.token().await {
+        Err(Error::SecondFactorRequired { operation, channel, destination }) => {
+            eprint!("second factor: enter the code sent by {} to {destination}: ", channel.as_str());
+            let mut line = zeroize::Zeroizing::new(String::new());
+            std::io::stdin().read_line(&mut line).map_err(|e| format!("cannot read the code: {e}"))?;
+            client.token_with_code(operation, line.trim()).await
+        }
+        other => other,
+    }
+    .map_err(|e| e.to_string())?;
+    if args.json {
+        let v = serde_json::json!({
+            "token": &*token.token().to_base64(),
+            "expires_at": token.expires_at(),
+            "second_factor": token.second_factor(),
+        });
+        println!("{v}");
+    } else {
+        println!("{}", &*token.token().to_base64());
+    }
     Ok(())
 }
 

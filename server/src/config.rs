@@ -43,6 +43,176 @@ pub struct FileConfig {
     pub log: Option<String>,
     /// See [`Settings::otp_console_codes`].
     pub otp_console_codes: Option<bool>,
+    /// The `[otp]` table: limits, MFA scopes, delivery channels.
+    pub otp: Option<OtpFileConfig>,
+}
+
+/// The `[otp]` table of the TOML file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtpFileConfig {
+    /// See [`OtpSettings::sends_per_destination`].
+    pub sends_per_destination: Option<u64>,
+    /// See [`OtpSettings::sends_per_key`].
+    pub sends_per_key: Option<u64>,
+    /// See [`OtpSettings::api_rate_per_ip`].
+    pub api_rate_per_ip: Option<u64>,
+    /// See [`OtpSettings::mfa_scopes`].
+    pub mfa_scopes: Option<Vec<String>>,
+    /// See [`OtpSettings::totp_issuer`].
+    pub totp_issuer: Option<String>,
+    /// `[otp.smtp]`: email delivery.
+    pub smtp: Option<SmtpFileConfig>,
+    /// `[otp.webhook]`: signed webhook delivery.
+    pub webhook: Option<WebhookFileConfig>,
+}
+
+/// `[otp.smtp]`; the password comes from `ONETRIP_SMTP_PASSWORD`, never the file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpFileConfig {
+    /// SMTP server host name.
+    pub host: Option<String>,
+    /// Port [default: 587 for starttls, 465 for tls, 25 for none].
+    pub port: Option<u16>,
+    /// `starttls` (default), `tls` (implicit) or `none` (loopback relays only).
+    pub tls: Option<String>,
+    /// SMTP user, if the relay wants authentication.
+    pub username: Option<String>,
+    /// Sender address.
+    pub from: Option<String>,
+}
+
+/// `[otp.webhook]`; the HMAC secret comes from `ONETRIP_WEBHOOK_SECRET`, never the file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFileConfig {
+    /// URL the signed JSON is POSTed to.
+    pub url: Option<String>,
+}
+
+/// A secret setting (SMTP password, webhook key): zeroized on drop, redacted in Debug.
+#[derive(Clone)]
+pub struct SecretSetting(pub zeroize::Zeroizing<String>);
+
+impl std::fmt::Debug for SecretSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretSetting([redacted])")
+    }
+}
+
+/// SMTP delivery settings.
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// `starttls`, `tls` or `none`.
+    pub tls: String,
+    /// User name for AUTH.
+    pub username: Option<String>,
+    /// Password for AUTH (from the environment).
+    pub password: Option<SecretSetting>,
+    /// Sender address.
+    pub from: String,
+}
+
+/// Webhook delivery settings.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Target URL.
+    pub url: String,
+    /// HMAC-SHA256 key (from the environment).
+    pub secret: SecretSetting,
+}
+
+/// Resolved OTP settings.
+#[derive(Debug, Clone)]
+pub struct OtpSettings {
+    /// Codes sent to one destination per 10 minutes, whichever key asks.
+    pub sends_per_destination: u64,
+    /// Codes one API key may have sent per 10 minutes.
+    pub sends_per_key: u64,
+    /// Requests per second per client IP on `/v1/otp/*`, checked before the token.
+    pub api_rate_per_ip: u64,
+    /// Scopes granted only to tokens with the second-factor flag.
+    pub mfa_scopes: Vec<String>,
+    /// Issuer shown by authenticator apps for TOTP enrolments.
+    pub totp_issuer: String,
+    /// Email delivery, when configured.
+    pub smtp: Option<SmtpConfig>,
+    /// Webhook delivery, when configured.
+    pub webhook: Option<WebhookConfig>,
+}
+
+impl Default for OtpSettings {
+    fn default() -> Self {
+        Self {
+            sends_per_destination: 5,
+            sends_per_key: 100,
+            api_rate_per_ip: 50,
+            mfa_scopes: Vec::new(),
+            totp_issuer: "onetrip".into(),
+            smtp: None,
+            webhook: None,
+        }
+    }
+}
+
+impl OtpSettings {
+    /// Resolves the `[otp]` table (flags already merged into `cfg`) and the secrets
+    /// from the environment.
+    pub fn resolve(
+        cfg: OtpFileConfig,
+        smtp_password: Option<String>,
+        webhook_secret: Option<String>,
+    ) -> Result<Self, String> {
+        let d = Self::default();
+        let smtp = match cfg.smtp {
+            Some(SmtpFileConfig { host: Some(host), port, tls, username, from }) => {
+                let tls = tls.unwrap_or_else(|| "starttls".into()).to_ascii_lowercase();
+                let default_port = match tls.as_str() {
+                    "starttls" => 587,
+                    "tls" => 465,
+                    "none" => 25,
+                    other => return Err(format!("otp.smtp.tls must be starttls, tls or none, not {other:?}")),
+                };
+                let from = from.ok_or("otp.smtp.from (the sender address) is required with otp.smtp.host")?;
+                let password = smtp_password.filter(|p| !p.is_empty()).map(|p| SecretSetting(p.into()));
+                if username.is_some() != password.is_some() {
+                    return Err("SMTP authentication needs both otp.smtp.username and ONETRIP_SMTP_PASSWORD".into());
+                }
+                Some(SmtpConfig { host, port: port.unwrap_or(default_port), tls, username, password, from })
+            }
+            Some(SmtpFileConfig { host: None, .. }) | None => None,
+        };
+        let webhook = match cfg.webhook.and_then(|w| w.url) {
+            Some(url) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(format!("otp.webhook.url must be an http:// or https:// URL, not {url:?}"));
+                }
+                let secret = webhook_secret
+                    .filter(|s| s.len() >= 16)
+                    .ok_or("otp.webhook.url needs ONETRIP_WEBHOOK_SECRET (at least 16 characters)")?;
+                Some(WebhookConfig { url, secret: SecretSetting(secret.into()) })
+            }
+            None => None,
+        };
+        let s = Self {
+            sends_per_destination: cfg.sends_per_destination.unwrap_or(d.sends_per_destination),
+            sends_per_key: cfg.sends_per_key.unwrap_or(d.sends_per_key),
+            api_rate_per_ip: cfg.api_rate_per_ip.unwrap_or(d.api_rate_per_ip),
+            mfa_scopes: cfg.mfa_scopes.unwrap_or(d.mfa_scopes),
+            totp_issuer: cfg.totp_issuer.unwrap_or(d.totp_issuer),
+            smtp,
+            webhook,
+        };
+        if s.sends_per_destination == 0 || s.sends_per_key == 0 || s.api_rate_per_ip == 0 {
+            return Err("otp.sends_per_destination, otp.sends_per_key and otp.api_rate_per_ip must be positive".into());
+        }
+        Ok(s)
+    }
 }
 
 impl FileConfig {
@@ -86,6 +256,8 @@ pub struct Settings {
     pub log: String,
     /// Development only: the console channel prints the codes it "sends".
     pub otp_console_codes: bool,
+    /// OTP limits and delivery channels.
+    pub otp: OtpSettings,
 }
 
 impl Settings {
@@ -107,11 +279,18 @@ impl Settings {
             tls_key: None,
             log: "info".into(),
             otp_console_codes: false,
+            otp: OtpSettings::default(),
         }
     }
 
     /// Fills every unset field from the file, then from defaults.
     pub fn merge(overrides: FileConfig, file: FileConfig, default_data_dir: PathBuf) -> Result<Self, String> {
+        let otp = merge_otp(overrides.otp.clone().unwrap_or_default(), file.otp.clone().unwrap_or_default());
+        let otp = OtpSettings::resolve(
+            otp,
+            std::env::var("ONETRIP_SMTP_PASSWORD").ok(),
+            std::env::var("ONETRIP_WEBHOOK_SECRET").ok(),
+        )?;
         let data_dir = overrides.data_dir.or(file.data_dir).unwrap_or(default_data_dir);
         let d = Self::defaults(data_dir.clone());
         macro_rules! pick {
@@ -135,6 +314,7 @@ impl Settings {
             tls_key: overrides.tls_key.or(file.tls_key),
             log: pick!(log),
             otp_console_codes: pick!(otp_console_codes),
+            otp,
         };
         s.validate()?;
         Ok(s)
@@ -157,6 +337,29 @@ impl Settings {
             return Err("TLS needs both tls_cert and tls_key".into());
         }
         Ok(())
+    }
+}
+
+/// Flag values win over the file, field by field.
+fn merge_otp(flags: OtpFileConfig, file: OtpFileConfig) -> OtpFileConfig {
+    let smtp = match (flags.smtp, file.smtp) {
+        (Some(f), Some(c)) => Some(SmtpFileConfig {
+            host: f.host.or(c.host),
+            port: f.port.or(c.port),
+            tls: f.tls.or(c.tls),
+            username: f.username.or(c.username),
+            from: f.from.or(c.from),
+        }),
+        (f, c) => f.or(c),
+    };
+    OtpFileConfig {
+        sends_per_destination: flags.sends_per_destination.or(file.sends_per_destination),
+        sends_per_key: flags.sends_per_key.or(file.sends_per_key),
+        api_rate_per_ip: flags.api_rate_per_ip.or(file.api_rate_per_ip),
+        mfa_scopes: flags.mfa_scopes.or(file.mfa_scopes),
+        totp_issuer: flags.totp_issuer.or(file.totp_issuer),
+        smtp,
+        webhook: flags.webhook.or(file.webhook),
     }
 }
 

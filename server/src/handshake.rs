@@ -14,6 +14,7 @@ use rand::RngCore;
 
 use crate::keys::KeyEntry;
 use crate::otp::{self, CheckOutcome};
+use crate::otp_service::OtpError;
 use crate::shared::SharedState;
 use crate::state::AppState;
 
@@ -94,61 +95,24 @@ async fn answer<S: SharedState>(
         return Ok(Status::ScopeDenied);
     };
     let mut second_factor = false;
-    if entry.record.require_otp {
-        match auth.second_factor() {
-            None => {
-                // Each step-up sends a code: at most 5 per key per 10 minutes.
-                let bucket = format!("otp-send:{}", entry.id);
-                match state.shared.rate_limit(&bucket, 5, 600, now).await {
-                    Ok(crate::shared::RateDecision::Allowed) => {}
-                    Ok(crate::shared::RateDecision::Limited { retry_after }) => {
-                        let retry_after_secs = u32::try_from(retry_after).unwrap_or(u32::MAX);
-                        auth.respond(&Reply::RateLimited { retry_after_secs }, now, &mut rand::thread_rng(), out);
-                        return Ok(Status::RateLimited);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "send limit unavailable; refusing step-up");
-                        auth.respond(&Reply::ServerError, now, &mut rand::thread_rng(), out);
-                        return Ok(Status::ServerError);
-                    }
-                }
-                let reply = start_step_up(state, &entry, now).await;
-                let status = reply.as_ref().map_or(Status::ServerError, |_| Status::SecondFactorRequired);
-                match reply {
-                    Some((operation, channel, destination)) => auth.respond(
-                        &Reply::SecondFactorRequired { operation, channel, destination: &destination },
-                        now,
-                        &mut rand::thread_rng(),
-                        out,
-                    ),
-                    None => auth.respond(&Reply::ServerError, now, &mut rand::thread_rng(), out),
-                }
-                return Ok(status);
-            }
+    let mfa_scope = scopes.split(' ').any(|s| state.settings.otp.mfa_scopes.iter().any(|m| m == s));
+    if entry.record.require_otp || mfa_scope {
+        let reply = match auth.second_factor() {
+            None => start_step_up(state, &entry, now).await,
             Some((operation, code)) => {
                 let code = zeroize::Zeroizing::new(code.to_owned());
                 match check_step_up(state, &entry, operation, code, now).await {
-                    Some(CheckOutcome::Approved) => second_factor = true,
-                    Some(CheckOutcome::Wrong { attempts_left }) => {
-                        let attempts_left = u8::try_from(attempts_left).unwrap_or(u8::MAX);
-                        auth.respond(&Reply::SecondFactorFailed { attempts_left }, now, &mut rand::thread_rng(), out);
-                        return Ok(Status::SecondFactorFailed);
+                    StepUp::Approved => {
+                        second_factor = true;
+                        None
                     }
-                    Some(CheckOutcome::NotPending(_)) => {
-                        auth.respond(
-                            &Reply::SecondFactorFailed { attempts_left: 0 },
-                            now,
-                            &mut rand::thread_rng(),
-                            out,
-                        );
-                        return Ok(Status::SecondFactorFailed);
-                    }
-                    None => {
-                        auth.respond(&Reply::ServerError, now, &mut rand::thread_rng(), out);
-                        return Ok(Status::ServerError);
-                    }
+                    StepUp::Reply(reply, status) => Some((reply, status)),
                 }
             }
+        };
+        if let Some((reply, status)) = reply {
+            auth.respond(&reply.as_reply(), now, &mut rand::thread_rng(), out);
+            return Ok(status);
         }
     }
     let Some(verifier) = state.token_verifier(audience) else {
@@ -182,111 +146,115 @@ async fn answer<S: SharedState>(
     Ok(Status::Ok)
 }
 
-/// Creates and delivers a step-up verification for `entry`. `None` when the channel
-/// is not available or the store fails (the handshake then answers `server_error`).
+/// A step-up answer, owned so it can outlive the store call that produced it.
+enum OwnedReply {
+    SecondFactorRequired { operation: [u8; 16], channel: onetrip_protocol::Channel, destination: String },
+    SecondFactorFailed { attempts_left: u8 },
+    RateLimited { retry_after_secs: u32 },
+    ScopeDenied,
+    ServerError,
+}
+
+impl OwnedReply {
+    fn as_reply(&self) -> Reply<'_> {
+        match self {
+            OwnedReply::SecondFactorRequired { operation, channel, destination } => {
+                Reply::SecondFactorRequired { operation: *operation, channel: *channel, destination }
+            }
+            OwnedReply::SecondFactorFailed { attempts_left } => {
+                Reply::SecondFactorFailed { attempts_left: *attempts_left }
+            }
+            OwnedReply::RateLimited { retry_after_secs } => Reply::RateLimited { retry_after_secs: *retry_after_secs },
+            OwnedReply::ScopeDenied => Reply::ScopeDenied,
+            OwnedReply::ServerError => Reply::ServerError,
+        }
+    }
+}
+
+enum StepUp {
+    Approved,
+    Reply(OwnedReply, Status),
+}
+
+/// The channel and destination of a key's `--otp-to`: `console[:label]`, `totp`,
+/// `webhook:<recipient>` or an email address.
+fn step_up_destination(otp_to: &str) -> (onetrip_protocol::Channel, String) {
+    let channel = otp::channel_for(otp_to);
+    let to = match channel {
+        onetrip_protocol::Channel::Totp => crate::otp_service::STEP_UP_ACCOUNT.to_owned(),
+        onetrip_protocol::Channel::Webhook => otp_to.trim_start_matches("webhook:").to_owned(),
+        _ => otp_to.to_owned(),
+    };
+    (channel, to)
+}
+
+/// Starts a step-up for `entry`: stores a verification and sends its code. `None`
+/// never happens here: every path answers.
 async fn start_step_up<S: SharedState>(
     state: &AppState<S>,
     entry: &KeyEntry,
     now: u64,
-) -> Option<([u8; 16], onetrip_protocol::Channel, String)> {
-    let destination = entry.record.otp_to.clone()?;
-    let channel = otp::channel_for(&destination);
-    if channel != onetrip_protocol::Channel::Console {
-        tracing::warn!(key_id = %entry.id, channel = channel.as_str(), "second-factor channel not available in this build");
-        return None;
-    }
-    let st = state.clone();
-    let owner = *entry.id.as_bytes();
-    let to = destination.clone();
-    let created = tokio::task::spawn_blocking(move || {
-        let key = st.store.otp_key()?;
-        let (v, code) = otp::Verification::create(
-            &mut rand::thread_rng(),
-            key.expose(),
-            owner,
-            channel.as_str(),
-            &to,
-            otp::Policy::default(),
-            now,
-        )
-        .map_err(|e| crate::store::StoreError::Record(e.to_string()))?;
-        // Stored before the code goes out: a crash cannot leave a code without its counter.
-        st.store.put_verification(&v)?;
-        st.store.audit(
-            now,
-            "otp.generate",
-            serde_json::json!({ "key_id": hex::encode(owner), "operation": hex::encode(v.id), "channel": channel.as_str(), "kind": "step_up" }),
-        )?;
-        Ok::<_, crate::store::StoreError>((v.id, code))
-    })
-    .await;
-    let (id, code) = match created {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot store a second-factor verification");
-            return None;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "second-factor task failed");
-            return None;
-        }
+) -> Option<(OwnedReply, Status)> {
+    let Some(otp_to) = entry.record.otp_to.as_deref() else {
+        // An MFA scope on a key that has no second-factor destination.
+        return Some((OwnedReply::ScopeDenied, Status::ScopeDenied));
     };
-    deliver_console(state, &destination, &id, &code);
-    Some((id, channel, otp::mask_destination(&destination)))
+    let (channel, to) = step_up_destination(otp_to);
+    let new = crate::otp_service::NewVerification {
+        owner: *entry.id.as_bytes(),
+        owner_name: entry.record.name.clone(),
+        purpose: otp::Purpose::StepUp,
+        channel,
+        to: to.clone(),
+        policy: otp::Policy::default(),
+        locale: None,
+    };
+    Some(match crate::otp_service::create(state, new, now).await {
+        Ok(v) => (
+            OwnedReply::SecondFactorRequired {
+                operation: v.id,
+                channel,
+                destination: if channel == onetrip_protocol::Channel::Totp {
+                    "authenticator app".to_owned()
+                } else {
+                    otp::mask_destination(&to)
+                },
+            },
+            Status::SecondFactorRequired,
+        ),
+        Err(OtpError::SendLimited { retry_after, .. }) => (
+            OwnedReply::RateLimited { retry_after_secs: u32::try_from(retry_after).unwrap_or(u32::MAX) },
+            Status::RateLimited,
+        ),
+        Err(e) => {
+            tracing::error!(key_id = %entry.id, channel = channel.as_str(), error = %e, "cannot start a step-up");
+            (OwnedReply::ServerError, Status::ServerError)
+        }
+    })
 }
 
-/// The development console channel: says a code was sent; prints it only with
-/// `--otp-console-codes`.
-fn deliver_console<S>(state: &AppState<S>, destination: &str, id: &[u8; 16], code: &str) {
-    if state.settings.otp_console_codes {
-        eprintln!("[onetrip console channel] code for {destination} (operation {}): {code}", hex::encode(id));
-    } else {
-        tracing::info!(destination, operation = %hex::encode(id), "console channel: code sent (start with --otp-console-codes to see it)");
-    }
-}
-
-/// Checks a step-up code atomically in the store. `None` on a store failure.
+/// Checks a step-up code (atomically, in the store).
 async fn check_step_up<S: SharedState>(
     state: &AppState<S>,
     entry: &KeyEntry,
     operation: [u8; 16],
     code: zeroize::Zeroizing<String>,
     now: u64,
-) -> Option<CheckOutcome> {
-    let st = state.clone();
+) -> StepUp {
     let owner = *entry.id.as_bytes();
-    let result = tokio::task::spawn_blocking(move || {
-        let key = st.store.otp_key()?;
-        let outcome = st.store.update_verification(&operation, |v| {
-            // Another key's operation id is treated like an unknown one.
-            (v.owner == owner).then(|| v.check(key.expose(), &code, now))
-        })?;
-        let result = match outcome {
-            Some(Some(CheckOutcome::Approved)) => "approved".to_owned(),
-            Some(Some(CheckOutcome::Wrong { .. })) => "wrong_code".to_owned(),
-            Some(Some(CheckOutcome::NotPending(s))) => format!("refused_{}", s.as_str()),
-            Some(None) => "refused_other_key".to_owned(),
-            None => "refused_unknown_operation".to_owned(),
-        };
-        st.store.audit(
-            now,
-            "otp.check",
-            serde_json::json!({ "key_id": hex::encode(owner), "operation": hex::encode(operation), "outcome": result, "kind": "step_up" }),
-        )?;
-        let outcome = outcome.map(|o| o.unwrap_or(CheckOutcome::NotPending(otp::Status::Canceled)));
-        Ok::<_, crate::store::StoreError>(outcome)
-    })
-    .await;
-    match result {
-        Ok(Ok(Some(outcome))) => Some(outcome),
-        Ok(Ok(None)) => Some(CheckOutcome::NotPending(otp::Status::Expired)),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot check a second-factor code");
-            None
-        }
+    let failed = |attempts_left: u32| {
+        StepUp::Reply(
+            OwnedReply::SecondFactorFailed { attempts_left: u8::try_from(attempts_left).unwrap_or(u8::MAX) },
+            Status::SecondFactorFailed,
+        )
+    };
+    match crate::otp_service::check(state, owner, otp::Purpose::StepUp, operation, code, now).await {
+        Ok((CheckOutcome::Approved, _)) => StepUp::Approved,
+        Ok((CheckOutcome::Wrong { attempts_left }, _)) => failed(attempts_left),
+        Ok((CheckOutcome::NotPending(_), _)) | Err(OtpError::NotFound) => failed(0),
         Err(e) => {
-            tracing::error!(error = %e, "second-factor task failed");
-            None
+            tracing::error!(key_id = %entry.id, error = %e, "cannot check a second-factor code");
+            StepUp::Reply(OwnedReply::ServerError, Status::ServerError)
         }
     }
 }

@@ -8,6 +8,8 @@
 //! | `POST /v1/auth` | the fixed-size handshake |
 //! | `POST /v1/introspect` | token (+ PoP) → claims or `{"active": false}` |
 //! | `GET /v1/whoami` | claims of the presented token (PoP, or bearer on TLS) |
+//! | `/v1/otp/*` | the OTP API ([`crate::otp_api`]) |
+//! | `GET /v1/openapi.json` | the OpenAPI 3.1 document of the JSON endpoints |
 //! | `GET /healthz`, `GET /metrics` | liveness, Prometheus text |
 
 use std::net::IpAddr;
@@ -29,7 +31,19 @@ use crate::shared::{RateDecision, SharedState};
 use crate::state::{unix_now, AppState, TokenCheckError};
 
 /// Largest JSON body accepted.
-const MAX_JSON_BODY: usize = 16 * 1024;
+pub(crate) const MAX_JSON_BODY: usize = 16 * 1024;
+
+/// The routes [`route`] serves besides `/v1/otp/*` ([`crate::otp_api::ROUTES`]), as
+/// (method, OpenAPI path); a test checks them against `openapi.yaml` and the router.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/v1/auth"),
+    ("get", "/v1/server-key"),
+    ("post", "/v1/introspect"),
+    ("get", "/v1/whoami"),
+    ("get", "/v1/openapi.json"),
+    ("get", "/healthz"),
+    ("get", "/metrics"),
+];
 
 /// What the listener knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -53,8 +67,14 @@ pub async fn route<S: SharedState>(
         (&Method::POST, "/v1/introspect") => introspect(&state, req, conn).await,
         (&Method::GET, "/v1/whoami") => whoami(&state, req, conn).await,
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+        (&Method::GET, "/v1/openapi.json") => crate::otp_api::openapi_json(),
+        (_, path) if crate::otp_api::handles(path) => crate::otp_api::route(&state, req, conn).await,
         (&Method::GET, "/metrics") => metrics(&state),
-        (_, "/v1/auth" | "/v1/server-key" | "/v1/introspect" | "/v1/whoami" | "/healthz" | "/metrics") => problem(
+        (
+            _,
+            "/v1/auth" | "/v1/server-key" | "/v1/introspect" | "/v1/whoami" | "/healthz" | "/metrics"
+            | "/v1/openapi.json",
+        ) => problem(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "Method not allowed",
@@ -66,7 +86,11 @@ pub async fn route<S: SharedState>(
 }
 
 /// Reads a body of at most `max` bytes within the configured time.
-async fn read_body<S>(state: &AppState<S>, req: Request<Incoming>, max: usize) -> Result<Bytes, Response<Body>> {
+pub(crate) async fn read_body<S>(
+    state: &AppState<S>,
+    req: Request<Incoming>,
+    max: usize,
+) -> Result<Bytes, Response<Body>> {
     if let Some(len) = content_length(req.headers()) {
         if len > max as u64 {
             return Err(problem(
@@ -241,44 +265,34 @@ fn claims_json(c: &onetrip_protocol::Claims, pop_verified: bool) -> serde_json::
     })
 }
 
+/// 401 with `WWW-Authenticate: Onetrip`.
+pub(crate) fn unauthorized(code: &str, detail: &str) -> Response<Body> {
+    let mut r = problem(StatusCode::UNAUTHORIZED, code, "Unauthorized", detail);
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Onetrip"));
+    r
+}
+
+/// Checks the token presented on a request (PoP over method, path and `body`, or
+/// bearer on TLS) and returns its claims, or the 401/503 answer.
+pub(crate) async fn authenticate<S: SharedState>(
+    state: &AppState<S>,
+    parts: &http::request::Parts,
+    body: &[u8],
+    conn: ConnInfo,
+    now: u64,
+) -> Result<onetrip_protocol::Claims, Response<Body>> {
+    let (token, proof) =
+        crate::otp_api::presented_token(parts, conn.tls).map_err(|(code, detail)| unauthorized(code, detail))?;
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let pop = proof.as_ref().map(|p| (p, parts.method.as_str(), path, body));
+    state.check_token(&token, pop, conn.tls, now).await.map_err(crate::otp_api::token_error)
+}
+
 async fn whoami<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-    let unauthorized = |code: &str, detail: &str| {
-        let mut r = problem(StatusCode::UNAUTHORIZED, code, "Unauthorized", detail);
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Onetrip"));
-        r
-    };
-    let Some(auth) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
-        return unauthorized("token_missing", "send Authorization: Onetrip <token> with an Onetrip-PoP header");
-    };
-    let (scheme, value) = auth.split_once(' ').unwrap_or((auth, ""));
-    let bearer = scheme.eq_ignore_ascii_case("bearer");
-    if !bearer && !scheme.eq_ignore_ascii_case("onetrip") {
-        return unauthorized("token_invalid", "unsupported authorization scheme; use Onetrip");
-    }
-    if bearer && !conn.tls {
-        return unauthorized(
-            "bearer_requires_tls",
-            "bearer tokens are refused on plain HTTP: use Onetrip with Onetrip-PoP",
-        );
-    }
-    let Ok(token) = Token::from_base64(value) else {
-        return unauthorized("token_invalid", "the token is not valid");
-    };
-    let proof = match req.headers().get(POP_HEADER).map(|v| v.to_str().map(PopProof::from_header)) {
-        Some(Ok(Ok(p))) => Some(p),
-        Some(_) => return unauthorized("pop_invalid", "the Onetrip-PoP header is malformed"),
-        None if bearer => None,
-        None => return unauthorized("pop_required", "send the Onetrip-PoP header signed with the session key"),
-    };
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    let method = req.method().as_str().to_owned();
-    let now = unix_now();
-    let pop = proof.as_ref().map(|p| (p, method.as_str(), path.as_str(), &b""[..]));
-    match state.check_token(&token, pop, conn.tls, now).await {
-        Ok(c) => json(StatusCode::OK, &claims_json(&c, proof.is_some())),
-        Err(TokenCheckError::Shared(e)) => {
-            problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", &e)
-        }
-        Err(e) => unauthorized("token_invalid", &e.to_string()),
+    let (parts, _) = req.into_parts();
+    let pop_verified = parts.headers.contains_key(POP_HEADER);
+    match authenticate(state, &parts, b"", conn, unix_now()).await {
+        Ok(c) => json(StatusCode::OK, &claims_json(&c, pop_verified)),
+        Err(resp) => resp,
     }
 }

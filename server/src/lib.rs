@@ -15,6 +15,11 @@
 //! | [`http`] | routing, endpoints, problem+json errors |
 //! | [`listener`] | accept loop, connection limit, timeouts, TLS, graceful shutdown |
 //! | [`admin`] | the admin Unix socket and the key-management operations |
+//! | [`otp`] | OTP verification state machine: codes, keyed hashes, attempts, resends |
+//! | [`otp_service`] | OTP operations shared by step-up and the API: limits, store, delivery, audit |
+//! | [`otp_api`] | `/v1/otp/*`: the standalone OTP JSON API and its OpenAPI document |
+//! | [`delivery`] | sending OTP codes: SMTP, signed webhook, console; retries with backoff |
+//! | [`totp`] | RFC 6238 authenticator codes: secrets, verification with replay rule, enrolment URI/QR |
 //! | [`metrics`] | Prometheus counters and histograms |
 //! | [`cli`] | the `onetrip` command line |
 #![forbid(unsafe_code)]
@@ -23,14 +28,18 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod handshake;
 pub mod http;
 pub mod keys;
 pub mod listener;
 pub mod metrics;
 pub mod otp;
+pub mod otp_api;
+pub mod otp_service;
 pub mod problem;
 pub mod seal;
 pub mod shared;
 pub mod state;
 pub mod store;
+pub mod totp;

@@ -150,6 +150,18 @@ impl Status {
     }
 }
 
+/// Who a verification serves: the handshake's step-up for the owning key itself, or
+/// the JSON API for the owner's own users. Neither path can see the other's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// `/v1/otp/verifications`.
+    #[default]
+    Api,
+    /// Second factor of a handshake.
+    StepUp,
+}
+
 /// One verification's persistent state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verification {
@@ -175,8 +187,14 @@ pub struct Verification {
     pub sends: u32,
     /// Time of the last send.
     pub last_sent_at: u64,
-    /// Keyed hash of the current code.
+    /// Keyed hash of the current code (unused for TOTP: the authenticator app holds the secret).
     pub code_hash: [u8; 32],
+    /// Step-up or API.
+    #[serde(default)]
+    pub purpose: Purpose,
+    /// Language of the message (BCP 47 tag), as asked at creation.
+    #[serde(default)]
+    pub locale: Option<String>,
 }
 
 /// Result of one check.
@@ -236,6 +254,8 @@ impl Verification {
             sends: 1,
             last_sent_at: now,
             code_hash: code_hash(key, &id, &code),
+            purpose: Purpose::Api,
+            locale: None,
         };
         Ok((v, code))
     }
@@ -250,6 +270,14 @@ impl Verification {
     /// Checks `code`. The attempt is counted before comparing, and the comparison is
     /// constant time; the caller must persist `self` before answering.
     pub fn check(&mut self, key: &[u8; 32], code: &str, now: u64) -> CheckOutcome {
+        let (id, stored) = (self.id, self.code_hash);
+        self.check_with(now, || bool::from(code_hash(key, &id, code.trim()).ct_eq(&stored)))
+    }
+
+    /// Like [`Verification::check`], but the code is judged by `accept` (TOTP: the
+    /// authenticator's code against the enrolled secret and its replay rule). The
+    /// attempt is counted before `accept` runs.
+    pub fn check_with(&mut self, now: u64, accept: impl FnOnce() -> bool) -> CheckOutcome {
         self.refresh(now);
         if self.status != Status::Pending {
             return CheckOutcome::NotPending(self.status);
@@ -259,8 +287,7 @@ impl Verification {
             return CheckOutcome::NotPending(self.status);
         }
         self.attempts += 1;
-        let given = code_hash(key, &self.id, code.trim());
-        if bool::from(given.ct_eq(&self.code_hash)) {
+        if accept() {
             self.status = Status::Approved;
             return CheckOutcome::Approved;
         }

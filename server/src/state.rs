@@ -48,6 +48,11 @@ pub struct Inner<S> {
     pub started_at: u64,
     /// Per-IP limiter for `/v1/auth`, checked before any cryptography.
     pub ip_limiter: IpLimiter,
+    /// Per-IP limiter for `/v1/otp/*`, checked before the token.
+    pub otp_ip_limiter: IpLimiter,
+    /// OTP code delivery (console, SMTP, webhook).
+    pub delivery: crate::delivery::Deliverer,
+    otp_key: std::sync::OnceLock<onetrip_protocol::Secret<32>>,
     /// Keys used since the last flush, with the time; written to the store in batches
     /// so a handshake never waits for a disk write.
     pub last_used: DashMap<onetrip_protocol::api_key::KeyId, u64>,
@@ -93,6 +98,8 @@ impl<S: SharedState> AppState<S> {
     /// Builds the state from an open store.
     pub fn new(settings: Settings, store: Store, shared: S) -> Result<Self, StoreError> {
         let now = unix_now();
+        let delivery = crate::delivery::Deliverer::new(delivery_config(&settings))
+            .map_err(|e| StoreError::Config(format!("OTP delivery: {e}")))?;
         let secrets = store.server_secrets()?;
         let handshake = build_handshake(&store, now)?;
         let mut token_keys = secrets.token_keys.into_iter();
@@ -115,6 +122,9 @@ impl<S: SharedState> AppState<S> {
             metrics: Metrics::default(),
             started_at: now,
             ip_limiter: IpLimiter::default(),
+            otp_ip_limiter: IpLimiter::default(),
+            delivery,
+            otp_key: std::sync::OnceLock::new(),
             last_used: DashMap::new(),
             token_keys: keyring,
             verifiers: DashMap::new(),
@@ -138,6 +148,15 @@ impl<S: SharedState> AppState<S> {
         self.handshake.store(Arc::clone(&hs));
         self.keys.retain_server_keys(&live);
         Ok(())
+    }
+
+    /// The key OTP code hashes are made with (read from the store once; blocking).
+    pub fn otp_key(&self) -> Result<onetrip_protocol::Secret<32>, StoreError> {
+        if let Some(k) = self.otp_key.get() {
+            return Ok(k.clone());
+        }
+        let k = self.store.otp_key()?;
+        Ok(self.otp_key.get_or_init(|| k).clone())
     }
 
     /// Precomputes static-static values for every key (blocking; see [`KeyDirectory::warm`]).
@@ -248,6 +267,28 @@ impl<S: SharedState> AppState<S> {
             }
         });
         all
+    }
+}
+
+fn delivery_config(settings: &Settings) -> crate::delivery::DeliveryConfig {
+    use crate::delivery::{DeliveryConfig, SmtpSettings, SmtpTls, WebhookSettings};
+    let otp = &settings.otp;
+    DeliveryConfig {
+        smtp: otp.smtp.as_ref().map(|s| SmtpSettings {
+            host: s.host.clone(),
+            port: s.port,
+            tls: match s.tls.as_str() {
+                "none" => SmtpTls::None,
+                "tls" => SmtpTls::Tls,
+                _ => SmtpTls::StartTls,
+            },
+            username: s.username.clone(),
+            password: s.password.as_ref().map(|p| p.0.clone()),
+            from: s.from.clone(),
+        }),
+        webhook: otp.webhook.as_ref().map(|w| WebhookSettings { url: w.url.clone(), secret: w.secret.0.clone() }),
+        console_codes: settings.otp_console_codes,
+        ..DeliveryConfig::default()
     }
 }
 

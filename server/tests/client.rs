@@ -269,3 +269,63 @@ async fn client_step_up_flow() {
 fn hex_string(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otp_api_calls_are_typed_and_signed() {
+    use onetrip_client::{NewVerification, OtpChannel, VerificationStatus};
+    let server = Server::start(&["--otp-console-codes"]);
+    let key = key_string(&server, &["--name", "svc", "--scope", "otp"]);
+    let client = client_for(&server, &key).build().unwrap();
+    let mut new = NewVerification::new(OtpChannel::Console, "user-42");
+    new.code_length = Some(8);
+    let v = client.otp_create(&new).await.unwrap();
+    assert_eq!((v.status, v.attempts_left, v.sends_left), (VerificationStatus::Pending, 5, 3));
+    assert_eq!(v.to, "u***2");
+    let code = server.console_code(&v.id);
+    assert_eq!(code.len(), 8);
+    let wrong = client.otp_check(&v.id, "00000000x").await.unwrap();
+    assert!(!wrong.valid);
+    assert_eq!(wrong.verification.attempts_left, 4);
+    match client.otp_resend(&v.id).await {
+        Err(Error::RateLimited { retry_after }) => assert!(retry_after <= Duration::from_secs(30)),
+        other => panic!("a resend within the cooldown must be rate limited, got {other:?}"),
+    }
+    let ok = client.otp_check(&v.id, &code).await.unwrap();
+    assert!(ok.valid);
+    assert_eq!(ok.verification.status, VerificationStatus::Approved);
+    assert_eq!(client.otp_get(&v.id).await.unwrap().status, VerificationStatus::Approved);
+    match client.otp_check(&v.id, &code).await {
+        Err(Error::Http { status: 409, code, .. }) => assert_eq!(code, "verification_not_pending"),
+        other => panic!("codes are single use, got {other:?}"),
+    }
+    let second = client.otp_create(&NewVerification::new(OtpChannel::Console, "user-43")).await.unwrap();
+    assert_eq!(client.otp_cancel(&second.id).await.unwrap().status, VerificationStatus::Canceled);
+    match client.otp_get("0123456789abcdef0123456789abcdef").await {
+        Err(Error::Http { status: 404, code, .. }) => assert_eq!(code, "verification_not_found"),
+        other => panic!("unknown ids are 404, got {other:?}"),
+    }
+    assert!(matches!(client.otp_get("../v1/auth").await, Err(Error::InvalidRequest(_))));
+    match client.otp_create(&NewVerification::new(OtpChannel::Email, "a@example.com")).await {
+        Err(Error::Http { status: 400, code, .. }) => assert_eq!(code, "channel_unavailable"),
+        other => panic!("email is not configured on this server, got {other:?}"),
+    }
+    // A key without the otp scope is told so.
+    let plain = key_string(&server, &["--name", "plain"]);
+    let plain = client_for(&server, &plain).build().unwrap();
+    match plain.otp_create(&NewVerification::new(OtpChannel::Console, "x")).await {
+        Err(Error::Http { status: 403, code, .. }) => assert_eq!(code, "scope_required"),
+        other => panic!("expected scope_required, got {other:?}"),
+    }
+    assert_eq!(client.handshakes(), 1, "every call reused the cached token");
+}
+
+#[test]
+fn blocking_client_otp_calls() {
+    let server = Server::start(&["--otp-console-codes"]);
+    let key = key_string(&server, &["--name", "svc", "--scope", "otp"]);
+    let client = client_for(&server, &key).build_blocking().unwrap();
+    let v =
+        client.otp_create(&onetrip_client::NewVerification::new(onetrip_client::OtpChannel::Console, "bob")).unwrap();
+    let code = server.console_code(&v.id);
+    assert!(client.otp_check(&v.id, &code).unwrap().valid);
+}

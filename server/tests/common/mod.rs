@@ -41,6 +41,12 @@ impl Server {
 
     /// Starts a server on `dir`; `Err(stderr)` if it exits instead of listening.
     pub fn start_in(dir: &Path, extra: &[&str]) -> Result<Server, String> {
+        Server::start_with_env(dir, extra, &[])
+    }
+
+    /// [`Server::start_in`] with extra environment variables (secrets such as
+    /// `ONETRIP_WEBHOOK_SECRET` are only read from the environment).
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Server, String> {
         let stderr_path = dir.with_extension(format!("stderr.{}", std::process::id()));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut child = Command::new(BIN)
@@ -49,6 +55,7 @@ impl Server {
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
             .env_remove("ONETRIP_PASSPHRASE")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -105,6 +112,19 @@ impl Server {
     pub fn kill9(&mut self) {
         let _ = Command::new("kill").args(["-9", &self.child.id().to_string()]).status();
         let _ = self.child.wait();
+    }
+
+    /// The code the console channel printed for verification / operation `id` (hex),
+    /// latest first; waits up to 5 s for it.
+    pub fn console_code(&self, id: &str) -> String {
+        let marker = format!("(operation {id}): ");
+        for _ in 0..250 {
+            if let Some(line) = self.stderr().lines().rev().find(|l| l.contains(&marker)) {
+                return line.rsplit(": ").next().unwrap().trim().to_owned();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no console code for {id}:\n{}", self.stderr());
     }
 
     pub fn stderr(&self) -> String {
@@ -260,4 +280,50 @@ pub fn parse_response(raw: &[u8]) -> HttpResponse {
     let headers: Vec<(String, String)> =
         lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))).collect();
     HttpResponse { status, headers, body: raw[split + 4..].to_vec() }
+}
+
+/// A self-signed certificate for `localhost`: (cert PEM path, key PEM path, DER).
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf, rustls_pki_types::CertificateDer<'static>) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    (cert_path, key_path, cert.cert.der().clone())
+}
+
+/// One HTTPS request to 127.0.0.1:`port` (SNI `localhost`), trusting only `ca`.
+pub fn https(
+    port: u16,
+    ca: &rustls_pki_types::CertificateDer<'static>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head += &format!("{k}: {v}\r\n");
+    }
+    head += "\r\n";
+    let mut msg = head.into_bytes();
+    msg.extend_from_slice(body);
+    tls.write_all(&msg).unwrap();
+    read_response(&mut tls)
 }

@@ -1,0 +1,443 @@
+//! OTP operations shared by the handshake's step-up and the JSON API: send limits,
+//! durable state transitions in the store, delivery in the background (a failure
+//! becomes status `failed`, never silence) and the audit trail. Callers only
+//! translate the results into HTTP answers or handshake replies.
+
+use onetrip_protocol::Channel;
+use zeroize::Zeroizing;
+
+use crate::otp::{self, CheckOutcome, Policy, Purpose, ResendOutcome, Status, Verification};
+use crate::shared::{RateDecision, SharedState};
+use crate::state::AppState;
+use crate::store::StoreError;
+
+/// Window of the per-key and per-destination send limits.
+pub const SEND_WINDOW_SECS: u64 = 600;
+/// TOTP account that stands for the API key itself (step-up); API accounts may not
+/// start with `@`.
+pub const STEP_UP_ACCOUNT: &str = "@key";
+/// Longest destination accepted.
+pub const MAX_DESTINATION_LEN: usize = 256;
+
+/// Why an OTP operation was refused. Each has a stable [`OtpError::code`].
+#[derive(Debug, thiserror::Error)]
+pub enum OtpError {
+    /// A request field is out of range or malformed.
+    #[error("{0}")]
+    InvalidParameter(String),
+    /// The channel is not configured on this server, or cannot reach `to`.
+    #[error("{0}")]
+    ChannelUnavailable(String),
+    /// The per-key or per-destination send limit is reached.
+    #[error("too many codes sent {scope} in the last 10 minutes: retry in {retry_after} s")]
+    SendLimited {
+        /// Seconds until the window frees up.
+        retry_after: u64,
+        /// `for this API key` or `to this destination`.
+        scope: &'static str,
+    },
+    /// No verification with this id for this key (another key's ids look the same).
+    #[error("no such verification for this API key")]
+    NotFound,
+    /// The verification is no longer pending.
+    #[error("the verification is {}: start a new one", .0.as_str())]
+    NotPending(Status),
+    /// A resend came before the cooldown ended.
+    #[error("a new code can be sent in {retry_after} s")]
+    ResendTooSoon {
+        /// Seconds until a resend is allowed.
+        retry_after: u64,
+    },
+    /// Every resend was used.
+    #[error("all resends of this verification are used: start a new verification")]
+    ResendsExhausted,
+    /// TOTP verifications have nothing to send.
+    #[error("nothing to resend: TOTP codes come from the authenticator app")]
+    NothingToSend,
+    /// TOTP for an account that was never enrolled.
+    #[error("{0} has no TOTP enrolment: enrol it first (POST /v1/otp/totp or onetrip keys totp-enroll)")]
+    TotpNotEnrolled(String),
+    /// The store or shared state failed.
+    #[error("OTP storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl OtpError {
+    /// Stable machine-readable code (problem+json `code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            OtpError::InvalidParameter(_) => "invalid_parameter",
+            OtpError::ChannelUnavailable(_) => "channel_unavailable",
+            OtpError::SendLimited { .. } => "send_limit_reached",
+            OtpError::NotFound => "verification_not_found",
+            OtpError::NotPending(_) => "verification_not_pending",
+            OtpError::ResendTooSoon { .. } => "resend_too_soon",
+            OtpError::ResendsExhausted => "max_sends_reached",
+            OtpError::NothingToSend => "nothing_to_send",
+            OtpError::TotpNotEnrolled(_) => "totp_not_enrolled",
+            OtpError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl From<StoreError> for OtpError {
+    fn from(e: StoreError) -> Self {
+        OtpError::Unavailable(e.to_string())
+    }
+}
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct NewVerification {
+    /// The API key that asks (and owns the verification).
+    pub owner: [u8; 16],
+    /// Its name (shown in step-up messages).
+    pub owner_name: String,
+    /// Step-up or API.
+    pub purpose: Purpose,
+    /// How the code travels.
+    pub channel: Channel,
+    /// Destination (email address, webhook recipient, TOTP account, console label).
+    pub to: String,
+    /// Length, TTL and limits.
+    pub policy: Policy,
+    /// Message language.
+    pub locale: Option<String>,
+}
+
+/// Channel named in the JSON API.
+pub fn parse_channel(name: &str) -> Option<Channel> {
+    match name {
+        "email" => Some(Channel::Email),
+        "webhook" | "sms" => Some(Channel::Webhook),
+        "totp" => Some(Channel::Totp),
+        "console" => Some(Channel::Console),
+        _ => None,
+    }
+}
+
+/// Checks a destination for its channel before anything is stored or sent.
+pub fn validate_destination<S>(state: &AppState<S>, channel: Channel, to: &str) -> Result<(), OtpError> {
+    if to.is_empty() || to.len() > MAX_DESTINATION_LEN || to.chars().any(char::is_control) {
+        return Err(OtpError::InvalidParameter(format!(
+            "`to` must be 1 to {MAX_DESTINATION_LEN} printable characters"
+        )));
+    }
+    match channel {
+        Channel::Console | Channel::Totp => Ok(()),
+        _ => state.delivery.validate(channel, to).map_err(|e| match e {
+            crate::delivery::DeliveryError::InvalidDestination { .. } => OtpError::InvalidParameter(e.to_string()),
+            other => OtpError::ChannelUnavailable(other.to_string()),
+        }),
+    }
+}
+
+/// Counts one send against the key's and the destination's windows.
+async fn charge_send<S: SharedState>(
+    state: &AppState<S>,
+    owner: &[u8; 16],
+    channel: Channel,
+    to: &str,
+    now: u64,
+) -> Result<(), OtpError> {
+    let limits = &state.settings.otp;
+    let dest = blake3::hash(format!("{}\0{}", channel.as_str(), to.trim().to_lowercase()).as_bytes());
+    let buckets = [
+        (format!("otp-dest:{}", &dest.to_hex()[..32]), limits.sends_per_destination, "to this destination"),
+        (format!("otp-key:{}", hex::encode(owner)), limits.sends_per_key, "for this API key"),
+    ];
+    for (bucket, limit, scope) in buckets {
+        match state.shared.rate_limit(&bucket, limit, SEND_WINDOW_SECS, now).await {
+            Ok(RateDecision::Allowed) => {}
+            Ok(RateDecision::Limited { retry_after }) => return Err(OtpError::SendLimited { retry_after, scope }),
+            Err(e) => return Err(OtpError::Unavailable(e.to_string())),
+        }
+    }
+    Ok(())
+}
+
+async fn blocking<S: SharedState, R: Send + 'static>(
+    state: &AppState<S>,
+    f: impl FnOnce(&AppState<S>) -> Result<R, OtpError> + Send + 'static,
+) -> Result<R, OtpError> {
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || f(&st)).await.map_err(|e| OtpError::Unavailable(e.to_string()))?
+}
+
+fn audit<S>(state: &AppState<S>, now: u64, event: &str, v: &Verification, outcome: &str) -> Result<(), OtpError> {
+    state.store.audit(
+        now,
+        event,
+        serde_json::json!({
+            "key_id": hex::encode(v.owner),
+            "verification": hex::encode(v.id),
+            "channel": v.channel,
+            "to": otp::mask_destination(&v.to),
+            "purpose": v.purpose,
+            "outcome": outcome,
+        }),
+    )?;
+    Ok(())
+}
+
+/// Creates a verification, stores it, and sends its code in the background.
+pub async fn create<S: SharedState>(
+    state: &AppState<S>,
+    new: NewVerification,
+    now: u64,
+) -> Result<Verification, OtpError> {
+    new.policy.validate().map_err(|e| OtpError::InvalidParameter(e.to_string()))?;
+    validate_destination(state, new.channel, &new.to)?;
+    if new.channel == Channel::Totp {
+        let (owner, account) = (new.owner, new.to.clone());
+        if !blocking(state, move |st| Ok(st.store.has_totp(&owner, &account)?)).await? {
+            return Err(OtpError::TotpNotEnrolled(new.to.clone()));
+        }
+    } else {
+        charge_send(state, &new.owner, new.channel, &new.to, now).await?;
+    }
+    let owner_name = new.owner_name.clone();
+    let (v, code) = blocking(state, move |st| {
+        let key = st.otp_key()?;
+        let (mut v, code) = Verification::create(
+            &mut rand::thread_rng(),
+            key.expose(),
+            new.owner,
+            new.channel.as_str(),
+            &new.to,
+            new.policy,
+            now,
+        )
+        .map_err(|e| OtpError::InvalidParameter(e.to_string()))?;
+        v.purpose = new.purpose;
+        v.locale = new.locale;
+        if new.channel == Channel::Totp {
+            // The authenticator app holds the secret: no code exists on this side.
+            v.code_hash = [0; 32];
+        }
+        // Stored before the code goes out: a crash cannot leave a code without its counter.
+        st.store.put_verification(&v)?;
+        audit(st, now, "otp.generate", &v, "created")?;
+        Ok((v, code))
+    })
+    .await?;
+    if v.channel != Channel::Totp.as_str() {
+        deliver_in_background(state, &v, owner_name, code);
+    }
+    Ok(v)
+}
+
+/// Checks a code; the attempt is durable before the answer.
+pub async fn check<S: SharedState>(
+    state: &AppState<S>,
+    owner: [u8; 16],
+    purpose: Purpose,
+    id: [u8; 16],
+    code: Zeroizing<String>,
+    now: u64,
+) -> Result<(CheckOutcome, Verification), OtpError> {
+    blocking(state, move |st| {
+        let key = st.otp_key()?;
+        let result = st.store.update_verification_totp(&id, |v, totp| {
+            if v.owner != owner || v.purpose != purpose {
+                return None;
+            }
+            let outcome = if v.channel == Channel::Totp.as_str() {
+                v.check_with(now, || match totp {
+                    Some((secret, last_step)) => totp_check(secret, &code, now, last_step),
+                    None => false,
+                })
+            } else {
+                v.check(key.expose(), &code, now)
+            };
+            Some((outcome, v.clone()))
+        })?;
+        let (outcome, v) = match result {
+            Some(Some(found)) => found,
+            other => {
+                // Unknown ids and other keys' ids get the same answer; the audit tells them apart.
+                let outcome = if other.is_some() { "refused_other_key" } else { "refused_unknown_operation" };
+                st.store.audit(
+                    now,
+                    "otp.check",
+                    serde_json::json!({ "key_id": hex::encode(owner), "verification": hex::encode(id), "purpose": purpose, "outcome": outcome }),
+                )?;
+                return Err(OtpError::NotFound);
+            }
+        };
+        let label = match outcome {
+            CheckOutcome::Approved => "approved".to_owned(),
+            CheckOutcome::Wrong { .. } => "wrong_code".to_owned(),
+            CheckOutcome::NotPending(s) => format!("refused_{}", s.as_str()),
+        };
+        audit(st, now, "otp.check", &v, &label)?;
+        Ok((outcome, v))
+    })
+    .await
+}
+
+/// Sends a new code (it replaces the old one; the expiry does not move).
+pub async fn resend<S: SharedState>(
+    state: &AppState<S>,
+    owner: [u8; 16],
+    owner_name: String,
+    id: [u8; 16],
+    now: u64,
+) -> Result<Verification, OtpError> {
+    // Look first, so a refused resend does not use up the send limits.
+    let mut current = get(state, owner, Purpose::Api, id, now).await?;
+    if current.channel == Channel::Totp.as_str() {
+        return Err(OtpError::NothingToSend);
+    }
+    let peek = current.resend(&mut rand::thread_rng(), &[0; 32], now).0;
+    match peek {
+        ResendOutcome::NotPending(s) => return Err(OtpError::NotPending(s)),
+        ResendOutcome::Refused { retry_after: Some(retry_after) } => {
+            return Err(OtpError::ResendTooSoon { retry_after })
+        }
+        ResendOutcome::Refused { retry_after: None } => return Err(OtpError::ResendsExhausted),
+        ResendOutcome::Send => {}
+    }
+    let channel = parse_channel(&current.channel).ok_or(OtpError::NotFound)?;
+    charge_send(state, &owner, channel, &current.to, now).await?;
+    let (outcome, v, code) = blocking(state, move |st| {
+        let key = st.otp_key()?;
+        let r = st.store.update_verification(&id, |v| {
+            let (o, c) = v.resend(&mut rand::thread_rng(), key.expose(), now);
+            (o, v.clone(), c)
+        })?;
+        let (outcome, v, code) = r.ok_or(OtpError::NotFound)?;
+        let label = if outcome == ResendOutcome::Send { "sent" } else { "refused" };
+        audit(st, now, "otp.resend", &v, label)?;
+        Ok((outcome, v, code))
+    })
+    .await?;
+    match (outcome, code) {
+        (ResendOutcome::Send, Some(code)) => {
+            deliver_in_background(state, &v, owner_name, code);
+            Ok(v)
+        }
+        (ResendOutcome::NotPending(s), _) => Err(OtpError::NotPending(s)),
+        (ResendOutcome::Refused { retry_after: Some(retry_after) }, _) => Err(OtpError::ResendTooSoon { retry_after }),
+        _ => Err(OtpError::ResendsExhausted),
+    }
+}
+
+/// Cancels a pending verification.
+pub async fn cancel<S: SharedState>(
+    state: &AppState<S>,
+    owner: [u8; 16],
+    id: [u8; 16],
+    now: u64,
+) -> Result<Verification, OtpError> {
+    blocking(state, move |st| {
+        let r = st.store.update_verification(&id, |v| {
+            if v.owner != owner || v.purpose != Purpose::Api {
+                return None;
+            }
+            Some((v.cancel(now), v.clone()))
+        })?;
+        let Some(Some((canceled, v))) = r else {
+            return Err(OtpError::NotFound);
+        };
+        audit(st, now, "otp.cancel", &v, if canceled { "canceled" } else { "refused" })?;
+        if canceled {
+            Ok(v)
+        } else {
+            Err(OtpError::NotPending(v.status))
+        }
+    })
+    .await
+}
+
+/// One verification of `owner`, with its status brought up to date.
+pub async fn get<S: SharedState>(
+    state: &AppState<S>,
+    owner: [u8; 16],
+    purpose: Purpose,
+    id: [u8; 16],
+    now: u64,
+) -> Result<Verification, OtpError> {
+    blocking(state, move |st| {
+        let mut v = st.store.get_verification(&id)?.filter(|v| v.owner == owner && v.purpose == purpose);
+        if let Some(v) = v.as_mut() {
+            v.refresh(now);
+        }
+        v.ok_or(OtpError::NotFound)
+    })
+    .await
+}
+
+/// Sends `code` on the verification's channel without holding up the caller; a
+/// delivery that fails after its retries marks the verification `failed`.
+fn deliver_in_background<S: SharedState>(
+    state: &AppState<S>,
+    v: &Verification,
+    owner_name: String,
+    code: Zeroizing<String>,
+) {
+    let Some(channel) = parse_channel(&v.channel) else { return };
+    let state = state.clone();
+    let v = v.clone();
+    tokio::spawn(async move {
+        let id = hex::encode(v.id);
+        let purpose = match v.purpose {
+            Purpose::StepUp => crate::delivery::Purpose::StepUp { key_name: &owner_name },
+            Purpose::Api => crate::delivery::Purpose::Verification,
+        };
+        let message = crate::delivery::OtpMessage {
+            verification_id: &id,
+            to: &v.to,
+            code: &code,
+            expires_at: v.expires_at,
+            ttl_secs: v.expires_at.saturating_sub(crate::state::unix_now()),
+            locale: v.locale.as_deref(),
+            purpose,
+        };
+        let result = state.delivery.deliver(channel, &message).await;
+        let now = crate::state::unix_now();
+        let vid = v.id;
+        let failed = result.is_err();
+        let outcome = match &result {
+            Ok(report) => format!("delivered after {} attempt(s)", report.attempts),
+            Err(e) => {
+                tracing::warn!(verification = %id, channel = channel.as_str(), error = %e, "OTP delivery failed");
+                format!("failed: {}", e.code())
+            }
+        };
+        let st = state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let v = if failed {
+                st.store.update_verification(&vid, |v| {
+                    v.delivery_failed();
+                    v.clone()
+                })
+            } else {
+                Ok(Some(v))
+            };
+            match v {
+                Ok(Some(v)) => {
+                    if let Err(e) = audit(&st, now, "otp.deliver", &v, &outcome) {
+                        tracing::warn!(error = %e, "cannot record an OTP delivery");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "cannot record an OTP delivery failure"),
+            }
+        })
+        .await;
+    });
+}
+
+/// Judges an authenticator code against the enrolled secret (±1 step), refusing any
+/// step at or before the last accepted one; advances it on success.
+fn totp_check(secret: &[u8], code: &str, now: u64, last_step: &mut Option<u64>) -> bool {
+    let secret = crate::totp::TotpSecret::from_bytes(secret);
+    match crate::totp::verify(&secret, &crate::totp::TotpParams::default(), code.trim(), now, *last_step) {
+        Ok(step) => {
+            *last_step = Some(step);
+            true
+        }
+        Err(_) => false,
+    }
+}
