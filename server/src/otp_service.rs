@@ -16,6 +16,9 @@ pub const SEND_WINDOW_SECS: u64 = 600;
 /// TOTP account that stands for the API key itself (step-up); API accounts may not
 /// start with `@`.
 pub const STEP_UP_ACCOUNT: &str = "@key";
+/// Locks that serialize resends of one verification (by the id's first byte).
+static RESEND_LOCKS: [tokio::sync::Mutex<()>; 64] = [const { tokio::sync::Mutex::const_new(()) }; 64];
+
 /// Longest destination accepted.
 pub const MAX_DESTINATION_LEN: usize = 256;
 
@@ -284,6 +287,10 @@ pub async fn resend<S: SharedState>(
     id: [u8; 16],
     now: u64,
 ) -> Result<Verification, OtpError> {
+    // One resend of a verification at a time (striped locks, bounded memory): the
+    // look-then-charge below must not let parallel resends spend the send limits for
+    // codes that the store transition then refuses.
+    let _serial = RESEND_LOCKS[usize::from(id[0]) % RESEND_LOCKS.len()].lock().await;
     // Look first, so a refused resend does not use up the send limits.
     let mut current = get(state, owner, Purpose::Api, id, now).await?;
     if current.channel == Channel::Totp.as_str() {

@@ -432,8 +432,20 @@ fn resend_cooldown_cap_and_fixed_expiry_survive_a_restart() {
     assert_eq!(v.json()["attempts_left"], 3, "a restart does not reset attempts");
 
     std::thread::sleep(Duration::from_secs(retry + 1));
-    let r = caller.call(&server, "POST", &format!("/v1/otp/verifications/{id}/resend"), &serde_json::Value::Null);
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // Ten resends at once once the cooldown is over: exactly one code goes out.
+    let path = format!("/v1/otp/verifications/{id}/resend");
+    let answers: Vec<HttpResponse> = std::thread::scope(|s| {
+        let handles: Vec<_> =
+            (0..10).map(|_| s.spawn(|| caller.call(&server, "POST", &path, &serde_json::Value::Null))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let sent: Vec<&HttpResponse> = answers.iter().filter(|r| r.status == 200).collect();
+    assert_eq!(sent.len(), 1, "{:?}", answers.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert!(answers
+        .iter()
+        .filter(|r| r.status != 200)
+        .all(|r| r.status == 429 && r.json()["code"] == "resend_too_soon"));
+    let r = sent[0];
     assert_eq!(r.json()["expires_at"], first["expires_at"], "resend never extends the expiry");
     assert_eq!(r.json()["sends_left"], 2);
     // The new code replaces the old one.
@@ -582,4 +594,35 @@ fn emitted_codes(src: &str, markers: &[&str]) -> Vec<String> {
         }
     }
     codes
+}
+
+#[test]
+fn send_and_resend_limits_hold_under_concurrency() {
+    let server = Server::start(&["--otp-console-codes", "--otp-api-rate-per-ip", "10000"]);
+    let caller = Caller::new(&server, "svc");
+    // 30 parallel creates to one destination: exactly 5 get through.
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..30).map(|_| s.spawn(|| caller.create(&server, "victim-phone").status)).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 5, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 25, "{statuses:?}");
+    // 20 parallel resends of one verification inside its cooldown: none is sent.
+    let id = created_id(&caller.create(&server, "other-phone"));
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..20)
+            .map(|_| {
+                s.spawn(|| {
+                    caller
+                        .call(&server, "POST", &format!("/v1/otp/verifications/{id}/resend"), &serde_json::Value::Null)
+                        .status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|s| *s == 429), "{statuses:?}");
+    let v = caller.call(&server, "GET", &format!("/v1/otp/verifications/{id}"), &serde_json::Value::Null);
+    assert_eq!(v.json()["sends_left"], 3, "no resend went out");
+    assert_eq!(of_event(&server, "otp.generate"), 6);
 }
