@@ -199,23 +199,27 @@ impl Store {
         Ok((store, true))
     }
 
+    /// Opens an existing store. Everything the server reads at start (format, seal
+    /// parameters, sealed keys, API key records) is first checked through a read-only
+    /// handle, so a damaged or foreign file is refused without a single byte written
+    /// to it. Only a store that was not shut down cleanly skips that look: redb must
+    /// repair it (verifying its checksums) in the writable open that follows, as after
+    /// any crash. The storage engine panics on some malformed pages; those panics
+    /// become [`StoreError::Damaged`] too.
     fn open_existing(path: &Path, passphrase: Option<&str>) -> Result<Self, StoreError> {
-        let db = Database::open(path).map_err(|e| map_db_error(path, e))?;
-        let read = db.begin_read().map_err(|e| damaged(path, e))?;
-        let meta = read.open_table(META).map_err(|_| StoreError::Format(path.to_owned()))?;
-        let format =
-            meta.get("format").map_err(|e| damaged(path, e))?.ok_or_else(|| StoreError::Format(path.to_owned()))?;
-        if format.value() != FORMAT {
-            return Err(StoreError::Format(path.to_owned()));
-        }
-        let params =
-            meta.get("seal").map_err(|e| damaged(path, e))?.ok_or_else(|| StoreError::Record("seal".into()))?;
-        let params: SealParams =
-            serde_json::from_slice(params.value()).map_err(|_| StoreError::Record("seal".into()))?;
-        let sealer = Sealer::open(&params, passphrase)?;
-        drop(meta);
-        drop(read);
-        Ok(Self { db, sealer, path: path.to_owned() })
+        let checked = contain_panics(path, || match redb::ReadOnlyDatabase::open(path) {
+            Ok(db) => check_contents(&db, path, passphrase).map(Some),
+            Err(redb::DatabaseError::RepairAborted) => Ok(None),
+            Err(e) => Err(map_db_error(path, e)),
+        })?;
+        contain_panics(path, || {
+            let db = Database::open(path).map_err(|e| map_db_error(path, e))?;
+            let sealer = match checked {
+                Some(sealer) => sealer,
+                None => check_contents(&db, path, passphrase)?,
+            };
+            Ok(Self { db, sealer, path: path.to_owned() })
+        })
     }
 
     fn initialise(&self, params: &SealParams, now: u64) -> Result<(), StoreError> {
@@ -274,37 +278,7 @@ impl Store {
 
     /// Loads and unseals the server's private material.
     pub fn server_secrets(&self) -> Result<ServerSecrets, StoreError> {
-        let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
-        let meta = read.open_table(META).map_err(|e| damaged(&self.path, e))?;
-        let get = |k: &str| -> Result<Vec<u8>, StoreError> {
-            Ok(meta
-                .get(k)
-                .map_err(|e| damaged(&self.path, e))?
-                .ok_or_else(|| StoreError::Record(k.into()))?
-                .value()
-                .to_vec())
-        };
-        let identity_seed = self.sealer.open_secret("identity", &get("identity")?)?;
-        let dummy_secret = self.sealer.open_secret("dummy_secret", &get("dummy_secret")?)?;
-        let token_records: Vec<TokenKeyRecord> =
-            serde_json::from_slice(&get("token_keys")?).map_err(|_| StoreError::Record("token_keys".into()))?;
-        let mut token_keys = Vec::new();
-        for t in token_records {
-            let id: [u8; 4] = hex_array(&t.id).ok_or_else(|| StoreError::Record("token key id".into()))?;
-            let blob = hex::decode(&t.master).map_err(|_| StoreError::Record("token key".into()))?;
-            token_keys.push((id, self.sealer.open_secret("token_key", &blob)?));
-        }
-        let mut server_keys = Vec::new();
-        let table = read.open_table(SERVER_KEYS).map_err(|e| damaged(&self.path, e))?;
-        for row in table.iter().map_err(|e| damaged(&self.path, e))? {
-            let (k, v) = row.map_err(|e| damaged(&self.path, e))?;
-            let id: [u8; 8] = k.value().try_into().map_err(|_| StoreError::Record("server key id".into()))?;
-            let r: ServerKeyRecord =
-                serde_json::from_slice(v.value()).map_err(|_| StoreError::Record("server key".into()))?;
-            let blob = hex::decode(&r.private).map_err(|_| StoreError::Record("server key".into()))?;
-            server_keys.push((id, self.sealer.open_secret("server_key", &blob)?, r.not_before, r.not_after));
-        }
-        Ok(ServerSecrets { identity_seed, dummy_secret, server_keys, token_keys })
+        read_server_secrets(&self.db, &self.path, &self.sealer)
     }
 
     /// Adds a handshake key valid from `now` and ends every other key's validity at
@@ -601,17 +575,7 @@ impl Store {
 
     /// Every API key record, ordered by key id.
     pub fn list_api_keys(&self) -> Result<Vec<(KeyId, ApiKeyRecord)>, StoreError> {
-        let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
-        let table = read.open_table(API_KEYS).map_err(|e| damaged(&self.path, e))?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(|e| damaged(&self.path, e))? {
-            let (k, v) = row.map_err(|e| damaged(&self.path, e))?;
-            let id: [u8; 16] = k.value().try_into().map_err(|_| StoreError::Record("api key id".into()))?;
-            let id = KeyId::from_bytes(id);
-            let record = serde_json::from_slice(v.value()).map_err(|_| StoreError::Record(id.to_string()))?;
-            out.push((id, record));
-        }
-        Ok(out)
+        read_api_keys(&self.db, &self.path)
     }
 
     /// Appends an audit event.
@@ -644,6 +608,89 @@ impl Store {
         out.reverse();
         Ok(out)
     }
+}
+
+/// Reads and checks what a server needs at start: the format marker, the seal
+/// parameters (and the passphrase against them), every sealed server secret and
+/// every API key record. Returns the sealer.
+fn check_contents(db: &impl ReadableDatabase, path: &Path, passphrase: Option<&str>) -> Result<Sealer, StoreError> {
+    let read = db.begin_read().map_err(|e| damaged(path, e))?;
+    let meta = read.open_table(META).map_err(|_| StoreError::Format(path.to_owned()))?;
+    let format =
+        meta.get("format").map_err(|e| damaged(path, e))?.ok_or_else(|| StoreError::Format(path.to_owned()))?;
+    if format.value() != FORMAT {
+        return Err(StoreError::Format(path.to_owned()));
+    }
+    let params = meta.get("seal").map_err(|e| damaged(path, e))?.ok_or_else(|| StoreError::Record("seal".into()))?;
+    let params: SealParams = serde_json::from_slice(params.value()).map_err(|_| StoreError::Record("seal".into()))?;
+    let sealer = Sealer::open(&params, passphrase)?;
+    drop((format, meta, read));
+    read_server_secrets(db, path, &sealer)?;
+    read_api_keys(db, path)?;
+    Ok(sealer)
+}
+
+/// Runs `f`, turning a panic inside the storage engine into [`StoreError::Damaged`]
+/// (with the default panic message silenced meanwhile; the lock keeps concurrent
+/// opens from losing the process's own hook).
+fn contain_panics<T>(path: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    static HOOK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = HOOK.lock().unwrap_or_else(|p| p.into_inner());
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    result.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "malformed data".to_owned());
+        Err(damaged(path, format!("the storage engine stopped on malformed data ({what})")))
+    })
+}
+
+fn read_server_secrets(db: &impl ReadableDatabase, path: &Path, sealer: &Sealer) -> Result<ServerSecrets, StoreError> {
+    let read = db.begin_read().map_err(|e| damaged(path, e))?;
+    let meta = read.open_table(META).map_err(|e| damaged(path, e))?;
+    let get = |k: &str| -> Result<Vec<u8>, StoreError> {
+        Ok(meta.get(k).map_err(|e| damaged(path, e))?.ok_or_else(|| StoreError::Record(k.into()))?.value().to_vec())
+    };
+    let identity_seed = sealer.open_secret("identity", &get("identity")?)?;
+    let dummy_secret = sealer.open_secret("dummy_secret", &get("dummy_secret")?)?;
+    let token_records: Vec<TokenKeyRecord> =
+        serde_json::from_slice(&get("token_keys")?).map_err(|_| StoreError::Record("token_keys".into()))?;
+    let mut token_keys = Vec::new();
+    for t in token_records {
+        let id: [u8; 4] = hex_array(&t.id).ok_or_else(|| StoreError::Record("token key id".into()))?;
+        let blob = hex::decode(&t.master).map_err(|_| StoreError::Record("token key".into()))?;
+        token_keys.push((id, sealer.open_secret("token_key", &blob)?));
+    }
+    let mut server_keys = Vec::new();
+    let table = read.open_table(SERVER_KEYS).map_err(|e| damaged(path, e))?;
+    for row in table.iter().map_err(|e| damaged(path, e))? {
+        let (k, v) = row.map_err(|e| damaged(path, e))?;
+        let id: [u8; 8] = k.value().try_into().map_err(|_| StoreError::Record("server key id".into()))?;
+        let r: ServerKeyRecord =
+            serde_json::from_slice(v.value()).map_err(|_| StoreError::Record("server key".into()))?;
+        let blob = hex::decode(&r.private).map_err(|_| StoreError::Record("server key".into()))?;
+        server_keys.push((id, sealer.open_secret("server_key", &blob)?, r.not_before, r.not_after));
+    }
+    Ok(ServerSecrets { identity_seed, dummy_secret, server_keys, token_keys })
+}
+
+fn read_api_keys(db: &impl ReadableDatabase, path: &Path) -> Result<Vec<(KeyId, ApiKeyRecord)>, StoreError> {
+    let read = db.begin_read().map_err(|e| damaged(path, e))?;
+    let table = read.open_table(API_KEYS).map_err(|e| damaged(path, e))?;
+    let mut out = Vec::new();
+    for row in table.iter().map_err(|e| damaged(path, e))? {
+        let (k, v) = row.map_err(|e| damaged(path, e))?;
+        let id: [u8; 16] = k.value().try_into().map_err(|_| StoreError::Record("api key id".into()))?;
+        let id = KeyId::from_bytes(id);
+        let record = serde_json::from_slice(v.value()).map_err(|_| StoreError::Record(id.to_string()))?;
+        out.push((id, record));
+    }
+    Ok(out)
 }
 
 fn totp_key(owner: &[u8; 16], account: &str) -> Vec<u8> {
