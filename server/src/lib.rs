@@ -22,6 +22,7 @@
 //! | [`totp`] | RFC 6238 authenticator codes: secrets, verification with replay rule, enrolment URI/QR |
 //! | [`metrics`] | Prometheus counters and histograms |
 //! | [`cli`] | the `onetrip` command line |
+//! | `fuzzing` | (feature `fuzzing`) the properties the server's `fuzz/` targets check |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -29,6 +30,8 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod handshake;
 pub mod http;
 pub mod keys;

@@ -1,0 +1,2 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| onetrip_server::fuzzing::otp_api_json(data));
