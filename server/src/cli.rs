@@ -56,9 +56,13 @@ pub enum Command {
     Token(TokenArgs),
     /// Print audit events (key changes, rotations, second-factor events; never codes).
     Audit {
-        /// Only events at or after this many seconds ago.
-        #[arg(long, default_value_t = 86_400)]
-        since_secs: u64,
+        /// Only events since then: a duration ago (`90s`, `30m`, `12h`, `7d`) or a Unix
+        /// time (e.g. `1795600000`).
+        #[arg(long, default_value = "24h", value_parser = parse_since)]
+        since: Since,
+        /// Only events at or after this many seconds ago (overrides --since).
+        #[arg(long)]
+        since_secs: Option<u64>,
         /// Most events shown.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
@@ -221,6 +225,35 @@ pub enum KeysCommand {
     },
 }
 
+/// `onetrip audit --since`: a duration ago, or an absolute Unix time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// This many seconds before now.
+    Ago(u64),
+    /// This Unix time.
+    At(u64),
+}
+
+/// `90s`, `30m`, `12h`, `7d`, a bare number of seconds, or a Unix time (≥ 10⁹).
+pub fn parse_since(text: &str) -> Result<Since, String> {
+    let text = text.trim();
+    let bad = || format!("`{text}` is neither a duration (90s, 30m, 12h, 7d) nor a Unix time");
+    let (digits, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], Some(c)),
+        _ => (text, None),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        None if n >= 1_000_000_000 => return Ok(Since::At(n)),
+        None | Some('s') => 1,
+        Some('m') => 60,
+        Some('h') => 3600,
+        Some('d') => 86_400,
+        Some(_) => return Err(bad()),
+    };
+    n.checked_mul(scale).map(Since::Ago).ok_or_else(bad)
+}
+
 /// `onetrip token` options. The API key comes from the environment or a file, never
 /// from the command line (where `ps` and shell history would show it).
 #[derive(Debug, Args)]
@@ -286,8 +319,12 @@ pub fn main_with(cli: Cli) -> i32 {
             Command::Keys(ref k) => keys(&cli, k).await,
             Command::Token(ref t) => token(t).await,
             Command::ServerKey(ref s) => server_key(&cli, s).await,
-            Command::Audit { since_secs, limit, json } => {
-                let since = unix_now().saturating_sub(since_secs);
+            Command::Audit { since, since_secs, limit, json } => {
+                let since = match (since_secs, since) {
+                    (Some(secs), _) => unix_now().saturating_sub(secs),
+                    (None, Since::Ago(secs)) => unix_now().saturating_sub(secs),
+                    (None, Since::At(at)) => at,
+                };
                 let v = admin_call(&cli, AdminRequest::Audit { since, limit }).await?;
                 print_value(&v, json, |v| {
                     v.as_array()
@@ -696,4 +733,22 @@ async fn server_key(cli: &Cli, cmd: &ServerKeyCommand) -> Result<(), String> {
         s.trim_end().to_owned()
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_durations_and_unix_times_and_explains_mistakes() {
+        assert_eq!(parse_since("90s"), Ok(Since::Ago(90)));
+        assert_eq!(parse_since("30m"), Ok(Since::Ago(1800)));
+        assert_eq!(parse_since("12h"), Ok(Since::Ago(43_200)));
+        assert_eq!(parse_since("7d"), Ok(Since::Ago(604_800)));
+        assert_eq!(parse_since("3600"), Ok(Since::Ago(3600)));
+        assert_eq!(parse_since("1795600000"), Ok(Since::At(1_795_600_000)));
+        for bad in ["", "h", "5w", "-1h", "1.5h", "99999999999999999999d", "12hh"] {
+            assert!(parse_since(bad).unwrap_err().contains("duration"), "{bad}");
+        }
+    }
 }

@@ -94,7 +94,7 @@ fn assert_problem(r: &HttpResponse, status: u16, code: &str) {
 }
 
 fn audit(server: &Server) -> Vec<serde_json::Value> {
-    let out = server.cli(&["audit", "--json"]);
+    let out = server.cli(&["audit", "--since", "1h", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
