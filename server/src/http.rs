@@ -210,7 +210,7 @@ async fn introspect<S: SharedState>(state: &AppState<S>, req: Request<Incoming>,
     };
     let r: IntrospectRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "bad_json", "Invalid JSON body", &e.to_string()),
+        Err(e) => return crate::problem::bad_json(&e),
     };
     let Ok(token) = Token::from_base64(&r.token) else {
         return json(StatusCode::OK, &serde_json::json!({ "active": false }));

@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 use crate::http::{read_body, ConnInfo, MAX_JSON_BODY};
 use crate::otp::{CheckOutcome, Policy, Purpose, Status, Verification};
 use crate::otp_service::{self, NewVerification, OtpError};
-use crate::problem::{json, problem, rate_limited, Body};
+use crate::problem::{bad_json, json, problem, rate_limited, Body};
 use crate::shared::{RateDecision, SharedState};
 use crate::state::{unix_now, AppState, TokenCheckError};
 
@@ -178,10 +178,6 @@ async fn authorize<S: SharedState>(
     Ok(claims)
 }
 
-fn bad_json(e: impl std::fmt::Display) -> Response<Body> {
-    problem(StatusCode::BAD_REQUEST, "bad_json", "Invalid JSON body", &e.to_string())
-}
-
 async fn create<S: SharedState>(
     state: &AppState<S>,
     owner: [u8; 16],
@@ -191,7 +187,7 @@ async fn create<S: SharedState>(
 ) -> Result<Response<Body>, OtpError> {
     let b: CreateBody = match serde_json::from_slice(body) {
         Ok(b) => b,
-        Err(e) => return Ok(bad_json(e)),
+        Err(e) => return Ok(bad_json(&e)),
     };
     let channel = otp_service::parse_channel(&b.channel).ok_or_else(|| {
         OtpError::InvalidParameter(format!("unknown channel {:?}: use email, webhook, totp or console", b.channel))
@@ -222,7 +218,7 @@ async fn check<S: SharedState>(
     let code = match serde_json::from_slice::<CheckBody>(body) {
         // Wraps the parsed string's own buffer, so it is wiped after the check.
         Ok(b) => Zeroizing::new(b.code),
-        Err(e) => return Ok(bad_json(e)),
+        Err(e) => return Ok(bad_json(&e)),
     };
     if code.is_empty() || code.len() > 16 {
         return Err(OtpError::InvalidParameter("code must be 1 to 16 characters".into()));
@@ -255,7 +251,7 @@ async fn enroll<S: SharedState>(
     }
     let b: EnrollBody = match serde_json::from_slice(body) {
         Ok(b) => b,
-        Err(e) => return Ok(bad_json(e)),
+        Err(e) => return Ok(bad_json(&e)),
     };
     validate_account(&b.account)?;
     let secret = crate::totp::generate_secret(&mut rand::thread_rng());

@@ -45,3 +45,40 @@ pub fn octets(bytes: Bytes) -> Response<Body> {
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
+
+/// 400 `bad_json` for a body that does not parse into the endpoint's request. serde's
+/// messages quote offending values (`invalid type: integer `123456``), which may be a
+/// code or a token: those are replaced by what was expected and where.
+pub fn bad_json(e: &serde_json::Error) -> Response<Body> {
+    let message = e.to_string();
+    let detail = if ["invalid type", "invalid value", "invalid length"].iter().any(|p| message.starts_with(p)) {
+        match message.split_once(", expected ") {
+            Some((_, expected)) => format!("a field has the wrong type or value: expected {expected}"),
+            None => format!("a field has the wrong type or value at line {}, column {}", e.line(), e.column()),
+        }
+    } else {
+        message
+    };
+    problem(StatusCode::BAD_REQUEST, "bad_json", "Invalid JSON body", &detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detail(body: &str) -> String {
+        let e = serde_json::from_str::<std::collections::BTreeMap<String, String>>(body).unwrap_err();
+        let resp = bad_json(&e);
+        let v: serde_json::Value = serde_json::from_slice(&resp.into_body().into_inner().unwrap()).unwrap();
+        v["detail"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn json_errors_never_quote_the_offending_value() {
+        let d = detail(r#"{"code":918273}"#);
+        assert!(!d.contains("918273"), "{d}");
+        assert!(d.contains("expected a string"), "{d}");
+        let d = detail(r#"{"code":"x""#);
+        assert!(d.contains("line 1"), "syntax errors keep their position: {d}");
+    }
+}

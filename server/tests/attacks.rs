@@ -1,6 +1,7 @@
 //! Hostile-input checks against the real server: replay floods and secrets in logs.
 
 mod common;
+mod support;
 
 use std::io::{BufReader, Read, Write};
 
@@ -232,7 +233,7 @@ fn a_thousand_concurrent_connections_respect_the_connection_limit() {
 
 #[test]
 fn random_and_oversized_bodies_on_every_endpoint_get_4xx() {
-    let server = Server::start(&[]);
+    let server = Server::start(&["--otp-api-rate-per-ip", "100000"]);
     let mut rng_state = 0x9E37_79B9_7F4A_7C15u64;
     let mut random = |n: usize| -> Vec<u8> {
         (0..n)
@@ -244,18 +245,19 @@ fn random_and_oversized_bodies_on_every_endpoint_get_4xx() {
             })
             .collect()
     };
-    let endpoints = [
-        ("POST", "/v1/auth"),
-        ("POST", "/v1/introspect"),
-        ("GET", "/v1/whoami"),
-        ("GET", "/v1/server-key"),
-        ("POST", "/v1/server-key"),
-        ("GET", "/healthz"),
-        ("GET", "/metrics"),
-        ("PUT", "/v1/auth"),
-        ("POST", "/nowhere"),
-    ];
-    for (method, path) in endpoints {
+    // Every served route (the tables the OpenAPI test checks), each with its own
+    // method and a wrong one, plus paths that do not exist.
+    let id = "0123456789abcdef0123456789abcdef";
+    let mut endpoints: Vec<(String, String)> = Vec::new();
+    for (method, path) in onetrip_server::http::ROUTES.iter().chain(onetrip_server::otp_api::ROUTES) {
+        let path = path.replace("{id}", id);
+        endpoints.push((method.to_uppercase(), path.clone()));
+        endpoints.push(((if *method == "get" { "POST" } else { "PUT" }).to_owned(), path));
+    }
+    endpoints.push(("POST".into(), "/nowhere".into()));
+    endpoints.push(("POST".into(), "/v1/otp/verifications/not-an-id/check".into()));
+    for (method, path) in &endpoints {
+        let (method, path) = (method.as_str(), path.as_str());
         for size in [0usize, 1, 383, 384, 385, 4096, 70_000, 2 << 20] {
             let body = random(size);
             let r = http(server.port, method, path, &[], &body);
@@ -327,4 +329,83 @@ fn flipped_bytes_in_the_store_are_refused_clearly_without_panic_or_rewrite() {
     assert_eq!(std::fs::read(&store).unwrap(), damaged);
     std::fs::write(&store, &pristine).unwrap();
     assert!(Server::start_in(&dir, &[]).is_ok());
+}
+
+#[test]
+fn otp_codes_and_channel_secrets_never_reach_logs_or_error_bodies() {
+    let receiver = support::Receiver::start(vec![]);
+    let url = format!("http://127.0.0.1:{}/otp", receiver.port);
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(
+        &tmp.path().join("data"),
+        &["--log", "trace", "--webhook-url", &url],
+        &[("ONETRIP_WEBHOOK_SECRET", support::WEBHOOK_SECRET), ("ONETRIP_SMTP_PASSWORD", "smtp-pass-never-logged")],
+    )
+    .unwrap();
+    let wait_code = |to: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            if let Some(p) = receiver.received.lock().unwrap().iter().rev().find(|p| p["to"] == to) {
+                return p["code"].as_str().unwrap().to_owned();
+            }
+            assert!(std::time::Instant::now() < deadline, "no webhook for {to}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let mut bodies = Vec::new();
+    let mut codes = Vec::new();
+    // Step-up through the webhook: wrong code, then the right one.
+    let (admin, _) = server.create_key(&["--name", "admin", "--require-otp", "--otp-to", "webhook:+15550001111"]);
+    let Outcome::SecondFactorRequired { operation, .. } = server.handshake(&admin, &ClientRequest::default()) else {
+        panic!("expected second_factor_required")
+    };
+    let code = wait_code("+15550001111");
+    fn with(operation: [u8; 16], code: &str) -> ClientRequest<'_> {
+        ClientRequest { second_factor: Some(SecondFactor { operation, code }), ..Default::default() }
+    }
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    assert!(matches!(server.handshake(&admin, &with(operation, wrong)), Outcome::SecondFactorFailed { .. }));
+    assert!(matches!(server.handshake(&admin, &with(operation, &code)), Outcome::Granted(_)));
+    codes.push(code);
+    // The API: create, check wrong and right, check again, malformed checks.
+    let (svc, _) = server.create_key(&["--name", "svc", "--scope", "otp"]);
+    let Outcome::Granted(grant) = server.handshake(&svc, &ClientRequest::default()) else { panic!("no token") };
+    let call = |method: &str, path: &str, body: &[u8]| {
+        let proof =
+            PopProof::sign(&grant.session_key, grant.token.binding(), method, path, body, now(), &mut rand_core::OsRng)
+                .unwrap();
+        let auth = format!("Onetrip {}", &*grant.token.to_base64());
+        http(server.port, method, path, &[("authorization", &auth), ("onetrip-pop", &proof.to_header())], body)
+    };
+    let r = call("POST", "/v1/otp/verifications", br#"{"to":"+15550002222","channel":"sms"}"#);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    bodies.push(r.body);
+    let code = wait_code("+15550002222");
+    let check = format!("/v1/otp/verifications/{id}/check");
+    for body in [
+        format!(r#"{{"code":"{}"}}"#, if code == "999999" { "888888" } else { "999999" }),
+        format!(r#"{{"code":"{code}"}}"#),
+        format!(r#"{{"code":"{code}"}}"#),
+        format!(r#"{{"code":"{code}","extra":true}}"#),
+        format!(r#"{{"code":{code}}}"#),
+    ] {
+        bodies.push(call("POST", &check, body.as_bytes()).body);
+    }
+    codes.push(code);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+
+    let logs = server.stderr();
+    assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "trace logging was not on");
+    let audit = String::from_utf8(server.cli(&["audit", "--json"]).stdout).unwrap();
+    for code in &codes {
+        assert!(!logs.contains(code.as_str()), "an OTP code is in the server log");
+        assert!(!audit.contains(code.as_str()), "an OTP code is in the audit log");
+        for body in &bodies {
+            assert!(!String::from_utf8_lossy(body).contains(code.as_str()), "an OTP code is in an answer");
+        }
+    }
+    for secret in [support::WEBHOOK_SECRET, "smtp-pass-never-logged"] {
+        assert!(!logs.contains(secret), "a channel secret is in the server log");
+    }
+    assert!(!logs.contains("+15550002222") || logs.contains("+*******2222"), "destinations are masked in logs");
 }

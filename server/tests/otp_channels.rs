@@ -5,17 +5,14 @@
 mod common;
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
 use onetrip_protocol::handshake::ClientRequest;
 use onetrip_protocol::pop::POP_HEADER;
 use onetrip_protocol::{Channel, Outcome, PopProof, SecondFactor, TokenGrant};
-use support::SmtpSink;
+use support::{Receiver, SmtpSink, WEBHOOK_SECRET};
 
 fn granted(o: Outcome) -> TokenGrant {
     match o {
@@ -127,87 +124,6 @@ fn email_codes_reach_a_real_smtp_server_for_step_up_and_the_api() {
     );
     assert_eq!((r.status, r.json()["code"].as_str()), (400, Some("invalid_parameter")));
     assert!(!server.stderr().contains(&code), "a code reached the server log");
-}
-
-/// A loopback webhook receiver: answers the scripted statuses in order (then 200),
-/// verifies every signature, and keeps the JSON bodies it accepted.
-struct Receiver {
-    port: u16,
-    received: Arc<Mutex<Vec<serde_json::Value>>>,
-    requests: Arc<AtomicUsize>,
-    bad_signatures: Arc<AtomicUsize>,
-}
-
-const WEBHOOK_SECRET: &str = "whsec-0123456789abcdef0123";
-
-impl Receiver {
-    fn start(script: Vec<u16>) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let bad_signatures = Arc::new(AtomicUsize::new(0));
-        let (r, n, bad) = (received.clone(), requests.clone(), bad_signatures.clone());
-        let script = Arc::new(Mutex::new(script.into_iter()));
-        std::thread::spawn(move || {
-            for conn in listener.incoming().take(50) {
-                let Ok(conn) = conn else { continue };
-                let (r, n, bad, script) = (r.clone(), n.clone(), bad.clone(), script.clone());
-                std::thread::spawn(move || serve_webhook(conn, &r, &n, &bad, &script));
-            }
-        });
-        Receiver { port, received, requests, bad_signatures }
-    }
-}
-
-fn serve_webhook(
-    conn: std::net::TcpStream,
-    received: &Mutex<Vec<serde_json::Value>>,
-    requests: &AtomicUsize,
-    bad: &AtomicUsize,
-    script: &Mutex<std::vec::IntoIter<u16>>,
-) {
-    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut reader = BufReader::new(conn);
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let (mut len, mut ts, mut sig) = (0usize, String::new(), String::new());
-        loop {
-            let mut h = String::new();
-            reader.read_line(&mut h).unwrap();
-            if h == "\r\n" {
-                break;
-            }
-            let (k, v) = h.split_once(':').unwrap();
-            match k.to_ascii_lowercase().as_str() {
-                "content-length" => len = v.trim().parse().unwrap(),
-                "onetrip-timestamp" => ts = v.trim().to_owned(),
-                "onetrip-signature" => sig = v.trim().to_owned(),
-                _ => {}
-            }
-        }
-        let mut body = vec![0; len];
-        reader.read_exact(&mut body).unwrap();
-        requests.fetch_add(1, Ordering::SeqCst);
-        let ok =
-            onetrip_server::delivery::verify_webhook_signature(WEBHOOK_SECRET.as_bytes(), &ts, &body, &sig, now(), 300);
-        let status = if !ok {
-            bad.fetch_add(1, Ordering::SeqCst);
-            401
-        } else {
-            script.lock().unwrap().next().unwrap_or(200)
-        };
-        if status == 200 {
-            received.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
-        }
-        let answer = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
-        if reader.get_mut().write_all(answer.as_bytes()).is_err() {
-            return;
-        }
-    }
 }
 
 #[test]
