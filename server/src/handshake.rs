@@ -142,7 +142,9 @@ async fn answer<S: SharedState>(
         &mut rand::thread_rng(),
         out,
     );
-    state.last_used.insert(entry.id, now);
+    if entry.should_record_use(now) {
+        state.last_used.insert(entry.id, now);
+    }
     Ok(Status::Ok)
 }
 

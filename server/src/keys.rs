@@ -1,9 +1,10 @@
-//! The in-memory key directory: API key records by id, and the static-static DH per
-//! (API key, server key), computed once and cached so the handshake hot path does one
-//! X25519. Unknown, revoked and expired keys get the responder's dummy, which costs
-//! the same as a cache hit.
+//! The in-memory key directory: API key records by id, each with its static-static DH
+//! per server key, computed once and cached so the handshake hot path does one X25519
+//! and one map lookup. Unknown, revoked and expired keys get the responder's dummy,
+//! which costs the same as a cache hit.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
 use onetrip_protocol::api_key::{KeyId, Verifier};
@@ -23,14 +24,55 @@ pub struct KeyEntry {
     pub verifier: Verifier,
     /// All of the key's scopes, space separated (granted when none are requested).
     pub all_scopes: String,
+    /// Static-static values by server key id (one or two during a rotation), kept in
+    /// the entry so the hot path looks the key up once.
+    static_statics: RwLock<Vec<([u8; 8], StaticStatic)>>,
+    /// Last use already on its way to the store (Unix seconds).
+    last_use_recorded: AtomicU64,
 }
+
+/// `last_used_at` is recorded at most once per this many seconds per key: operators
+/// see "used within the hour", and a busy key costs no store write per handshake.
+pub const LAST_USE_GRANULARITY_SECS: u64 = 3600;
 
 impl KeyEntry {
     /// Builds an entry; `None` when the verifier is not 32 bytes of hex.
     pub fn new(id: KeyId, record: ApiKeyRecord) -> Option<Self> {
         let verifier: [u8; 32] = hex::decode(&record.verifier).ok()?.try_into().ok()?;
         let all_scopes = record.scopes.join(" ");
-        Some(Self { id, record, verifier: Verifier::from_bytes(verifier), all_scopes })
+        let last_use_recorded = AtomicU64::new(record.last_used_at.unwrap_or(0));
+        Some(Self {
+            id,
+            record,
+            verifier: Verifier::from_bytes(verifier),
+            all_scopes,
+            static_statics: RwLock::new(Vec::new()),
+            last_use_recorded,
+        })
+    }
+
+    fn cached(&self, server_key_id: &[u8; 8]) -> Option<StaticStatic> {
+        let cache = self.static_statics.read().unwrap_or_else(|p| p.into_inner());
+        cache.iter().find(|(id, _)| id == server_key_id).map(|(_, ss)| ss.clone())
+    }
+
+    fn cache(&self, server_key_id: [u8; 8], ss: StaticStatic) {
+        let mut cache = self.static_statics.write().unwrap_or_else(|p| p.into_inner());
+        if !cache.iter().any(|(id, _)| *id == server_key_id) {
+            cache.push((server_key_id, ss));
+        }
+    }
+
+    fn cached_count(&self) -> usize {
+        self.static_statics.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// True once per [`LAST_USE_GRANULARITY_SECS`]: the caller then queues `now` as the
+    /// key's last use for the store.
+    pub fn should_record_use(&self, now: u64) -> bool {
+        let last = self.last_use_recorded.load(Ordering::Relaxed);
+        now >= last.saturating_add(LAST_USE_GRANULARITY_SECS)
+            && self.last_use_recorded.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 }
 
@@ -38,15 +80,13 @@ impl KeyEntry {
 #[derive(Debug, Default)]
 pub struct KeyDirectory {
     keys: DashMap<KeyId, Arc<KeyEntry>>,
-    static_statics: DashMap<(KeyId, [u8; 8]), StaticStatic>,
 }
 
 impl KeyDirectory {
-    /// Adds or replaces a key; its cached DH values are dropped (the verifier may change).
+    /// Adds or replaces a key; a replaced entry's cached DH values go with it (the
+    /// verifier may change).
     pub fn upsert(&self, entry: KeyEntry) {
-        let id = entry.id;
-        self.static_statics.retain(|(k, _), _| *k != id);
-        self.keys.insert(id, Arc::new(entry));
+        self.keys.insert(entry.id, Arc::new(entry));
     }
 
     /// The entry for `id`.
@@ -73,7 +113,9 @@ impl KeyDirectory {
 
     /// Drops cached values for server keys that are gone.
     pub fn retain_server_keys(&self, live: &[[u8; 8]]) {
-        self.static_statics.retain(|(_, s), _| live.contains(s));
+        for entry in self.keys.iter() {
+            entry.static_statics.write().unwrap_or_else(|p| p.into_inner()).retain(|(s, _)| live.contains(s));
+        }
     }
 
     /// Computes the static-static value of every active key under every server key
@@ -87,11 +129,11 @@ impl KeyDirectory {
         let mut computed = 0;
         for entry in entries {
             for sk in &server_keys {
-                if self.static_statics.contains_key(&(entry.id, *sk)) {
+                if entry.cached(sk).is_some() {
                     continue;
                 }
                 if let Ok(ss) = responder.static_static(sk, &entry.verifier) {
-                    self.static_statics.insert((entry.id, *sk), ss);
+                    entry.cache(*sk, ss);
                     computed += 1;
                 }
             }
@@ -101,7 +143,7 @@ impl KeyDirectory {
 
     /// Cached static-static values (for tests and metrics).
     pub fn cached_static_statics(&self) -> usize {
-        self.static_statics.len()
+        self.keys.iter().map(|e| e.cached_count()).sum()
     }
 
     /// The static-static value to authenticate with, and the key entry when the key is
@@ -117,16 +159,73 @@ impl KeyDirectory {
         let Some(entry) = entry else {
             return (responder.dummy_static_static(server_key_id, key_id.as_ref()), None);
         };
-        if let Some(ss) = self.static_statics.get(&(entry.id, *server_key_id)) {
-            return (ss.clone(), Some(entry));
+        if let Some(ss) = entry.cached(server_key_id) {
+            return (ss, Some(entry));
         }
         // First handshake of this key under this server key: one extra DH, then cached.
         match responder.static_static(server_key_id, &entry.verifier) {
             Ok(ss) => {
-                self.static_statics.insert((entry.id, *server_key_id), ss.clone());
+                entry.cache(*server_key_id, ss.clone());
                 (ss, Some(entry))
             }
             Err(_) => (responder.dummy_static_static(server_key_id, key_id.as_ref()), None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(last_used_at: Option<u64>) -> ApiKeyRecord {
+        ApiKeyRecord {
+            name: "k".into(),
+            verifier: hex::encode([9u8; 32]),
+            scopes: vec![],
+            audiences: vec![],
+            require_otp: false,
+            otp_to: None,
+            created_at: 0,
+            last_used_at,
+            revoked_at: None,
+            expires_at: None,
+            replaced_by: None,
+        }
+    }
+
+    #[test]
+    fn last_use_is_queued_once_per_granularity() {
+        let e = KeyEntry::new(KeyId::from_bytes([1; 16]), record(None)).unwrap();
+        assert!(e.should_record_use(10_000));
+        assert!(!e.should_record_use(10_001));
+        assert!(!e.should_record_use(10_000 + LAST_USE_GRANULARITY_SECS - 1));
+        assert!(e.should_record_use(10_000 + LAST_USE_GRANULARITY_SECS));
+        let recent = KeyEntry::new(KeyId::from_bytes([2; 16]), record(Some(50_000))).unwrap();
+        assert!(!recent.should_record_use(50_010), "a use already stored counts");
+    }
+
+    #[test]
+    fn static_statics_live_in_the_entry_and_follow_server_keys() {
+        use onetrip_protocol::{DefaultBackend, IdentityKey, Secret};
+        let mut responder = Responder::new(
+            DefaultBackend::default(),
+            IdentityKey::from_seed(&Secret::new([3; 32])),
+            Secret::new([4; 32]),
+        );
+        responder.add_key([1; 8], &Secret::new([5; 32]), 0, u64::MAX).unwrap();
+        responder.add_key([2; 8], &Secret::new([6; 32]), 0, u64::MAX).unwrap();
+        let dir = KeyDirectory::default();
+        let id = KeyId::from_bytes([1; 16]);
+        dir.upsert(KeyEntry::new(id, record(None)).unwrap());
+        assert_eq!(dir.warm(&responder, 1), 2, "one per server key");
+        assert_eq!(dir.warm(&responder, 1), 0, "cached");
+        let (_, entry) = dir.static_static(&responder, &[2; 8], Some(id), 1);
+        assert!(entry.is_some());
+        dir.retain_server_keys(&[[2; 8]]);
+        assert_eq!(dir.cached_static_statics(), 1);
+        dir.upsert(KeyEntry::new(id, record(None)).unwrap());
+        assert_eq!(dir.cached_static_statics(), 0, "a replaced entry starts empty");
+        let (_, unknown) = dir.static_static(&responder, &[2; 8], Some(KeyId::from_bytes([9; 16])), 1);
+        assert!(unknown.is_none());
     }
 }
