@@ -77,7 +77,7 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// A record could not be decoded.
-    #[error("store record {0} is damaged")]
+    #[error("store record {0} is damaged: restore the store from backup (onetrip never rewrites a damaged store)")]
     Record(String),
 }
 
@@ -151,7 +151,7 @@ pub struct ServerSecrets {
 
 /// The open store.
 pub struct Store {
-    db: Database,
+    db: Db,
     sealer: Sealer,
     path: PathBuf,
 }
@@ -187,7 +187,7 @@ impl Store {
         let db = Database::create(&path).map_err(|e| map_db_error(&path, e))?;
         restrict_permissions(&path, 0o600);
         let (sealer, params) = Sealer::create(passphrase)?;
-        let store = Self { db, sealer, path: path.clone() };
+        let store = Self { db: Db(Some(db), path.clone()), sealer, path: path.clone() };
         store.initialise(&params, now)?;
         let fingerprint =
             onetrip_protocol::IdentityKey::from_seed(&store.server_secrets()?.identity_seed).fingerprint();
@@ -218,7 +218,7 @@ impl Store {
                 Some(sealer) => sealer,
                 None => check_contents(&db, path, passphrase)?,
             };
-            Ok(Self { db, sealer, path: path.to_owned() })
+            Ok(Self { db: Db(Some(db), path.to_owned()), sealer, path: path.to_owned() })
         })
     }
 
@@ -278,7 +278,7 @@ impl Store {
 
     /// Loads and unseals the server's private material.
     pub fn server_secrets(&self) -> Result<ServerSecrets, StoreError> {
-        read_server_secrets(&self.db, &self.path, &self.sealer)
+        read_server_secrets(&*self.db, &self.path, &self.sealer)
     }
 
     /// Adds a handshake key valid from `now` and ends every other key's validity at
@@ -575,7 +575,7 @@ impl Store {
 
     /// Every API key record, ordered by key id.
     pub fn list_api_keys(&self) -> Result<Vec<(KeyId, ApiKeyRecord)>, StoreError> {
-        read_api_keys(&self.db, &self.path)
+        read_api_keys(&*self.db, &self.path)
     }
 
     /// Appends an audit event.
@@ -628,6 +628,34 @@ fn check_contents(db: &impl ReadableDatabase, path: &Path, passphrase: Option<&s
     read_server_secrets(db, path, &sealer)?;
     read_api_keys(db, path)?;
     Ok(sealer)
+}
+
+/// The open database. Closing writes redb's allocator state, and redb panics there
+/// when a damaged file slipped past the checks at open (its page checksums are only
+/// verified by repair): the panic is contained and reported instead of aborting.
+struct Db(Option<Database>, PathBuf);
+
+impl std::ops::Deref for Db {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        // Some from construction until drop.
+        self.0.as_ref().unwrap_or_else(|| unreachable!("the database is only taken in drop"))
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Some(db) = self.0.take() {
+            let closed = contain_panics(&self.1, move || {
+                drop(db);
+                Ok(())
+            });
+            if let Err(e) = closed {
+                tracing::error!(error = %e, "the store could not be closed cleanly");
+                eprintln!("warning: the store could not be closed cleanly: {e}");
+            }
+        }
+    }
 }
 
 /// Runs `f`, turning a panic inside the storage engine into [`StoreError::Damaged`]
