@@ -136,8 +136,13 @@ fn bench_backend<B: CryptoBackend>(c: &mut Criterion) {
 
 /// Reads criterion's point estimate (mean, ns) for a benchmark id.
 fn mean_ns(id: &str) -> Option<f64> {
+    // The running binary is target/<profile>/deps/handshake-*: its target directory is
+    // where criterion wrote (a path baked in at compile time may belong to another
+    // checkout that shares the target directory).
+    let from_exe = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.parent()?.parent()?.to_owned()));
     let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
+        .or(from_exe)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let path = dir.join("criterion").join(id.replace('/', "_")).join("new/estimates.json");
     let path = if path.exists() {
