@@ -37,8 +37,10 @@ pub const LAST_USE_GRANULARITY_SECS: u64 = 3600;
 
 impl KeyEntry {
     /// Builds an entry; `None` when the verifier is not 32 bytes of hex.
-    pub fn new(id: KeyId, record: ApiKeyRecord) -> Option<Self> {
+    pub fn new(id: KeyId, mut record: ApiKeyRecord) -> Option<Self> {
         let verifier: [u8; 32] = hex::decode(&record.verifier).ok()?.try_into().ok()?;
+        // Decoded once; the hex copy would cost ~90 bytes per key in memory for nothing.
+        record.verifier = String::new();
         let all_scopes = record.scopes.join(" ");
         let last_use_recorded = AtomicU64::new(record.last_used_at.unwrap_or(0));
         Some(Self {
@@ -59,6 +61,9 @@ impl KeyEntry {
     fn cache(&self, server_key_id: [u8; 8], ss: StaticStatic) {
         let mut cache = self.static_statics.write().unwrap_or_else(|p| p.into_inner());
         if !cache.iter().any(|(id, _)| *id == server_key_id) {
+            // Exact: a plain push would reserve room for four (288 bytes per key), and
+            // two server keys coexist only during a rotation.
+            cache.reserve_exact(1);
             cache.push((server_key_id, ss));
         }
     }

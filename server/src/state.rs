@@ -109,9 +109,13 @@ impl<S: SharedState> AppState<S> {
             keyring.push_previous(id, master);
         }
         let keys = KeyDirectory::default();
-        for (id, record) in store.list_api_keys()? {
-            let entry = KeyEntry::new(id, record).ok_or_else(|| StoreError::Record(id.to_string()))?;
-            keys.upsert(entry);
+        let mut bad = None;
+        store.for_each_api_key(|id, record| match KeyEntry::new(id, record) {
+            Some(entry) => keys.upsert(entry),
+            None => bad = Some(id),
+        })?;
+        if let Some(id) = bad {
+            return Err(StoreError::Record(id.to_string()));
         }
         let state = Self(Arc::new(Inner {
             settings,

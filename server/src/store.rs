@@ -184,7 +184,7 @@ impl Store {
         if marker.exists() {
             return Err(StoreError::Missing(path));
         }
-        let db = Database::create(&path).map_err(|e| map_db_error(&path, e))?;
+        let db = builder().create(&path).map_err(|e| map_db_error(&path, e))?;
         restrict_permissions(&path, 0o600);
         let (sealer, params) = Sealer::create(passphrase)?;
         let store = Self { db: Db(Some(db), path.clone()), sealer, path: path.clone() };
@@ -207,13 +207,13 @@ impl Store {
     /// any crash. The storage engine panics on some malformed pages; those panics
     /// become [`StoreError::Damaged`] too.
     fn open_existing(path: &Path, passphrase: Option<&str>) -> Result<Self, StoreError> {
-        let checked = contain_panics(path, || match redb::ReadOnlyDatabase::open(path) {
+        let checked = contain_panics(path, || match builder().open_read_only(path) {
             Ok(db) => check_contents(&db, path, passphrase).map(Some),
             Err(redb::DatabaseError::RepairAborted) => Ok(None),
             Err(e) => Err(map_db_error(path, e)),
         })?;
         contain_panics(path, || {
-            let db = Database::open(path).map_err(|e| map_db_error(path, e))?;
+            let db = builder().open(path).map_err(|e| map_db_error(path, e))?;
             let sealer = match checked {
                 Some(sealer) => sealer,
                 None => check_contents(&db, path, passphrase)?,
@@ -563,6 +563,11 @@ impl Store {
         }
     }
 
+    /// Calls `f` on every API key record without collecting them (start-up with many keys).
+    pub fn for_each_api_key(&self, f: impl FnMut(KeyId, ApiKeyRecord)) -> Result<usize, StoreError> {
+        each_api_key(&*self.db, &self.path, f)
+    }
+
     /// One API key record.
     pub fn get_api_key(&self, id: &KeyId) -> Result<Option<ApiKeyRecord>, StoreError> {
         let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
@@ -610,6 +615,17 @@ impl Store {
     }
 }
 
+/// Page cache of the store. redb's default (1 GiB) would keep most of a million-key
+/// store resident after the start-up read; the hot path never reads the store, so a
+/// small cache costs nothing there.
+pub const STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+fn builder() -> redb::Builder {
+    let mut b = redb::Builder::new();
+    b.set_cache_size(STORE_CACHE_BYTES);
+    b
+}
+
 /// Reads and checks what a server needs at start: the format marker, the seal
 /// parameters (and the passphrase against them), every sealed server secret and
 /// every API key record. Returns the sealer.
@@ -626,7 +642,7 @@ fn check_contents(db: &impl ReadableDatabase, path: &Path, passphrase: Option<&s
     let sealer = Sealer::open(&params, passphrase)?;
     drop((format, meta, read));
     read_server_secrets(db, path, &sealer)?;
-    read_api_keys(db, path)?;
+    each_api_key(db, path, |_, _| {})?;
     Ok(sealer)
 }
 
@@ -708,17 +724,30 @@ fn read_server_secrets(db: &impl ReadableDatabase, path: &Path, sealer: &Sealer)
 }
 
 fn read_api_keys(db: &impl ReadableDatabase, path: &Path) -> Result<Vec<(KeyId, ApiKeyRecord)>, StoreError> {
+    let mut out = Vec::new();
+    each_api_key(db, path, |id, record| out.push((id, record)))?;
+    Ok(out)
+}
+
+/// Calls `f` on every API key record, decoding one at a time (a million-key store is
+/// never held twice in memory). Returns how many there were.
+fn each_api_key(
+    db: &impl ReadableDatabase,
+    path: &Path,
+    mut f: impl FnMut(KeyId, ApiKeyRecord),
+) -> Result<usize, StoreError> {
     let read = db.begin_read().map_err(|e| damaged(path, e))?;
     let table = read.open_table(API_KEYS).map_err(|e| damaged(path, e))?;
-    let mut out = Vec::new();
+    let mut n = 0;
     for row in table.iter().map_err(|e| damaged(path, e))? {
         let (k, v) = row.map_err(|e| damaged(path, e))?;
         let id: [u8; 16] = k.value().try_into().map_err(|_| StoreError::Record("api key id".into()))?;
         let id = KeyId::from_bytes(id);
         let record = serde_json::from_slice(v.value()).map_err(|_| StoreError::Record(id.to_string()))?;
-        out.push((id, record));
+        f(id, record);
+        n += 1;
     }
-    Ok(out)
+    Ok(n)
 }
 
 fn totp_key(owner: &[u8; 16], account: &str) -> Vec<u8> {
