@@ -2,6 +2,7 @@
 //! The responder and its signed document are swapped atomically on rotation, so the
 //! hot path never takes a lock.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -179,14 +180,16 @@ impl<S: SharedState> AppState<S> {
 
     /// Writes pending `last_used_at` times to the store (blocking).
     pub fn flush_last_used(&self) -> Result<usize, StoreError> {
-        let pending: Vec<_> = self.last_used.iter().map(|e| (*e.key(), *e.value())).collect();
+        // A map, not a list: with a million keys an hourly flush can carry most of them,
+        // and a linear search per record made the flush quadratic (minutes of CPU).
+        let pending: HashMap<onetrip_protocol::api_key::KeyId, u64> =
+            self.last_used.iter().map(|e| (*e.key(), *e.value())).collect();
         if pending.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<_> = pending.iter().map(|(id, _)| *id).collect();
+        let ids: Vec<_> = pending.keys().copied().collect();
         let written = self.store.update_api_keys(&ids, |id, r| {
-            let at = pending.iter().find(|(p, _)| p == id).map(|(_, at)| *at);
-            r.last_used_at = at.max(r.last_used_at);
+            r.last_used_at = pending.get(id).copied().max(r.last_used_at);
             true
         })?;
         for (id, at) in pending {
@@ -308,4 +311,58 @@ fn build_handshake(store: &Store, now: u64) -> Result<Handshake, StoreError> {
     let document =
         responder.signed_document(now).map_err(|e| StoreError::Record(format!("server key document: {e}")))?;
     Ok(Handshake { responder, document: Bytes::from(document) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::MemoryShared;
+    use crate::store::ApiKeyRecord;
+    use onetrip_protocol::api_key::KeyId;
+
+    fn record(last_used_at: Option<u64>) -> ApiKeyRecord {
+        ApiKeyRecord {
+            name: "k".into(),
+            verifier: hex::encode([9u8; 32]),
+            scopes: vec![],
+            audiences: vec![],
+            require_otp: false,
+            otp_to: None,
+            created_at: 1,
+            last_used_at,
+            revoked_at: None,
+            expires_at: None,
+            replaced_by: None,
+        }
+    }
+
+    fn id(i: u32) -> KeyId {
+        let mut bytes = [0u8; onetrip_protocol::api_key::KEY_ID_LEN];
+        bytes[..4].copy_from_slice(&i.to_be_bytes());
+        KeyId::from_bytes(bytes)
+    }
+
+    #[tokio::test]
+    async fn flushing_last_use_writes_each_queued_key_once_and_never_moves_it_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, _) = Store::open_or_init(dir.path(), None, 1_000).expect("store");
+        // Key 0 already records a later use than the one queued for it.
+        let records: Vec<_> = (0..3_000).map(|i| (id(i), record((i == 0).then_some(9_000)))).collect();
+        store.put_api_keys(&records).expect("keys");
+        let state = AppState::new(Settings::defaults(dir.path().into()), store, MemoryShared::new(16)).expect("state");
+        for i in 0..3_000 {
+            state.last_used.insert(id(i), 5_000 + u64::from(i));
+        }
+        // A queued id whose record is gone is skipped, not an error.
+        state.last_used.insert(id(99_999), 7_000);
+
+        assert_eq!(state.flush_last_used().expect("flush"), 3_000);
+        assert_eq!(state.store.get_api_key(&id(0)).expect("read").and_then(|r| r.last_used_at), Some(9_000));
+        for i in [1, 1_234, 2_999] {
+            let at = state.store.get_api_key(&id(i)).expect("read").and_then(|r| r.last_used_at);
+            assert_eq!(at, Some(5_000 + u64::from(i)), "key {i}");
+        }
+        assert!(state.last_used.is_empty(), "flushed uses leave the queue");
+        assert_eq!(state.flush_last_used().expect("second flush"), 0);
+    }
 }
