@@ -26,9 +26,52 @@ pub struct KeyEntry {
     pub all_scopes: String,
     /// Static-static values by server key id (one or two during a rotation), kept in
     /// the entry so the hot path looks the key up once.
-    static_statics: RwLock<Vec<([u8; 8], StaticStatic)>>,
+    static_statics: RwLock<StaticStatics>,
     /// Last use already on its way to the store (Unix seconds).
     last_use_recorded: AtomicU64,
+}
+
+/// A key's static-static values by server key id. The usual single value lives
+/// inline, so the hot path does not chase a second heap pointer per handshake (a
+/// cache miss with a million keys); a second exists only during a rotation.
+#[derive(Debug, Default)]
+struct StaticStatics {
+    first: Option<([u8; 8], StaticStatic)>,
+    more: Vec<([u8; 8], StaticStatic)>,
+}
+
+impl StaticStatics {
+    fn iter(&self) -> impl Iterator<Item = &([u8; 8], StaticStatic)> {
+        self.first.iter().chain(self.more.iter())
+    }
+
+    fn find(&self, server_key_id: &[u8; 8]) -> Option<&StaticStatic> {
+        self.iter().find(|(id, _)| id == server_key_id).map(|(_, ss)| ss)
+    }
+
+    fn insert(&mut self, server_key_id: [u8; 8], ss: StaticStatic) {
+        if self.find(&server_key_id).is_some() {
+            return;
+        }
+        if self.first.is_none() {
+            self.first = Some((server_key_id, ss));
+        } else {
+            // Exact: a plain push would reserve room for four, for a rare second value.
+            self.more.reserve_exact(1);
+            self.more.push((server_key_id, ss));
+        }
+    }
+
+    fn retain(&mut self, live: &[[u8; 8]]) {
+        self.more.retain(|(id, _)| live.contains(id));
+        if self.first.as_ref().is_some_and(|(id, _)| !live.contains(id)) {
+            self.first = (!self.more.is_empty()).then(|| self.more.remove(0));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.iter().count()
+    }
 }
 
 /// `last_used_at` is recorded at most once per this many seconds per key: operators
@@ -48,24 +91,17 @@ impl KeyEntry {
             record,
             verifier: Verifier::from_bytes(verifier),
             all_scopes,
-            static_statics: RwLock::new(Vec::new()),
+            static_statics: RwLock::new(StaticStatics::default()),
             last_use_recorded,
         })
     }
 
     fn cached(&self, server_key_id: &[u8; 8]) -> Option<StaticStatic> {
-        let cache = self.static_statics.read().unwrap_or_else(|p| p.into_inner());
-        cache.iter().find(|(id, _)| id == server_key_id).map(|(_, ss)| ss.clone())
+        self.static_statics.read().unwrap_or_else(|p| p.into_inner()).find(server_key_id).cloned()
     }
 
     fn cache(&self, server_key_id: [u8; 8], ss: StaticStatic) {
-        let mut cache = self.static_statics.write().unwrap_or_else(|p| p.into_inner());
-        if !cache.iter().any(|(id, _)| *id == server_key_id) {
-            // Exact: a plain push would reserve room for four (288 bytes per key), and
-            // two server keys coexist only during a rotation.
-            cache.reserve_exact(1);
-            cache.push((server_key_id, ss));
-        }
+        self.static_statics.write().unwrap_or_else(|p| p.into_inner()).insert(server_key_id, ss);
     }
 
     fn cached_count(&self) -> usize {
@@ -119,7 +155,7 @@ impl KeyDirectory {
     /// Drops cached values for server keys that are gone.
     pub fn retain_server_keys(&self, live: &[[u8; 8]]) {
         for entry in self.keys.iter() {
-            entry.static_statics.write().unwrap_or_else(|p| p.into_inner()).retain(|(s, _)| live.contains(s));
+            entry.static_statics.write().unwrap_or_else(|p| p.into_inner()).retain(live);
         }
     }
 
@@ -207,6 +243,35 @@ mod tests {
         assert!(e.should_record_use(10_000 + LAST_USE_GRANULARITY_SECS));
         let recent = KeyEntry::new(KeyId::from_bytes([2; 16]), record(Some(50_000))).unwrap();
         assert!(!recent.should_record_use(50_010), "a use already stored counts");
+    }
+
+    #[test]
+    fn a_retired_first_value_hands_its_inline_slot_to_the_next() {
+        use onetrip_protocol::{DefaultBackend, IdentityKey, Secret};
+        let mut responder = Responder::new(
+            DefaultBackend::default(),
+            IdentityKey::from_seed(&Secret::new([3; 32])),
+            Secret::new([4; 32]),
+        );
+        for (id, seed) in [([1; 8], 5), ([2; 8], 6), ([3; 8], 7)] {
+            responder.add_key(id, &Secret::new([seed; 32]), 0, u64::MAX).unwrap();
+        }
+        let verifier = Verifier::from_bytes([9; 32]);
+        let ss = |id: [u8; 8]| responder.static_static(&id, &verifier).unwrap();
+        let mut cache = StaticStatics::default();
+        cache.insert([1; 8], ss([1; 8]));
+        cache.insert([2; 8], ss([2; 8]));
+        cache.insert([2; 8], ss([2; 8]));
+        assert_eq!(cache.len(), 2, "no duplicates");
+        cache.retain(&[[2; 8]]);
+        assert_eq!(cache.len(), 1);
+        assert!(cache.find(&[1; 8]).is_none());
+        assert!(cache.first.as_ref().is_some_and(|(id, _)| *id == [2; 8]), "the survivor moved inline");
+        assert!(cache.more.is_empty());
+        cache.insert([3; 8], ss([3; 8]));
+        assert!(cache.find(&[2; 8]).is_some() && cache.find(&[3; 8]).is_some());
+        cache.retain(&[]);
+        assert_eq!(cache.len(), 0);
     }
 
     #[test]
