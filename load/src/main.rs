@@ -9,7 +9,7 @@
 //! | [`http1`] | minimal keep-alive HTTP/1.1 client (status, length or chunked body) |
 //! | [`drive`] | the closed loop: connections, deadline, HdrHistogram latency, errors |
 //! | [`workloads`] | onetrip handshakes, snow Noise IK handshakes, fixed-body POST |
-//! | [`servers`] | hyper "hello" (HTTP floor) and snow Noise IK responder servers |
+//! | [`servers`] | hyper "hello" (HTTP floor), "hello-dh" (floor + one X25519) and snow Noise IK responder servers |
 //! | [`inproc`] | X25519 on both backends, token and PoP verify, snow steps |
 //! | [`tools`] | bulk key creation, start-up time + RSS, cache warm-up wait, introspect body |
 //! | [`rng`] | userspace CSPRNG for the client side |
@@ -129,6 +129,12 @@ enum Cmd {
     /// Hyper 1 HTTP/1.1 server answering 400 fixed bytes to any POST (the HTTP floor).
     HelloServer {
         /// Listen address (port 0: pick one; printed as `listening on http://…`).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+    /// The hello server plus one X25519 (aws-lc-rs) per request: the composed limit, measured.
+    HelloDhServer {
+        /// Listen address.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
@@ -281,6 +287,7 @@ fn run(cli: Cli) -> Result<(), String> {
             finish("http", &s, report)
         }
         Cmd::HelloServer { listen } => servers::serve(servers::Kind::Hello, listen),
+        Cmd::HelloDhServer { listen } => servers::serve(servers::Kind::HelloDh, listen),
         Cmd::NoiseServer { listen } => servers::serve(servers::Kind::Noise, listen),
         Cmd::GenKeys { data_dir, count, out, threads } => {
             tools::gen_keys(&data_dir, count, &out, threads.unwrap_or_else(cores))
