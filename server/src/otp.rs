@@ -533,7 +533,7 @@ mod store_tests {
         let (v, code) =
             Verification::create(&mut rand_core::OsRng, &key, [1; 16], "console", "dev", Policy::default(), 1000)
                 .unwrap();
-        store.put_verification(&v).unwrap();
+        store.put_verification(&v, None).unwrap();
         let wrong = if code.as_str() == "000000" { "111111" } else { "000000" };
         let threads: Vec<_> = (0..50)
             .map(|_| {
@@ -553,6 +553,51 @@ mod store_tests {
     }
 
     #[test]
+    fn audit_events_are_written_with_the_change_they_record() {
+        use crate::store::AuditEntry;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open_or_init(dir.path(), None, 1000).unwrap();
+        let key = *store.otp_key().unwrap().expose();
+        let (v, _) =
+            Verification::create(&mut rand_core::OsRng, &key, [1; 16], "console", "dev", Policy::default(), 1000)
+                .unwrap();
+        let entry = |event: &'static str, outcome: &str| AuditEntry {
+            at: 1000,
+            event,
+            detail: serde_json::json!({ "verification": hex::encode(v.id), "outcome": outcome }),
+        };
+        let events = |store: &Store| -> Vec<(String, String)> {
+            store
+                .audit_since(1000, 100)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e["event"].as_str().is_some_and(|n| n.starts_with("otp.")))
+                .map(|e| (e["event"].as_str().unwrap().into(), e["detail"]["outcome"].as_str().unwrap().into()))
+                .collect()
+        };
+        store.put_verification(&v, Some(entry("otp.generate", "created"))).unwrap();
+        let outcome = store
+            .update_verification_audited(
+                &v.id,
+                |v| v.check(&key, "nope00", 1001),
+                |stored, outcome| {
+                    assert_eq!(stored.attempts, 1, "the audit sees the state being written");
+                    Some(entry("otp.check", if matches!(outcome, CheckOutcome::Wrong { .. }) { "wrong" } else { "?" }))
+                },
+            )
+            .unwrap();
+        assert!(matches!(outcome, Some(CheckOutcome::Wrong { .. })));
+        // No event when the audit closure declines, and none for an unknown id.
+        store.update_verification_audited(&v.id, |v| v.status, |_, _| None).unwrap();
+        let unknown = store.update_verification_audited(&[9; 16], |v| v.status, |_, _| Some(entry("otp.x", "x")));
+        assert_eq!(unknown.unwrap(), None);
+        assert_eq!(
+            events(&store),
+            vec![("otp.generate".into(), "created".into()), ("otp.check".into(), "wrong".into())]
+        );
+    }
+
+    #[test]
     fn attempts_survive_a_reopen_of_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let id;
@@ -564,7 +609,7 @@ mod store_tests {
             let (v, c) =
                 Verification::create(&mut rand_core::OsRng, &key, [1; 16], "console", "dev", Policy::default(), 1000)
                     .unwrap();
-            store.put_verification(&v).unwrap();
+            store.put_verification(&v, None).unwrap();
             for _ in 0..4 {
                 store.update_verification(&v.id, |v| v.check(&key, "nope00", 1001)).unwrap();
             }

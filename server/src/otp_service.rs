@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 use crate::otp::{self, CheckOutcome, Policy, Purpose, ResendOutcome, Status, Verification};
 use crate::shared::{RateDecision, SharedState};
 use crate::state::AppState;
-use crate::store::StoreError;
+use crate::store::{AuditEntry, StoreError};
 
 /// Window of the per-key and per-destination send limits.
 pub const SEND_WINDOW_SECS: u64 = 600;
@@ -167,11 +167,13 @@ async fn blocking<S: SharedState, R: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&st)).await.map_err(|e| OtpError::Unavailable(e.to_string()))?
 }
 
-fn audit<S>(state: &AppState<S>, now: u64, event: &str, v: &Verification, outcome: &str) -> Result<(), OtpError> {
-    state.store.audit(
-        now,
+/// The audit event for `event` on `v` (never the code); stored in the same
+/// transaction as the change it records where there is one.
+fn audit_entry(now: u64, event: &'static str, v: &Verification, outcome: &str) -> AuditEntry {
+    AuditEntry {
+        at: now,
         event,
-        serde_json::json!({
+        detail: serde_json::json!({
             "key_id": hex::encode(v.owner),
             "verification": hex::encode(v.id),
             "channel": v.channel,
@@ -179,8 +181,7 @@ fn audit<S>(state: &AppState<S>, now: u64, event: &str, v: &Verification, outcom
             "purpose": v.purpose,
             "outcome": outcome,
         }),
-    )?;
-    Ok(())
+    }
 }
 
 /// Creates a verification, stores it, and sends its code in the background.
@@ -219,8 +220,7 @@ pub async fn create<S: SharedState>(
             v.code_hash = [0; 32];
         }
         // Stored before the code goes out: a crash cannot leave a code without its counter.
-        st.store.put_verification(&v)?;
-        audit(st, now, "otp.generate", &v, "created")?;
+        st.store.put_verification(&v, Some(audit_entry(now, "otp.generate", &v, "created")))?;
         Ok((v, code))
     })
     .await?;
@@ -241,40 +241,48 @@ pub async fn check<S: SharedState>(
 ) -> Result<(CheckOutcome, Verification), OtpError> {
     blocking(state, move |st| {
         let key = st.otp_key()?;
-        let result = st.store.update_verification_totp(&id, |v, totp| {
-            if v.owner != owner || v.purpose != purpose {
-                return None;
-            }
-            let outcome = if v.channel == Channel::Totp.as_str() {
-                v.check_with(now, || match totp {
-                    Some((secret, last_step)) => totp_check(secret, &code, now, last_step),
-                    None => false,
+        // Unknown ids and other keys' ids get the same answer; the audit tells them apart.
+        let refused = |outcome: &str| AuditEntry {
+            at: now,
+            event: "otp.check",
+            detail: serde_json::json!({ "key_id": hex::encode(owner), "verification": hex::encode(id), "purpose": purpose, "outcome": outcome }),
+        };
+        let result = st.store.update_verification_totp(
+            &id,
+            |v, totp| {
+                if v.owner != owner || v.purpose != purpose {
+                    return None;
+                }
+                let outcome = if v.channel == Channel::Totp.as_str() {
+                    v.check_with(now, || match totp {
+                        Some((secret, last_step)) => totp_check(secret, &code, now, last_step),
+                        None => false,
+                    })
+                } else {
+                    v.check(key.expose(), &code, now)
+                };
+                Some((outcome, v.clone()))
+            },
+            |v, r| {
+                Some(match r {
+                    None => refused("refused_other_key"),
+                    Some((CheckOutcome::Approved, _)) => audit_entry(now, "otp.check", v, "approved"),
+                    Some((CheckOutcome::Wrong { .. }, _)) => audit_entry(now, "otp.check", v, "wrong_code"),
+                    Some((CheckOutcome::NotPending(s), _)) => {
+                        audit_entry(now, "otp.check", v, &format!("refused_{}", s.as_str()))
+                    }
                 })
-            } else {
-                v.check(key.expose(), &code, now)
-            };
-            Some((outcome, v.clone()))
-        })?;
-        let (outcome, v) = match result {
-            Some(Some(found)) => found,
-            other => {
-                // Unknown ids and other keys' ids get the same answer; the audit tells them apart.
-                let outcome = if other.is_some() { "refused_other_key" } else { "refused_unknown_operation" };
-                st.store.audit(
-                    now,
-                    "otp.check",
-                    serde_json::json!({ "key_id": hex::encode(owner), "verification": hex::encode(id), "purpose": purpose, "outcome": outcome }),
-                )?;
-                return Err(OtpError::NotFound);
+            },
+        )?;
+        match result {
+            Some(Some(found)) => Ok(found),
+            Some(None) => Err(OtpError::NotFound),
+            None => {
+                let e = refused("refused_unknown_operation");
+                st.store.audit(e.at, e.event, e.detail)?;
+                Err(OtpError::NotFound)
             }
-        };
-        let label = match outcome {
-            CheckOutcome::Approved => "approved".to_owned(),
-            CheckOutcome::Wrong { .. } => "wrong_code".to_owned(),
-            CheckOutcome::NotPending(s) => format!("refused_{}", s.as_str()),
-        };
-        audit(st, now, "otp.check", &v, &label)?;
-        Ok((outcome, v))
+        }
     })
     .await
 }
@@ -309,14 +317,18 @@ pub async fn resend<S: SharedState>(
     charge_send(state, &owner, channel, &current.to, now).await?;
     let (outcome, v, code) = blocking(state, move |st| {
         let key = st.otp_key()?;
-        let r = st.store.update_verification(&id, |v| {
-            let (o, c) = v.resend(&mut rand::thread_rng(), key.expose(), now);
-            (o, v.clone(), c)
-        })?;
-        let (outcome, v, code) = r.ok_or(OtpError::NotFound)?;
-        let label = if outcome == ResendOutcome::Send { "sent" } else { "refused" };
-        audit(st, now, "otp.resend", &v, label)?;
-        Ok((outcome, v, code))
+        let r = st.store.update_verification_audited(
+            &id,
+            |v| {
+                let (o, c) = v.resend(&mut rand::thread_rng(), key.expose(), now);
+                (o, v.clone(), c)
+            },
+            |v, (outcome, _, _)| {
+                let label = if *outcome == ResendOutcome::Send { "sent" } else { "refused" };
+                Some(audit_entry(now, "otp.resend", v, label))
+            },
+        )?;
+        r.ok_or(OtpError::NotFound)
     })
     .await?;
     match (outcome, code) {
@@ -338,16 +350,22 @@ pub async fn cancel<S: SharedState>(
     now: u64,
 ) -> Result<Verification, OtpError> {
     blocking(state, move |st| {
-        let r = st.store.update_verification(&id, |v| {
-            if v.owner != owner || v.purpose != Purpose::Api {
-                return None;
-            }
-            Some((v.cancel(now), v.clone()))
-        })?;
+        let r = st.store.update_verification_audited(
+            &id,
+            |v| {
+                if v.owner != owner || v.purpose != Purpose::Api {
+                    return None;
+                }
+                Some((v.cancel(now), v.clone()))
+            },
+            |v, r| {
+                let (canceled, _) = r.as_ref()?;
+                Some(audit_entry(now, "otp.cancel", v, if *canceled { "canceled" } else { "refused" }))
+            },
+        )?;
         let Some(Some((canceled, v))) = r else {
             return Err(OtpError::NotFound);
         };
-        audit(st, now, "otp.cancel", &v, if canceled { "canceled" } else { "refused" })?;
         if canceled {
             Ok(v)
         } else {
@@ -414,22 +432,20 @@ fn deliver_in_background<S: SharedState>(
         };
         let st = state.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let v = if failed {
-                st.store.update_verification(&vid, |v| {
-                    v.delivery_failed();
-                    v.clone()
-                })
-            } else {
-                Ok(Some(v))
-            };
-            match v {
-                Ok(Some(v)) => {
-                    if let Err(e) = audit(&st, now, "otp.deliver", &v, &outcome) {
-                        tracing::warn!(error = %e, "cannot record an OTP delivery");
-                    }
+            if failed {
+                let r = st.store.update_verification_audited(
+                    &vid,
+                    |v| v.delivery_failed(),
+                    |v, _| Some(audit_entry(now, "otp.deliver", v, &outcome)),
+                );
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "cannot record an OTP delivery failure");
                 }
-                Ok(None) => {}
-                Err(e) => tracing::error!(error = %e, "cannot record an OTP delivery failure"),
+            } else {
+                let e = audit_entry(now, "otp.deliver", &v, &outcome);
+                if let Err(e) = st.store.audit(e.at, e.event, e.detail) {
+                    tracing::warn!(error = %e, "cannot record an OTP delivery");
+                }
             }
         })
         .await;

@@ -16,6 +16,41 @@ const API_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("api_keys")
 const SERVER_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("server_keys");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+/// An audit event written in the same write transaction as the change it records:
+/// the change and its record reach the disk together or not at all (and with one
+/// fsync instead of two).
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    /// Unix seconds.
+    pub at: u64,
+    /// Event name, e.g. `otp.check`.
+    pub event: &'static str,
+    /// Event details (never a secret, code or token).
+    pub detail: serde_json::Value,
+}
+
+/// Appends the audit entry an update produced, if any, and hands back its result.
+fn append_audit_of<R>(
+    w: &redb::WriteTransaction,
+    path: &Path,
+    result: Option<(R, Option<AuditEntry>)>,
+) -> Result<Option<R>, StoreError> {
+    let Some((r, entry)) = result else { return Ok(None) };
+    if let Some(entry) = entry {
+        append_audit(w, path, &entry)?;
+    }
+    Ok(Some(r))
+}
+
+fn append_audit(w: &redb::WriteTransaction, path: &Path, entry: &AuditEntry) -> Result<(), StoreError> {
+    let mut table = w.open_table(AUDIT).map_err(|e| damaged(path, e))?;
+    let next = table.last().map_err(|e| damaged(path, e))?.map_or(0, |(k, _)| k.value() + 1);
+    let v = serde_json::to_vec(&serde_json::json!({ "at": entry.at, "event": entry.event, "detail": entry.detail }))
+        .map_err(|_| StoreError::Record("audit".into()))?;
+    table.insert(next, &v[..]).map_err(|e| damaged(path, e))?;
+    Ok(())
+}
 const OTP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("otp_verifications");
 const TOTP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("totp_enrollments");
 
@@ -372,13 +407,17 @@ impl Store {
         Ok(written)
     }
 
-    /// Stores a new OTP verification (durably, before its code is sent).
-    pub fn put_verification(&self, v: &crate::otp::Verification) -> Result<(), StoreError> {
+    /// Stores a new OTP verification (durably, before its code is sent), with its
+    /// audit event when given, in one transaction.
+    pub fn put_verification(&self, v: &crate::otp::Verification, audit: Option<AuditEntry>) -> Result<(), StoreError> {
         let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
         {
             let mut table = w.open_table(OTP).map_err(|e| damaged(&self.path, e))?;
             let bytes = serde_json::to_vec(v).map_err(|_| StoreError::Record("otp verification".into()))?;
             table.insert(&v.id[..], &bytes[..]).map_err(|e| damaged(&self.path, e))?;
+        }
+        if let Some(entry) = audit {
+            append_audit(&w, &self.path, &entry)?;
         }
         w.commit().map_err(|e| damaged(&self.path, e))
     }
@@ -392,6 +431,17 @@ impl Store {
         id: &[u8; 16],
         f: impl FnOnce(&mut crate::otp::Verification) -> R,
     ) -> Result<Option<R>, StoreError> {
+        self.update_verification_audited(id, f, |_, _| None)
+    }
+
+    /// [`Store::update_verification`], appending the audit event that `audit` makes
+    /// of the result in the same transaction.
+    pub fn update_verification_audited<R>(
+        &self,
+        id: &[u8; 16],
+        f: impl FnOnce(&mut crate::otp::Verification) -> R,
+        audit: impl FnOnce(&crate::otp::Verification, &R) -> Option<AuditEntry>,
+    ) -> Result<Option<R>, StoreError> {
         let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
         let result = {
             let mut table = w.open_table(OTP).map_err(|e| damaged(&self.path, e))?;
@@ -404,10 +454,12 @@ impl Store {
                     let r = f(&mut v);
                     let bytes = serde_json::to_vec(&v).map_err(|_| StoreError::Record("otp verification".into()))?;
                     table.insert(&id[..], &bytes[..]).map_err(|e| damaged(&self.path, e))?;
-                    Some(r)
+                    let entry = audit(&v, &r);
+                    Some((r, entry))
                 }
             }
         };
+        let result = append_audit_of(&w, &self.path, result)?;
         w.commit().map_err(|e| damaged(&self.path, e))?;
         Ok(result)
     }
@@ -464,6 +516,7 @@ impl Store {
         &self,
         id: &[u8; 16],
         f: impl FnOnce(&mut crate::otp::Verification, Option<(&[u8], &mut Option<u64>)>) -> R,
+        audit: impl FnOnce(&crate::otp::Verification, &R) -> Option<AuditEntry>,
     ) -> Result<Option<R>, StoreError> {
         let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
         let result = {
@@ -501,10 +554,12 @@ impl Store {
                         let b = serde_json::to_vec(&rec).map_err(|_| StoreError::Record("totp enrolment".into()))?;
                         totp.insert(&key[..], &b[..]).map_err(|e| damaged(&self.path, e))?;
                     }
-                    Some(r)
+                    let entry = audit(&v, &r);
+                    Some((r, entry))
                 }
             }
         };
+        let result = append_audit_of(&w, &self.path, result)?;
         w.commit().map_err(|e| damaged(&self.path, e))?;
         Ok(result)
     }
@@ -584,15 +639,9 @@ impl Store {
     }
 
     /// Appends an audit event.
-    pub fn audit(&self, now: u64, event: &str, detail: serde_json::Value) -> Result<(), StoreError> {
+    pub fn audit(&self, now: u64, event: &'static str, detail: serde_json::Value) -> Result<(), StoreError> {
         let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
-        {
-            let mut table = w.open_table(AUDIT).map_err(|e| damaged(&self.path, e))?;
-            let next = table.last().map_err(|e| damaged(&self.path, e))?.map_or(0, |(k, _)| k.value() + 1);
-            let v = serde_json::to_vec(&serde_json::json!({ "at": now, "event": event, "detail": detail }))
-                .map_err(|_| StoreError::Record("audit".into()))?;
-            table.insert(next, &v[..]).map_err(|e| damaged(&self.path, e))?;
-        }
+        append_audit(&w, &self.path, &AuditEntry { at: now, event, detail })?;
         w.commit().map_err(|e| damaged(&self.path, e))
     }
 
