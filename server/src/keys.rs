@@ -218,44 +218,34 @@ impl KeyDirectory {
 mod tests {
     use super::*;
 
-    fn record(last_used_at: Option<u64>) -> ApiKeyRecord {
-        ApiKeyRecord {
-            name: "k".into(),
-            verifier: hex::encode([9u8; 32]),
-            scopes: vec![],
-            audiences: vec![],
-            require_otp: false,
-            otp_to: None,
-            created_at: 0,
-            last_used_at,
-            revoked_at: None,
-            expires_at: None,
-            replaced_by: None,
-        }
-    }
-
-    #[test]
-    fn last_use_is_queued_once_per_granularity() {
-        let e = KeyEntry::new(KeyId::from_bytes([1; 16]), record(None)).unwrap();
-        assert!(e.should_record_use(10_000));
-        assert!(!e.should_record_use(10_001));
-        assert!(!e.should_record_use(10_000 + LAST_USE_GRANULARITY_SECS - 1));
-        assert!(e.should_record_use(10_000 + LAST_USE_GRANULARITY_SECS));
-        let recent = KeyEntry::new(KeyId::from_bytes([2; 16]), record(Some(50_000))).unwrap();
-        assert!(!recent.should_record_use(50_010), "a use already stored counts");
-    }
-
-    #[test]
-    fn a_retired_first_value_hands_its_inline_slot_to_the_next() {
+    /// A responder with server keys `[1; 8]`, `[2; 8]`, … (`count` of them).
+    fn responder_with_server_keys(count: u8) -> Responder {
         use onetrip_protocol::{DefaultBackend, IdentityKey, Secret};
         let mut responder = Responder::new(
             DefaultBackend::default(),
             IdentityKey::from_seed(&Secret::new([3; 32])),
             Secret::new([4; 32]),
         );
-        for (id, seed) in [([1; 8], 5), ([2; 8], 6), ([3; 8], 7)] {
-            responder.add_key(id, &Secret::new([seed; 32]), 0, u64::MAX).unwrap();
+        for n in 1..=count {
+            responder.add_key([n; 8], &Secret::new([n + 4; 32]), 0, u64::MAX).unwrap();
         }
+        responder
+    }
+
+    #[test]
+    fn last_use_is_queued_once_per_granularity() {
+        let e = KeyEntry::new(KeyId::from_bytes([1; 16]), ApiKeyRecord::for_tests(None)).unwrap();
+        assert!(e.should_record_use(10_000));
+        assert!(!e.should_record_use(10_001));
+        assert!(!e.should_record_use(10_000 + LAST_USE_GRANULARITY_SECS - 1));
+        assert!(e.should_record_use(10_000 + LAST_USE_GRANULARITY_SECS));
+        let recent = KeyEntry::new(KeyId::from_bytes([2; 16]), ApiKeyRecord::for_tests(Some(50_000))).unwrap();
+        assert!(!recent.should_record_use(50_010), "a use already stored counts");
+    }
+
+    #[test]
+    fn a_retired_first_value_hands_its_inline_slot_to_the_next() {
+        let responder = responder_with_server_keys(3);
         let verifier = Verifier::from_bytes([9; 32]);
         let ss = |id: [u8; 8]| responder.static_static(&id, &verifier).unwrap();
         let mut cache = StaticStatics::default();
@@ -276,24 +266,17 @@ mod tests {
 
     #[test]
     fn static_statics_live_in_the_entry_and_follow_server_keys() {
-        use onetrip_protocol::{DefaultBackend, IdentityKey, Secret};
-        let mut responder = Responder::new(
-            DefaultBackend::default(),
-            IdentityKey::from_seed(&Secret::new([3; 32])),
-            Secret::new([4; 32]),
-        );
-        responder.add_key([1; 8], &Secret::new([5; 32]), 0, u64::MAX).unwrap();
-        responder.add_key([2; 8], &Secret::new([6; 32]), 0, u64::MAX).unwrap();
+        let responder = responder_with_server_keys(2);
         let dir = KeyDirectory::default();
         let id = KeyId::from_bytes([1; 16]);
-        dir.upsert(KeyEntry::new(id, record(None)).unwrap());
+        dir.upsert(KeyEntry::new(id, ApiKeyRecord::for_tests(None)).unwrap());
         assert_eq!(dir.warm(&responder, 1), 2, "one per server key");
         assert_eq!(dir.warm(&responder, 1), 0, "cached");
         let (_, entry) = dir.static_static(&responder, &[2; 8], Some(id), 1);
         assert!(entry.is_some());
         dir.retain_server_keys(&[[2; 8]]);
         assert_eq!(dir.cached_static_statics(), 1);
-        dir.upsert(KeyEntry::new(id, record(None)).unwrap());
+        dir.upsert(KeyEntry::new(id, ApiKeyRecord::for_tests(None)).unwrap());
         assert_eq!(dir.cached_static_statics(), 0, "a replaced entry starts empty");
         let (_, unknown) = dir.static_static(&responder, &[2; 8], Some(KeyId::from_bytes([9; 16])), 1);
         assert!(unknown.is_none());

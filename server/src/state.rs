@@ -320,22 +320,6 @@ mod tests {
     use crate::store::ApiKeyRecord;
     use onetrip_protocol::api_key::KeyId;
 
-    fn record(last_used_at: Option<u64>) -> ApiKeyRecord {
-        ApiKeyRecord {
-            name: "k".into(),
-            verifier: hex::encode([9u8; 32]),
-            scopes: vec![],
-            audiences: vec![],
-            require_otp: false,
-            otp_to: None,
-            created_at: 1,
-            last_used_at,
-            revoked_at: None,
-            expires_at: None,
-            replaced_by: None,
-        }
-    }
-
     fn id(i: u32) -> KeyId {
         let mut bytes = [0u8; onetrip_protocol::api_key::KEY_ID_LEN];
         bytes[..4].copy_from_slice(&i.to_be_bytes());
@@ -347,7 +331,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let (store, _) = Store::open_or_init(dir.path(), None, 1_000).expect("store");
         // Key 0 already records a later use than the one queued for it.
-        let records: Vec<_> = (0..3_000).map(|i| (id(i), record((i == 0).then_some(9_000)))).collect();
+        let records: Vec<_> = (0..3_000).map(|i| (id(i), ApiKeyRecord::for_tests((i == 0).then_some(9_000)))).collect();
         store.put_api_keys(&records).expect("keys");
         let state = AppState::new(Settings::defaults(dir.path().into()), store, MemoryShared::new(16)).expect("state");
         for i in 0..3_000 {

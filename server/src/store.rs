@@ -143,6 +143,26 @@ pub struct ApiKeyRecord {
     pub replaced_by: Option<String>,
 }
 
+#[cfg(test)]
+impl ApiKeyRecord {
+    /// An active record with a fixed verifier and no scopes, for unit tests.
+    pub(crate) fn for_tests(last_used_at: Option<u64>) -> Self {
+        Self {
+            name: "k".into(),
+            verifier: hex::encode([9u8; 32]),
+            scopes: vec![],
+            audiences: vec![],
+            require_otp: false,
+            otp_to: None,
+            created_at: 0,
+            last_used_at,
+            revoked_at: None,
+            expires_at: None,
+            replaced_by: None,
+        }
+    }
+}
+
 impl ApiKeyRecord {
     /// Usable for a handshake at `now`.
     pub fn is_active(&self, now: u64) -> bool {
