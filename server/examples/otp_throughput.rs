@@ -58,8 +58,7 @@ fn main() {
     for i in n..n + n / 2 {
         let v = make(i);
         store.put_verification(&v, None).expect("put");
-        let e = audit("otp.generate", &v.id);
-        store.audit(e.at, e.event, e.detail).expect("audit");
+        store.record_audit(&audit("otp.generate", &v.id)).expect("audit");
     }
     let create_two_tx = (n / 2) as f64 / started.elapsed().as_secs_f64();
 

@@ -264,22 +264,20 @@ pub async fn check<S: SharedState>(
                 Some((outcome, v.clone()))
             },
             |v, r| {
-                Some(match r {
-                    None => refused("refused_other_key"),
-                    Some((CheckOutcome::Approved, _)) => audit_entry(now, "otp.check", v, "approved"),
-                    Some((CheckOutcome::Wrong { .. }, _)) => audit_entry(now, "otp.check", v, "wrong_code"),
-                    Some((CheckOutcome::NotPending(s), _)) => {
-                        audit_entry(now, "otp.check", v, &format!("refused_{}", s.as_str()))
-                    }
-                })
+                let Some((outcome, _)) = r else { return Some(refused("refused_other_key")) };
+                let label = match outcome {
+                    CheckOutcome::Approved => "approved".to_owned(),
+                    CheckOutcome::Wrong { .. } => "wrong_code".to_owned(),
+                    CheckOutcome::NotPending(s) => format!("refused_{}", s.as_str()),
+                };
+                Some(audit_entry(now, "otp.check", v, &label))
             },
         )?;
         match result {
             Some(Some(found)) => Ok(found),
             Some(None) => Err(OtpError::NotFound),
             None => {
-                let e = refused("refused_unknown_operation");
-                st.store.audit(e.at, e.event, e.detail)?;
+                st.store.record_audit(&refused("refused_unknown_operation"))?;
                 Err(OtpError::NotFound)
             }
         }
@@ -442,8 +440,7 @@ fn deliver_in_background<S: SharedState>(
                     tracing::error!(error = %e, "cannot record an OTP delivery failure");
                 }
             } else {
-                let e = audit_entry(now, "otp.deliver", &v, &outcome);
-                if let Err(e) = st.store.audit(e.at, e.event, e.detail) {
+                if let Err(e) = st.store.record_audit(&audit_entry(now, "otp.deliver", &v, &outcome)) {
                     tracing::warn!(error = %e, "cannot record an OTP delivery");
                 }
             }

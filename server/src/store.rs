@@ -16,6 +16,8 @@ const API_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("api_keys")
 const SERVER_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("server_keys");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const OTP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("otp_verifications");
+const TOTP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("totp_enrollments");
 
 /// An audit event written in the same write transaction as the change it records:
 /// the change and its record reach the disk together or not at all (and with one
@@ -51,8 +53,6 @@ fn append_audit(w: &redb::WriteTransaction, path: &Path, entry: &AuditEntry) -> 
     table.insert(next, &v[..]).map_err(|e| damaged(path, e))?;
     Ok(())
 }
-const OTP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("otp_verifications");
-const TOTP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("totp_enrollments");
 
 /// A TOTP enrolment: the authenticator secret (sealed like the server keys) and the
 /// last accepted time step, so a code is never accepted twice, even across restarts.
@@ -660,8 +660,13 @@ impl Store {
 
     /// Appends an audit event.
     pub fn audit(&self, now: u64, event: &'static str, detail: serde_json::Value) -> Result<(), StoreError> {
+        self.record_audit(&AuditEntry { at: now, event, detail })
+    }
+
+    /// Appends an audit event that goes with no other change, in its own transaction.
+    pub fn record_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
         let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
-        append_audit(&w, &self.path, &AuditEntry { at: now, event, detail })?;
+        append_audit(&w, &self.path, entry)?;
         w.commit().map_err(|e| damaged(&self.path, e))
     }
 
