@@ -87,6 +87,11 @@ for t in "${targets[@]}"; do
     ft="$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$status_line")"
     corp="$(sed -n 's/.* corp: \([0-9]*\)\/.*/\1/p' <<<"$status_line")"
     note=""
+    if [ "$crashes" -gt 0 ] || [ "$rc" -ne 0 ]; then
+        # The log is not kept by CI: show why it failed (the panic and its stack).
+        echo "-- $t failed (exit $rc); the end of $log:"
+        tail -n 60 "$log"
+    fi
     if [ "$crashes" -gt 0 ]; then
         note="CRASH: $(find "artifacts/$t" -type f -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2)"
         failed=1
