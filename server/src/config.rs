@@ -336,8 +336,33 @@ impl Settings {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("TLS needs both tls_cert and tls_key".into());
         }
+        log_filter(&self.log)?;
         Ok(())
     }
+}
+
+/// The `log` setting as a filter: a level (`error`, `warn`, `info`, `debug`, `trace`,
+/// `off`) for everything, and/or `target=level` pairs, comma-separated
+/// (`warn,onetrip_server=debug`). A bare word must be a level: tracing would read
+/// `infoo` as a target name and silently log nothing else.
+pub fn log_filter(spec: &str) -> Result<tracing_subscriber::filter::Targets, String> {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    let explain = |why: &str| {
+        format!(
+            "log must be a level (error, warn, info, debug, trace, off) and/or target=level pairs \
+             separated by commas, e.g. `warn,onetrip_server=debug`; {spec:?} is not: {why}"
+        )
+    };
+    let directives: Vec<&str> = spec.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
+    if let Some(typo) =
+        directives.iter().find(|d| !d.contains('=') && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)))
+    {
+        return Err(explain(&format!("`{typo}` is not a level")));
+    }
+    if directives.is_empty() {
+        return Err(explain("it is empty (use `off` to log nothing)"));
+    }
+    directives.join(",").parse().map_err(|e| explain(&format!("{e}")))
 }
 
 /// Flag values win over the file, field by field.
@@ -394,5 +419,23 @@ mod tests {
         let bad = FileConfig { token_ttl_secs: Some(5), ..Default::default() };
         assert!(Settings::merge(bad, FileConfig::default(), "/tmp".into()).unwrap_err().contains("token_ttl_secs"));
         assert!(toml::from_str::<FileConfig>("no_such_option = 1").is_err());
+        let bad_log = FileConfig { log: Some("verbose".into()), ..Default::default() };
+        let e = Settings::merge(bad_log, FileConfig::default(), "/tmp".into()).unwrap_err();
+        assert!(e.contains("log must be a level") && e.contains("`verbose` is not a level"), "{e}");
+    }
+
+    #[test]
+    fn log_filters_take_levels_and_target_pairs_and_refuse_typos() {
+        use tracing::Level;
+        let f = log_filter("warn,onetrip_server=debug").unwrap();
+        assert!(f.would_enable("onetrip_server::http", &Level::DEBUG));
+        assert!(!f.would_enable("hyper", &Level::INFO));
+        assert!(f.would_enable("hyper", &Level::WARN));
+        assert!(log_filter("OFF").is_ok());
+        assert!(log_filter(" info ").unwrap().would_enable("x", &Level::INFO));
+        for bad in ["", " , ", "infoo", "verbose", "onetrip_server=loud", "warn,onetrip=nope"] {
+            let e = log_filter(bad).unwrap_err();
+            assert!(e.starts_with("log must be a level"), "{bad:?}: {e}");
+        }
     }
 }

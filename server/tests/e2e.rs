@@ -323,6 +323,36 @@ fn cli_reports_bad_input_clearly() {
 }
 
 #[test]
+fn a_mistyped_log_filter_stops_the_server_with_an_explanation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stderr = tmp.path().join("stderr");
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--log", "infoo", "--data-dir"])
+        .arg(tmp.path())
+        .env_remove("ONETRIP_PASSPHRASE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    // Bounded: a server that wrongly starts is killed, and the test fails.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = std::fs::read_to_string(&stderr).unwrap();
+    assert!(status.is_some_and(|s| !s.success()), "serve started with --log infoo: {err}");
+    assert!(err.contains("`infoo` is not a level"), "{err}");
+}
+
+#[test]
 fn sigterm_shuts_down_gracefully() {
     let mut server = Server::start(&[]);
     let socket = server.data_dir.join("admin.sock");
