@@ -501,7 +501,12 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
     admin.abort();
     maintenance.abort();
     let st = state.clone();
-    let _ = tokio::task::spawn_blocking(move || st.flush_last_used()).await;
+    // The last flush is the only copy of the uses queued since the previous one.
+    match tokio::task::spawn_blocking(move || st.flush_last_used()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot record key last-use times at shutdown"),
+        Err(e) => tracing::warn!(error = %e, "the last-use flush at shutdown did not finish"),
+    }
     let _ = std::fs::remove_file(&admin_socket);
     tracing::info!("stopped");
     Ok(())
