@@ -48,7 +48,8 @@ pub enum Error {
     /// The server (HTTP 429 or the signed `rate_limited` answer) asks to slow down.
     #[error("rate limited by the onetrip server: retry after {retry_after:?}")]
     RateLimited {
-        /// How long to wait before trying again.
+        /// How long to wait before trying again (an HTTP `Retry-After` is capped at
+        /// an hour).
         retry_after: Duration,
     },
     /// Still `clock_skew` after adjusting the clock offset once.

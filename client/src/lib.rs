@@ -37,6 +37,8 @@ pub mod blocking;
 pub mod client;
 pub mod core;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod otp;
 pub mod token;
 mod transport;

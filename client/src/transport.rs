@@ -19,6 +19,9 @@ use crate::error::Error;
 
 /// Largest response body read: documents are ≤ 352 bytes, answers 400, problems small.
 const MAX_RESPONSE: usize = 64 * 1024;
+/// Longest `Retry-After` passed on to callers: a broken or hostile server must not
+/// make a caller that honours it sleep for years.
+const MAX_RETRY_AFTER_SECS: u64 = 3600;
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE: Duration = Duration::from_secs(30);
 
@@ -120,7 +123,8 @@ impl Transport {
                 .headers()
                 .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|secs| secs.min(MAX_RETRY_AFTER_SECS));
             let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE)
                 .collect()
                 .await

@@ -60,6 +60,10 @@ async fn rate_limiting_is_reported_with_its_delay_and_not_retried() {
     let err = server.client(&key_str).build().unwrap().token().await.unwrap_err();
     assert!(matches!(err, Error::RateLimited { retry_after } if retry_after == Duration::from_secs(7)), "{err}");
     assert_eq!(server.auths(), 1);
+    // A server asking for years is capped at an hour.
+    server.state.fail_auth(1, 429, Some(u64::MAX));
+    let err = server.client(&key_str).build().unwrap().token().await.unwrap_err();
+    assert!(matches!(err, Error::RateLimited { retry_after } if retry_after == Duration::from_secs(3600)), "{err}");
 }
 
 #[tokio::test]
