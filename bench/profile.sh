@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # bench/profile.sh: where the server's CPU goes per handshake. Starts onetrip with
-# 10,000 keys on core 0, drives it with pre-built handshakes from core 1, samples the
+# KEYS keys (default 10,000) on core 0, drives it with pre-built handshakes from core 1, samples the
 # server with `perf record` (DWARF call graphs) during the run, and prints the
 # server CPU per answer, a flat profile and the inclusive cost of the main stages.
 #
 #   bench/profile.sh [SECONDS]        # default 8; needs perf (apt-get install linux-perf)
+#   KEYS=1000000 bench/profile.sh     # the flat-cost case (waits for the key cache to warm)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SECS=${1:-8}
+KEYS=${KEYS:-10000}
 WORK=$(mktemp -d /tmp/onetrip-profile.XXXXXX)
 PIDS=()
 cleanup() {
@@ -27,7 +29,7 @@ ONETRIP=$TARGET/release/onetrip
 LOAD=$TARGET/release/onetrip-load
 if (($(nproc) >= 2)); then SRV=(taskset -c 0); LDR=(taskset -c 1); else SRV=(); LDR=(); fi
 
-"$LOAD" gen-keys --data-dir "$WORK/data" --count 10000 --out "$WORK/keys.txt" >/dev/null
+"$LOAD" gen-keys --data-dir "$WORK/data" --count "$KEYS" --out "$WORK/keys.txt" >/dev/null
 "${SRV[@]}" "$ONETRIP" serve --data-dir "$WORK/data" --listen 127.0.0.1:0 --auth-rate-per-ip 100000000 \
   --replay-cache-capacity 4000000 --log warn >"$WORK/server.out" 2>"$WORK/server.err" &
 SPID=$!
@@ -35,6 +37,8 @@ PIDS+=("$SPID")
 for _ in $(seq 1 500); do grep -q 'listening on' "$WORK/server.out" && break; sleep 0.02; done
 URL=$(grep -o 'http://[0-9.:]*' "$WORK/server.out" | head -1)
 FP=$(grep -o 'SHA256:[^ ]*' "$WORK/server.out" | head -1)
+# Profile the steady state: every key's static-static computed (35 s for 1M keys).
+"$LOAD" wait-warm --url "$URL" --timeout 600 >/dev/null
 
 # Pool: enough pre-built requests for warm-up + SECS at ~30k/s.
 "${LDR[@]}" "$LOAD" handshake --url "$URL" --keys "$WORK/keys.txt" --fingerprint "$FP" --connections 128 \
