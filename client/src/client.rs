@@ -22,7 +22,7 @@ use crate::trust::{self, Trust};
 /// A clock in unix seconds. Injectable for tests ([`ClientBuilder::clock`]).
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
-fn system_clock() -> u64 {
+pub(crate) fn system_clock() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 

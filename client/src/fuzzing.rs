@@ -7,17 +7,19 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use onetrip_protocol::handshake::server::Reply;
 use onetrip_protocol::handshake::{REQUEST_LEN, RESPONSE_LEN};
 use onetrip_protocol::{
-    ApiKey, Claims, DefaultBackend, Fingerprint, IdentityKey, RequestError, Responder, Secret, TokenKeyring,
+    ApiKey, Claims, DefaultBackend, Fingerprint, IdentityKey, KeyId, RequestError, Responder, Secret, StaticStatic,
+    TokenKeyring, TokenVerifier,
 };
 use rand_core::{OsRng, RngCore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::client::system_clock as unix_now;
 use crate::{Client, Error, NewVerification, OtpChannel};
 
 /// The request whose answer is the fuzzer's bytes (the input's first byte picks it).
@@ -42,11 +44,13 @@ const MAX_HEAD: usize = 16 * 1024;
 const CALL_BOUND: Duration = Duration::from_secs(10);
 
 /// The genuine server: one identity, one handshake key, one registered API key.
+/// The key's static-static value and the token sealer are made once: every input
+/// would otherwise pay two more X25519 operations.
 struct Genuine {
-    backend: DefaultBackend,
     responder: Responder,
-    keyring: TokenKeyring,
-    key: ApiKey,
+    key_id: KeyId,
+    static_static: StaticStatic,
+    sealer: TokenVerifier,
 }
 
 /// What the listener answers for the input being run.
@@ -65,10 +69,6 @@ struct Harness {
     script: Arc<Mutex<Script>>,
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 fn harness() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
     H.get_or_init(|| {
@@ -78,17 +78,21 @@ fn harness() -> &'static Harness {
         let now = unix_now();
         let mut responder =
             Responder::new(backend, IdentityKey::from_seed(&Secret::random(&mut OsRng)), Secret::random(&mut OsRng));
+        let server_key_id = *b"fuzzkey1";
         responder
-            .add_key(*b"fuzzkey1", &Secret::random(&mut OsRng), now.saturating_sub(3600), now + 10 * 86_400)
+            .add_key(server_key_id, &Secret::random(&mut OsRng), now.saturating_sub(3600), now + 10 * 86_400)
             .expect("key");
         let key = ApiKey::generate(&mut OsRng);
         let fingerprint = responder.identity().fingerprint();
-        let genuine = Arc::new(Mutex::new(Genuine {
-            backend,
+        let verifier = key.verifier(&backend).expect("verifier");
+        let genuine = Arc::new(Genuine {
+            static_static: responder.static_static(&server_key_id, &verifier).expect("static-static"),
+            key_id: key.id(),
+            sealer: TokenKeyring::new(*b"tk01", Secret::random(&mut OsRng))
+                .for_audience(backend, "db")
+                .expect("sealer"),
             responder,
-            keyring: TokenKeyring::new(*b"tk01", Secret::random(&mut OsRng)),
-            key: key.clone(),
-        }));
+        });
         let script = Arc::new(Mutex::new(Script { hostile: Hostile::Document, bytes: Vec::new(), served: false }));
         let listener = runtime.block_on(TcpListener::bind(("127.0.0.1", 0))).expect("listener on 127.0.0.1");
         let addr = listener.local_addr().expect("listener address");
@@ -104,7 +108,7 @@ fn harness() -> &'static Harness {
 
 /// Answers requests on one connection until the client closes it or the hostile
 /// answer has been sent (then the connection is closed: the bytes may be anything).
-async fn serve_connection(mut stream: TcpStream, genuine: Arc<Mutex<Genuine>>, script: Arc<Mutex<Script>>) {
+async fn serve_connection(mut stream: TcpStream, genuine: Arc<Genuine>, script: Arc<Mutex<Script>>) {
     let mut buf = Vec::new();
     while let Some((head, body)) = read_request(&mut stream, &mut buf).await {
         let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
@@ -124,11 +128,7 @@ async fn serve_connection(mut stream: TcpStream, genuine: Arc<Mutex<Genuine>>, s
             let _ = stream.shutdown().await;
             return;
         }
-        let answer = {
-            let mut genuine = genuine.lock().unwrap_or_else(|p| p.into_inner());
-            genuine.answer(&path, &body)
-        };
-        if stream.write_all(&answer).await.is_err() {
+        if stream.write_all(&genuine.answer(&path, &body)).await.is_err() {
             return;
         }
     }
@@ -175,7 +175,7 @@ fn http_answer(status: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
 
 impl Genuine {
     /// The answer an onetrip server would give (the OTP API is only ever hostile).
-    fn answer(&mut self, path: &str, body: &[u8]) -> Vec<u8> {
+    fn answer(&self, path: &str, body: &[u8]) -> Vec<u8> {
         let now = unix_now();
         match path {
             "/v1/server-key" => match self.responder.signed_document(now) {
@@ -190,7 +190,7 @@ impl Genuine {
     }
 
     /// The server side of one handshake: a grant for the registered key.
-    fn handshake(&mut self, request: &[u8], now: u64) -> [u8; RESPONSE_LEN] {
+    fn handshake(&self, request: &[u8], now: u64) -> [u8; RESPONSE_LEN] {
         let mut out = [0u8; RESPONSE_LEN];
         let opened = match self.responder.open_request(request, now) {
             Ok(opened) => opened,
@@ -200,13 +200,15 @@ impl Genuine {
             }
             Err(_) => return out,
         };
-        let server_key_id = *opened.server_key_id();
-        let ss = match self.key.verifier(&self.backend) {
-            Ok(v) if opened.key_id() == Some(self.key.id()) => self.responder.static_static(&server_key_id, &v),
-            _ => Ok(self.responder.dummy_static_static(&server_key_id, opened.key_id().as_ref())),
+        // One handshake key, so a request that opened was made for it.
+        let dummy;
+        let ss = if opened.key_id() == Some(self.key_id) {
+            &self.static_static
+        } else {
+            dummy = self.responder.dummy_static_static(opened.server_key_id(), opened.key_id().as_ref());
+            &dummy
         };
-        let Ok(ss) = ss else { return out };
-        let auth = match opened.authenticate(&ss) {
+        let auth = match opened.authenticate(ss) {
             Ok(auth) => auth,
             Err(rejected) => {
                 rejected.respond(now, &mut OsRng, &mut out);
@@ -218,7 +220,7 @@ impl Genuine {
         OsRng.fill_bytes(&mut token_id);
         let expires_at = now + 900;
         let claims = Claims::new(token_id, auth.key_id(), now, expires_at, false, "db", "otp", session_key.clone());
-        let token = claims.and_then(|c| self.keyring.for_audience(self.backend, "db")?.seal(&c, &mut OsRng));
+        let token = claims.and_then(|c| self.sealer.seal(&c, &mut OsRng));
         match token {
             Ok(token) => auth.respond(
                 &Reply::Granted { token: &token, session_key: &session_key, expires_at },
