@@ -24,6 +24,10 @@ pub const LABEL_REPLAY_ID: &str = "onetrip v1 replay id";
 pub const LABEL_DUMMY_STATIC: &str = "onetrip v1 dummy static-static";
 /// Per-audience token key from the master token key.
 pub const LABEL_TOKEN_AUDIENCE_KEY: &str = "onetrip v1 token audience key";
+/// Token key of the authentication server's own API (the reserved audience
+/// [`crate::token::SERVER_AUDIENCE`]): a label of its own, so that no audience key
+/// given to a resource server opens or mints the server's tokens.
+pub const LABEL_TOKEN_SERVER_KEY: &str = "onetrip v1 token server key";
 /// Audience tag carried in the clear in a token header.
 pub const LABEL_AUDIENCE_TAG: &str = "onetrip v1 audience tag";
 /// Proof-of-possession MAC key from the session key.
@@ -72,6 +76,7 @@ mod tests {
             LABEL_REPLAY_ID,
             LABEL_DUMMY_STATIC,
             LABEL_TOKEN_AUDIENCE_KEY,
+            LABEL_TOKEN_SERVER_KEY,
             LABEL_AUDIENCE_TAG,
             LABEL_POP_KEY,
         ];

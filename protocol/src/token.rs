@@ -51,6 +51,11 @@ const TB_OFF_SCOPES: usize = TB_OFF_AUDIENCE + AUDIENCE_SLOT;
 const TB_OFF_SESSION_KEY: usize = TB_OFF_SCOPES + SCOPES_SLOT;
 const TB_OFF_RESERVED: usize = TB_OFF_SESSION_KEY + 32;
 const _: () = assert!(T_OFF_BODY == 25 && TB_OFF_RESERVED == 275 && TB_OFF_RESERVED <= TOKEN_BODY_LEN);
+/// The reserved audience of the authentication server's own API (`/v1/whoami`,
+/// `/v1/introspect`, `/v1/otp/*`). Its token key comes from its own label
+/// ([`TokenKeyring::for_audience`] picks it), so no resource server's audience key
+/// opens, reads or mints tokens for it (PROTOCOL.md §7).
+pub const SERVER_AUDIENCE: &str = "onetrip";
 /// Claims flag: a second factor was verified for this token.
 pub const TOKEN_FLAG_SECOND_FACTOR: u8 = 0x01;
 
@@ -101,6 +106,9 @@ pub enum TokenError {
     /// The keyring holds no key.
     #[error("no token key configured")]
     NoKey,
+    /// The server's own audience: its key is never exported to a resource server.
+    #[error("`onetrip` is the authentication server's own audience: its token key is never exported")]
+    ReservedAudience,
 }
 
 /// A sealed token. Opaque to clients; `Debug` prints nothing of it.
@@ -305,20 +313,37 @@ impl TokenKeyring {
     }
     /// The audience key for `audience` under every master key, current first.
     /// Give these to a resource server for its [`TokenVerifier`].
-    pub fn audience_secrets(&self, audience: &str) -> Vec<([u8; TOKEN_KEY_ID_LEN], Secret<32>)> {
-        self.keys
+    ///
+    /// # Errors
+    /// [`TokenError::ReservedAudience`] for [`SERVER_AUDIENCE`]: the server's own
+    /// token key never leaves it.
+    pub fn audience_secrets(&self, audience: &str) -> Result<Vec<([u8; TOKEN_KEY_ID_LEN], Secret<32>)>, TokenError> {
+        if audience == SERVER_AUDIENCE {
+            return Err(TokenError::ReservedAudience);
+        }
+        Ok(self
+            .keys
             .iter()
             .map(|(id, master)| {
                 (*id, kdf::derive(kdf::LABEL_TOKEN_AUDIENCE_KEY, &[master.expose(), id, audience.as_bytes()]))
             })
-            .collect()
+            .collect())
     }
-    /// A prepared verifier/sealer for one audience.
+    /// A prepared verifier/sealer for one audience; for [`SERVER_AUDIENCE`], the
+    /// server's own key (`KDF("onetrip v1 token server key", master ‖ key id)`).
     ///
     /// # Errors
     /// [`TokenError::ClaimsTooLong`] for an audience over 64 bytes.
     pub fn for_audience<B: CryptoBackend>(&self, backend: B, audience: &str) -> Result<TokenVerifier<B>, TokenError> {
-        TokenVerifier::new(backend, audience, &self.audience_secrets(audience))
+        if audience == SERVER_AUDIENCE {
+            let keys: Vec<_> = self
+                .keys
+                .iter()
+                .map(|(id, master)| (*id, kdf::derive(kdf::LABEL_TOKEN_SERVER_KEY, &[master.expose(), id])))
+                .collect();
+            return TokenVerifier::new(backend, audience, &keys);
+        }
+        TokenVerifier::new(backend, audience, &self.audience_secrets(audience)?)
     }
 }
 

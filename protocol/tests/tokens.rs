@@ -6,7 +6,7 @@ use common::*;
 use onetrip_protocol::api_key::KeyId;
 use onetrip_protocol::pop::{PopError, PopProof, POP_HEADER_LEN};
 use onetrip_protocol::token::{Claims, Token, TokenError, TOKEN_BASE64_LEN};
-use onetrip_protocol::{CryptoBackend, DefaultBackend, Secret, TokenKeyring, TOKEN_LEN};
+use onetrip_protocol::{CryptoBackend, DefaultBackend, Secret, TokenKeyring, TokenVerifier, TOKEN_LEN};
 
 fn claims(session_key: &Secret<32>) -> Claims {
     Claims::new(
@@ -96,9 +96,49 @@ fn a_resource_server_key_cannot_mint_or_read_other_audiences() {
     };
     assert_eq!(other.verify(&forged, NOW).unwrap_err(), TokenError::Invalid);
     // Audience keys differ per audience and per master key.
-    let a = fx.keyring.audience_secrets(AUDIENCE);
-    let b = fx.keyring.audience_secrets("billing");
+    let a = fx.keyring.audience_secrets(AUDIENCE).expect("audience");
+    let b = fx.keyring.audience_secrets("billing").expect("audience");
     assert!(!a[0].1.ct_eq(&b[0].1));
+}
+
+#[test]
+fn no_exported_audience_key_opens_or_mints_the_servers_own_tokens() {
+    use onetrip_protocol::token::SERVER_AUDIENCE;
+    let fx = Fixture::<DefaultBackend>::new(12);
+    let mut rng = TestRng::new(13);
+    let own = fx.keyring.for_audience(DefaultBackend::default(), SERVER_AUDIENCE).unwrap();
+    let own_claims = |aud: &str| {
+        Claims::new([3; 16], KeyId::from_bytes([4; 16]), NOW, NOW + 900, true, aud, "otp", Secret::new([5; 32]))
+            .unwrap()
+    };
+    let token = own.seal(&own_claims(SERVER_AUDIENCE), &mut rng).unwrap();
+    assert_eq!(own.verify(token.as_bytes(), NOW).unwrap().audience(), SERVER_AUDIENCE);
+    // The server's key is never exported...
+    assert_eq!(fx.keyring.audience_secrets(SERVER_AUDIENCE).unwrap_err(), TokenError::ReservedAudience);
+    // ...and the key a resource server would have got for the same name under the
+    // audience label (as older servers printed it) neither opens nor mints.
+    let master = Secret::new([0x11; 32]);
+    let ring = TokenKeyring::new(*b"kid1", master.clone());
+    let own = ring.for_audience(DefaultBackend::default(), SERVER_AUDIENCE).unwrap();
+    let legacy = onetrip_protocol::kdf::derive(
+        onetrip_protocol::kdf::LABEL_TOKEN_AUDIENCE_KEY,
+        &[master.expose(), b"kid1", SERVER_AUDIENCE.as_bytes()],
+    );
+    let resource = TokenVerifier::new(DefaultBackend::default(), SERVER_AUDIENCE, &[(*b"kid1", legacy)]).unwrap();
+    let genuine = own.seal(&own_claims(SERVER_AUDIENCE), &mut rng).unwrap();
+    assert_eq!(resource.verify(genuine.as_bytes(), NOW).unwrap_err(), TokenError::Invalid);
+    let forged = resource.seal(&own_claims(SERVER_AUDIENCE), &mut rng).unwrap();
+    assert_eq!(own.verify(forged.as_bytes(), NOW).unwrap_err(), TokenError::Invalid);
+    // Another audience's key cannot either (different tag, different key).
+    let db = fx.tokens.seal(&claims(&Secret::new([6; 32])), &mut rng).unwrap();
+    assert_eq!(
+        fx.keyring
+            .for_audience(DefaultBackend::default(), SERVER_AUDIENCE)
+            .unwrap()
+            .verify(db.as_bytes(), NOW)
+            .unwrap_err(),
+        TokenError::WrongAudience
+    );
 }
 
 #[test]

@@ -315,7 +315,7 @@ fn generate<B: CryptoBackend>() -> Value {
             "fingerprint": identity.fingerprint().to_string(),
             "server_static_public": hx(&entry.public),
             "server_key_document": hx(&document),
-            "token_audience_key": hx(keyring.audience_secrets("db.example")[0].1.expose()),
+            "token_audience_key": hx(keyring.audience_secrets("db.example").expect("audience")[0].1.expose()),
             "audience_tag": hx(&onetrip_protocol::token::audience_tag("db.example")),
             "dummy_static_static_for_unknown_key": hx(&{
                 let mut out = [0u8; 32];

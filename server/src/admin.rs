@@ -44,6 +44,11 @@ pub enum AdminRequest {
         /// Key id (hex).
         id: String,
     },
+    /// Clear a key's second-factor lockout (wrong step-up codes).
+    KeysUnlock {
+        /// Key id (hex).
+        id: String,
+    },
     /// Revoke a key now.
     KeysRevoke {
         /// Key id (hex).
@@ -61,6 +66,9 @@ pub enum AdminRequest {
     KeysTotpEnroll {
         /// Key id (hex).
         id: String,
+        /// Replace an existing enrolment (audited as `otp.totp_replace`).
+        #[serde(default)]
+        replace: bool,
     },
     /// Fingerprint and handshake keys.
     ServerKeyShow,
@@ -125,6 +133,17 @@ fn record_json(id: &KeyId, r: &ApiKeyRecord, now: u64) -> serde_json::Value {
     })
 }
 
+/// A key's second-factor lockout, as `keys show` prints it.
+fn lock_json(guard: &crate::lockout::Guard, now: u64) -> serde_json::Value {
+    let policy = crate::lockout::LockoutPolicy::default();
+    serde_json::json!({
+        "locked": guard.locked(now).is_some(),
+        "locked_until": guard.locked(now).map(|_| guard.locked_until),
+        "wrong_codes_last_hour": guard.recent_failures(now, &policy),
+        "lockouts": guard.lockouts,
+    })
+}
+
 fn validate_names(kind: &str, names: &[String], max_total: usize) -> Result<(), String> {
     for n in names {
         if n.is_empty() || n.len() > 64 || !n.bytes().all(|b| b.is_ascii_graphic()) {
@@ -133,6 +152,31 @@ fn validate_names(kind: &str, names: &[String], max_total: usize) -> Result<(), 
     }
     if names.join(" ").len() > max_total {
         return Err(format!("{kind}s together must fit in {max_total} characters"));
+    }
+    Ok(())
+}
+
+/// Refuses scope and audience lists whose meaning would surprise (PROTOCOL.md §6.3):
+/// the server's own audience is not listed (every key may ask for it), and a
+/// `scope@audience` names an audience the key can get.
+fn validate_grants(scopes: &[String], audiences: &[String]) -> Result<(), String> {
+    use onetrip_protocol::token::SERVER_AUDIENCE;
+    if audiences.iter().any(|a| a == SERVER_AUDIENCE) {
+        return Err(format!(
+            "`{SERVER_AUDIENCE}` is the server's own audience: every key may request it, with server scopes \
+             (otp, introspect) only; list only resource audiences with --audience"
+        ));
+    }
+    for scope in scopes {
+        if let Some((name, audience)) = scope.split_once('@') {
+            let reachable =
+                audience == SERVER_AUDIENCE || audiences.is_empty() || audiences.iter().any(|a| a == audience);
+            if name.is_empty() || audience.is_empty() || audience.contains('@') || !reachable {
+                return Err(format!(
+                    "scope `{scope}`: write scope@audience with an audience of this key (or `{SERVER_AUDIENCE}`)"
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -146,6 +190,7 @@ pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Res
         AdminRequest::KeysCreate { name, scopes, audiences, require_otp, otp_to } => {
             validate_names("scope", &scopes, 128)?;
             validate_names("audience", &audiences, usize::MAX)?;
+            validate_grants(&scopes, &audiences)?;
             if name.is_empty() || name.len() > 128 {
                 return Err("name must be 1 to 128 characters".into());
             }
@@ -185,7 +230,27 @@ pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Res
         AdminRequest::KeysShow { id } => {
             let id = key_id(&id)?;
             let r = store.get_api_key(&id).map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
-            Ok(record_json(&id, &r, now))
+            let guard = store.get_guard(&crate::lockout::step_up_subject(id.as_bytes())).map_err(e)?;
+            let mut out = record_json(&id, &r, now);
+            out["second_factor_lock"] = lock_json(&guard, now);
+            Ok(out)
+        }
+        AdminRequest::KeysUnlock { id } => {
+            let id = key_id(&id)?;
+            store.get_api_key(&id).map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
+            let guard = store
+                .update_guard(&crate::lockout::step_up_subject(id.as_bytes()), |g| {
+                    let was = lock_json(g, now);
+                    g.unlock();
+                    let entry = crate::store::AuditEntry {
+                        at: now,
+                        event: "otp.unlocked",
+                        detail: serde_json::json!({ "key_id": id.to_string(), "before": was, "by": "admin" }),
+                    };
+                    (g.clone(), Some(entry))
+                })
+                .map_err(e)?;
+            Ok(serde_json::json!({ "id": id.to_string(), "second_factor_lock": lock_json(&guard, now) }))
         }
         AdminRequest::KeysRevoke { id } => {
             let id = key_id(&id)?;
@@ -246,7 +311,7 @@ pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Res
             out["old_key_expires_at"] = serde_json::json!(now + grace_secs);
             Ok(out)
         }
-        AdminRequest::KeysTotpEnroll { id } => {
+        AdminRequest::KeysTotpEnroll { id, replace } => {
             let id = key_id(&id)?;
             let r = store.get_api_key(&id).map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
             if r.otp_to.as_deref() != Some("totp") {
@@ -255,11 +320,14 @@ pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Res
                     r.otp_to.as_deref().unwrap_or("nowhere")
                 ));
             }
-            let secret = crate::totp::generate_secret(&mut rand_core::OsRng);
-            store.put_totp(id.as_bytes(), crate::otp_service::STEP_UP_ACCOUNT, secret.as_bytes(), now).map_err(e)?;
-            store
-                .audit(now, "otp.totp_enroll", serde_json::json!({ "key_id": id.to_string(), "account": crate::otp_service::STEP_UP_ACCOUNT, "outcome": "enrolled" }))
-                .map_err(e)?;
+            let account = crate::otp_service::STEP_UP_ACCOUNT;
+            let secret =
+                crate::otp_service::enroll_totp(store, *id.as_bytes(), account, replace, now).map_err(|e| match e {
+                    crate::otp_service::OtpError::TotpAlreadyEnrolled(_) => {
+                        format!("key {id} is already enrolled: add --replace to replace its authenticator secret")
+                    }
+                    other => other.to_string(),
+                })?;
             let params = crate::totp::TotpParams::default();
             let uri = crate::totp::otpauth_uri(&secret, &params, "onetrip", &r.name);
             Ok(serde_json::json!({
@@ -296,6 +364,7 @@ pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Res
             }
             let keys: Vec<_> = keyring
                 .audience_secrets(&audience)
+                .map_err(|e| e.to_string())?
                 .iter()
                 .map(|(id, k)| serde_json::json!({ "key_id": hex::encode(id), "key": hex::encode(k.expose()) }))
                 .collect();

@@ -137,6 +137,13 @@ pub struct ServeArgs {
     /// Requests per second per client IP on /v1/otp/* [default: 50].
     #[arg(long, env = "ONETRIP_OTP_API_RATE_PER_IP")]
     pub otp_api_rate_per_ip: Option<u64>,
+    /// Wrong second-factor codes per key (step-up) or TOTP account per hour, across
+    /// verifications, before a lock [default: 10].
+    #[arg(long, env = "ONETRIP_OTP_MAX_CODE_FAILURES")]
+    pub otp_max_code_failures: Option<u32>,
+    /// First lock's length in seconds; each further lock doubles, up to 7 days [default: 3600].
+    #[arg(long, env = "ONETRIP_OTP_LOCKOUT_SECS")]
+    pub otp_lockout_secs: Option<u64>,
     /// SMTP relay for the email channel (password: ONETRIP_SMTP_PASSWORD).
     #[arg(long, env = "ONETRIP_SMTP_HOST")]
     pub smtp_host: Option<String>,
@@ -165,6 +172,9 @@ pub enum KeysCommand {
     TotpEnroll {
         /// Key id.
         id: String,
+        /// Replace an existing enrolment (the old authenticator stops working).
+        #[arg(long)]
+        replace: bool,
         /// Print JSON (no QR code).
         #[arg(long)]
         json: bool,
@@ -206,6 +216,14 @@ pub enum KeysCommand {
     },
     /// Revoke a key (new handshakes fail at once).
     Revoke {
+        /// Key id (hex).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Clear a key's second-factor lockout after too many wrong step-up codes (audited).
+    Unlock {
         /// Key id (hex).
         id: String,
         /// Print JSON.
@@ -343,15 +361,15 @@ pub fn main_with(cli: Cli) -> i32 {
             Command::AudienceKey { ref audience, json } => {
                 let v = admin_call(&cli, AdminRequest::AudienceKey { audience: audience.clone() }).await?;
                 print_value(&v, json, |v| {
-                    let mut s = format!("audience {}\n", v["audience"].as_str().unwrap_or(""));
-                    for k in v["keys"].as_array().into_iter().flatten() {
-                        s += &format!(
-                            "  key id {}  key {}\n",
-                            k["key_id"].as_str().unwrap_or(""),
-                            k["key"].as_str().unwrap_or("")
-                        );
-                    }
-                    s + "Give these to the resource server's TokenVerifier; keep them secret."
+                    // One `<key_id>:<key>` per line, current first: the form
+                    // ONETRIP_AUDIENCE_KEY and TokenVerifier users take as it is.
+                    let lines: Vec<String> = v["keys"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|k| format!("{}:{}", k["key_id"].as_str().unwrap_or(""), k["key"].as_str().unwrap_or("")))
+                        .collect();
+                    lines.join("\n")
                 });
                 Ok(())
             }
@@ -405,6 +423,8 @@ fn settings(cli: &Cli, args: Option<&ServeArgs>) -> Result<Settings, String> {
             api_rate_per_ip: a.otp_api_rate_per_ip,
             mfa_scopes: (!a.mfa_scopes.is_empty()).then(|| a.mfa_scopes.clone()),
             totp_issuer: None,
+            max_code_failures: a.otp_max_code_failures,
+            lockout_secs: a.otp_lockout_secs,
             smtp,
             webhook: a.webhook_url.clone().map(|url| crate::config::WebhookFileConfig { url: Some(url) }),
         });
@@ -639,9 +659,12 @@ async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<(), String> {
             *json,
         ),
         KeysCommand::List { json } => (AdminRequest::KeysList, *json),
-        KeysCommand::TotpEnroll { id, json } => (AdminRequest::KeysTotpEnroll { id: id.clone() }, *json),
+        KeysCommand::TotpEnroll { id, replace, json } => {
+            (AdminRequest::KeysTotpEnroll { id: id.clone(), replace: *replace }, *json)
+        }
         KeysCommand::Show { id, json } => (AdminRequest::KeysShow { id: id.clone() }, *json),
         KeysCommand::Revoke { id, json } => (AdminRequest::KeysRevoke { id: id.clone() }, *json),
+        KeysCommand::Unlock { id, json } => (AdminRequest::KeysUnlock { id: id.clone() }, *json),
         KeysCommand::Rotate { id, grace_secs, json } => {
             (AdminRequest::KeysRotate { id: id.clone(), grace_secs: *grace_secs }, *json)
         }
@@ -666,6 +689,19 @@ async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<(), String> {
                 "Scan this with an authenticator app (or enter the secret by hand):\n\n{}\n  secret: {}\n  uri:    {uri}\n\nThis is the only time the secret is shown. Codes: 6 digits, 30 s, SHA-1.",
                 crate::totp::qr_terminal(uri),
                 v["secret"].as_str().unwrap_or(""),
+            )
+        }
+        KeysCommand::Show { .. } | KeysCommand::Unlock { .. } => {
+            let lock = &v["second_factor_lock"];
+            let state = match lock["locked_until"].as_u64() {
+                Some(until) => format!("LOCKED until {until} (unix time): `onetrip keys unlock` clears it"),
+                None => "not locked".to_owned(),
+            };
+            let line = if v["name"].is_null() { v["id"].as_str().unwrap_or("").to_owned() } else { key_line(v) };
+            format!(
+                "{line}\n  second factor: {state}; wrong codes in the last hour: {}; locks since the last right code: {}",
+                lock["wrong_codes_last_hour"],
+                lock["lockouts"]
             )
         }
         _ => key_line(v),

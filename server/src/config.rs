@@ -61,6 +61,10 @@ pub struct OtpFileConfig {
     pub mfa_scopes: Option<Vec<String>>,
     /// See [`OtpSettings::totp_issuer`].
     pub totp_issuer: Option<String>,
+    /// See [`OtpSettings::lockout`]: wrong codes per hour before a lock.
+    pub max_code_failures: Option<u32>,
+    /// See [`OtpSettings::lockout`]: the first lock's length in seconds.
+    pub lockout_secs: Option<u64>,
     /// `[otp.smtp]`: email delivery.
     pub smtp: Option<SmtpFileConfig>,
     /// `[otp.webhook]`: signed webhook delivery.
@@ -140,6 +144,9 @@ pub struct OtpSettings {
     pub mfa_scopes: Vec<String>,
     /// Issuer shown by authenticator apps for TOTP enrolments.
     pub totp_issuer: String,
+    /// Wrong second-factor codes allowed per key (step-up) and per TOTP account per
+    /// hour, across verifications, before a lock that doubles each time.
+    pub lockout: crate::lockout::LockoutPolicy,
     /// Email delivery, when configured.
     pub smtp: Option<SmtpConfig>,
     /// Webhook delivery, when configured.
@@ -154,6 +161,7 @@ impl Default for OtpSettings {
             api_rate_per_ip: 50,
             mfa_scopes: Vec::new(),
             totp_issuer: "onetrip".into(),
+            lockout: crate::lockout::LockoutPolicy::default(),
             smtp: None,
             webhook: None,
         }
@@ -205,11 +213,19 @@ impl OtpSettings {
             api_rate_per_ip: cfg.api_rate_per_ip.unwrap_or(d.api_rate_per_ip),
             mfa_scopes: cfg.mfa_scopes.unwrap_or(d.mfa_scopes),
             totp_issuer: cfg.totp_issuer.unwrap_or(d.totp_issuer),
+            lockout: crate::lockout::LockoutPolicy {
+                max_failures: cfg.max_code_failures.unwrap_or(d.lockout.max_failures),
+                lock_secs: cfg.lockout_secs.unwrap_or(d.lockout.lock_secs),
+                ..d.lockout
+            },
             smtp,
             webhook,
         };
         if s.sends_per_destination == 0 || s.sends_per_key == 0 || s.api_rate_per_ip == 0 {
             return Err("otp.sends_per_destination, otp.sends_per_key and otp.api_rate_per_ip must be positive".into());
+        }
+        if s.lockout.max_failures == 0 || s.lockout.max_failures > 100 || s.lockout.lock_secs == 0 {
+            return Err("otp.max_code_failures must be 1 to 100 and otp.lockout_secs positive".into());
         }
         Ok(s)
     }
@@ -383,6 +399,8 @@ fn merge_otp(flags: OtpFileConfig, file: OtpFileConfig) -> OtpFileConfig {
         api_rate_per_ip: flags.api_rate_per_ip.or(file.api_rate_per_ip),
         mfa_scopes: flags.mfa_scopes.or(file.mfa_scopes),
         totp_issuer: flags.totp_issuer.or(file.totp_issuer),
+        max_code_failures: flags.max_code_failures.or(file.max_code_failures),
+        lockout_secs: flags.lockout_secs.or(file.lockout_secs),
         smtp,
         webhook: flags.webhook.or(file.webhook),
     }

@@ -4,11 +4,12 @@
 //! Order matters: authenticate, then clock window, then replay cache, so nothing
 //! before authentication can burn state, and a replay burns nothing twice.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use onetrip_protocol::handshake::server::Reply;
 use onetrip_protocol::handshake::RESPONSE_LEN;
-use onetrip_protocol::token::Claims;
+use onetrip_protocol::token::{Claims, SERVER_AUDIENCE};
 use onetrip_protocol::{RequestError, Secret, Status};
 use rand::RngCore;
 
@@ -129,7 +130,7 @@ async fn answer<S: SharedState>(
         let mut token_id = [0u8; 16];
         rng.fill_bytes(&mut token_id);
         let claims =
-            Claims::new(token_id, entry.id, now, expires_at, second_factor, audience, scopes, session_key.clone());
+            Claims::new(token_id, entry.id, now, expires_at, second_factor, audience, &scopes, session_key.clone());
         match claims.and_then(|c| verifier.seal(&c, &mut rng)) {
             Ok(token) => (token, session_key),
             Err(e) => {
@@ -176,6 +177,10 @@ impl OwnedReply {
     }
 }
 
+fn rate_limited(retry_after: u64) -> (OwnedReply, Status) {
+    (OwnedReply::RateLimited { retry_after_secs: u32::try_from(retry_after).unwrap_or(u32::MAX) }, Status::RateLimited)
+}
+
 enum StepUp {
     Approved,
     Reply(OwnedReply, Status),
@@ -214,8 +219,8 @@ async fn start_step_up<S: SharedState>(
         policy: otp::Policy::default(),
         locale: None,
     };
-    Some(match crate::otp_service::create(state, new, now).await {
-        Ok(v) => (
+    Some(match crate::otp_service::start_step_up(state, new, now).await {
+        Ok((v, _)) => (
             OwnedReply::SecondFactorRequired {
                 operation: v.id,
                 channel,
@@ -227,10 +232,7 @@ async fn start_step_up<S: SharedState>(
             },
             Status::SecondFactorRequired,
         ),
-        Err(OtpError::SendLimited { retry_after, .. }) => (
-            OwnedReply::RateLimited { retry_after_secs: u32::try_from(retry_after).unwrap_or(u32::MAX) },
-            Status::RateLimited,
-        ),
+        Err(OtpError::SendLimited { retry_after, .. } | OtpError::Locked { retry_after }) => rate_limited(retry_after),
         Err(e) => {
             tracing::error!(key_id = %entry.id, channel = channel.as_str(), error = %e, "cannot start a step-up");
             (OwnedReply::ServerError, Status::ServerError)
@@ -257,6 +259,10 @@ async fn check_step_up<S: SharedState>(
         Ok((CheckOutcome::Approved, _)) => StepUp::Approved,
         Ok((CheckOutcome::Wrong { attempts_left }, _)) => failed(attempts_left),
         Ok((CheckOutcome::NotPending(_), _)) | Err(OtpError::NotFound) => failed(0),
+        Err(OtpError::Locked { retry_after }) => {
+            let (reply, status) = rate_limited(retry_after);
+            StepUp::Reply(reply, status)
+        }
         Err(e) => {
             tracing::error!(key_id = %entry.id, error = %e, "cannot check a second-factor code");
             StepUp::Reply(OwnedReply::ServerError, Status::ServerError)
@@ -266,26 +272,28 @@ async fn check_step_up<S: SharedState>(
 
 /// The audience and scopes to grant, or `None` when the key may not have them.
 /// Empty requests mean "the key's first audience (or the server default)" and "all
-/// of the key's scopes".
+/// of the key's scopes for that audience". Every key may ask for the server's own
+/// audience, which carries only server scopes (PROTOCOL.md §6.3).
 fn resolve_grant<'a>(
     entry: &'a KeyEntry,
     audience: &'a str,
     scopes: &'a str,
     default_audience: &'a str,
-) -> Option<(&'a str, &'a str)> {
+) -> Option<(&'a str, Cow<'a, str>)> {
     let allowed_audiences = &entry.record.audiences;
     let audience = match (audience.is_empty(), allowed_audiences.first()) {
         (true, Some(first)) => first.as_str(),
         (true, None) => default_audience,
+        (false, _) if audience == SERVER_AUDIENCE => audience,
         (false, _) if allowed_audiences.iter().any(|a| a == audience) => audience,
         (false, None) if audience == default_audience => audience,
         _ => return None,
     };
     if scopes.is_empty() {
-        return Some((audience, &entry.all_scopes));
+        return Some((audience, entry.grants.for_audience(audience)));
     }
-    let all_known = scopes.split(' ').all(|s| !s.is_empty() && entry.record.scopes.iter().any(|k| k == s));
-    all_known.then_some((audience, scopes))
+    let all_known = scopes.split(' ').all(|s| entry.grants.allows(audience, s));
+    all_known.then_some((audience, Cow::Borrowed(scopes)))
 }
 
 #[cfg(test)]
@@ -314,14 +322,37 @@ mod tests {
     #[test]
     fn grants_only_what_the_key_holds() {
         let e = entry(&["db:read", "db:write"], &["db", "cache"]);
-        assert_eq!(resolve_grant(&e, "", "", "onetrip"), Some(("db", "db:read db:write")));
-        assert_eq!(resolve_grant(&e, "cache", "db:read", "onetrip"), Some(("cache", "db:read")));
-        assert_eq!(resolve_grant(&e, "billing", "", "onetrip"), None);
-        assert_eq!(resolve_grant(&e, "onetrip", "", "onetrip"), None, "keys with audiences do not get the default");
-        assert_eq!(resolve_grant(&e, "db", "admin", "onetrip"), None);
-        assert_eq!(resolve_grant(&e, "db", "db:read  db:write", "onetrip"), None, "empty scope token");
+        let grant = |a, s| resolve_grant(&e, a, s, "onetrip").map(|(a, s)| (a, s.into_owned()));
+        assert_eq!(grant("", ""), Some(("db", "db:read db:write".into())));
+        assert_eq!(grant("cache", "db:read"), Some(("cache", "db:read".into())));
+        assert_eq!(grant("billing", ""), None);
+        assert_eq!(grant("db", "admin"), None);
+        assert_eq!(grant("db", "db:read  db:write"), None, "empty scope token");
         let plain = entry(&[], &[]);
-        assert_eq!(resolve_grant(&plain, "", "", "onetrip"), Some(("onetrip", "")));
-        assert_eq!(resolve_grant(&plain, "onetrip", "", "onetrip"), Some(("onetrip", "")));
+        assert_eq!(resolve_grant(&plain, "", "", "app").map(|(a, s)| (a, s.into_owned())), Some(("app", "".into())));
+        assert_eq!(resolve_grant(&plain, "app", "", "app").map(|(a, s)| (a, s.into_owned())), Some(("app", "".into())));
+    }
+
+    #[test]
+    fn scopes_are_granted_per_audience() {
+        let e = entry(&["db:read", "otp", "introspect", "admin@cache", "whoami@onetrip"], &["db", "cache"]);
+        let grant = |a, s| resolve_grant(&e, a, s, "onetrip").map(|(a, s)| (a, s.into_owned()));
+        // Server scopes never reach a resource audience, asked for or not.
+        assert_eq!(grant("db", ""), Some(("db", "db:read".into())));
+        assert_eq!(grant("db", "otp"), None);
+        assert_eq!(grant("cache", "introspect"), None);
+        // Qualified scopes go to their audience only, without the qualifier.
+        assert_eq!(grant("cache", ""), Some(("cache", "db:read admin".into())));
+        assert_eq!(grant("db", "admin"), None);
+        assert_eq!(grant("cache", "admin@cache"), None, "the qualified spelling is not a scope name");
+        // The server's own audience is open to every key, with server scopes only.
+        assert_eq!(grant("onetrip", ""), Some(("onetrip", "otp introspect whoami".into())));
+        assert_eq!(grant("onetrip", "otp"), Some(("onetrip", "otp".into())));
+        assert_eq!(grant("onetrip", "db:read"), None);
+        let plain = entry(&["otp"], &[]);
+        assert_eq!(
+            resolve_grant(&plain, "", "", "onetrip").map(|(a, s)| (a, s.into_owned())),
+            Some(("onetrip", "otp".into()))
+        );
     }
 }

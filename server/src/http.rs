@@ -1,12 +1,12 @@
 //! HTTP endpoints: routing, body limits and timeouts, and the JSON views. Handlers
 //! are thin: `/v1/auth` hands bytes to [`crate::handshake`], token endpoints to
-//! [`AppState::check_token`].
+//! [`AppState::check_own_token`] (the server's own audience only).
 //!
 //! | endpoint | what |
 //! |---|---|
 //! | `GET /v1/server-key` | signed server key document (binary; `?format=json` for humans) |
 //! | `POST /v1/auth` | the fixed-size handshake |
-//! | `POST /v1/introspect` | token (+ PoP) → claims or `{"active": false}` |
+//! | `POST /v1/introspect` | a resource server's token (+ PoP) → claims or `{"active": false}` |
 //! | `GET /v1/whoami` | claims of the presented token (PoP, or bearer on TLS) |
 //! | `/v1/otp/*` | the OTP API ([`crate::otp_api`]) |
 //! | `GET /v1/openapi.json` | the OpenAPI 3.1 document of the JSON endpoints |
@@ -15,7 +15,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
@@ -64,8 +64,14 @@ pub async fn route<S: SharedState>(
     let resp = match (req.method(), req.uri().path()) {
         (&Method::POST, "/v1/auth") => auth(&state, req, conn).await,
         (&Method::GET, "/v1/server-key") => server_key(&state, req.uri().query()),
-        (&Method::POST, "/v1/introspect") => introspect(&state, req, conn).await,
-        (&Method::GET, "/v1/whoami") => whoami(&state, req, conn).await,
+        (&Method::POST, "/v1/introspect") => match api_ip_guard(&state, conn) {
+            Some(limited) => limited,
+            None => introspect(&state, req, conn).await,
+        },
+        (&Method::GET, "/v1/whoami") => match api_ip_guard(&state, conn) {
+            Some(limited) => limited,
+            None => whoami(&state, req, conn).await,
+        },
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
         (&Method::GET, "/v1/openapi.json") => crate::otp_api::openapi_json(),
         (_, path) if crate::otp_api::handles(path) => crate::otp_api::route(&state, req, conn).await,
@@ -83,6 +89,15 @@ pub async fn route<S: SharedState>(
         _ => problem(StatusCode::NOT_FOUND, "not_found", "Not found", "no such endpoint"),
     };
     Ok(resp)
+}
+
+/// Per-IP limit of the token-checking routes, before their body or token is read:
+/// an unauthenticated caller gets no AEAD open, store or shared-state work beyond it.
+fn api_ip_guard<S>(state: &AppState<S>, conn: ConnInfo) -> Option<Response<Body>> {
+    match state.api_ip_limiter.check(conn.peer, state.settings.otp.api_rate_per_ip, unix_now()) {
+        RateDecision::Allowed => None,
+        RateDecision::Limited { retry_after } => Some(rate_limited(retry_after, "too many requests from this address")),
+    }
 }
 
 /// Reads a body of at most `max` bytes within the configured time.
@@ -203,11 +218,31 @@ struct IntrospectRequest {
     body: Option<String>,
 }
 
+/// `POST /v1/introspect`: a resource server asks about a token of its own audience.
+/// The caller authenticates like any API call (a token for the server's audience with
+/// the `introspect` scope, PoP-signed) and learns only about tokens for the audiences
+/// its own key lists; anything else reads `{"active": false}`.
 async fn introspect<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-    let body = match read_body(state, req, MAX_JSON_BODY).await {
+    let (parts, body) = req.into_parts();
+    let body = match read_body(state, Request::from_parts(parts.clone(), body), MAX_JSON_BODY).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
+    let now = unix_now();
+    let caller = match authenticate(state, &parts, &body, conn, now).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    if !caller.has_scope(INTROSPECT_SCOPE) {
+        return problem(
+            StatusCode::FORBIDDEN,
+            "scope_required",
+            "Scope required",
+            "introspection needs a token for audience `onetrip` with the `introspect` scope: \
+             create the resource server's key with --scope introspect --audience <its audience>",
+        );
+    }
+    let audiences = state.keys.get(&caller.api_key_id).map(|k| k.record.audiences.clone()).unwrap_or_default();
     let r: IntrospectRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return crate::problem::bad_json(&e),
@@ -219,21 +254,21 @@ async fn introspect<S: SharedState>(state: &AppState<S>, req: Request<Incoming>,
         Some(p) => match PopProof::from_header(p) {
             Ok(p) => Some(p),
             Err(e) => {
-                return problem(StatusCode::BAD_REQUEST, "bad_pop", "Invalid proof of possession", &e.to_string())
+                return problem(StatusCode::BAD_REQUEST, "pop_invalid", "Invalid proof of possession", &e.to_string())
             }
         },
         None => None,
     };
-    let pop_body = match r.body.as_deref().map(|b| STANDARD.decode(b)) {
-        Some(Ok(b)) => b,
-        Some(Err(_)) => {
-            return problem(StatusCode::BAD_REQUEST, "bad_json", "Invalid JSON body", "body must be base64")
-        }
+    let pop_body = match r.body.as_deref().map(decode_base64_body) {
+        Some(Some(b)) => b,
+        Some(None) => return problem(StatusCode::BAD_REQUEST, "bad_json", "Invalid JSON body", "body must be base64"),
         None => Vec::new(),
     };
     let (method, path) = (r.method.as_deref().unwrap_or(""), r.path.as_deref().unwrap_or(""));
-    let now = unix_now();
-    match state.check_token(&token, pop.as_ref().map(|p| (p, method, path, &pop_body[..])), conn.tls, now).await {
+    let checked = state
+        .check_token_for(&audiences, &token, pop.as_ref().map(|p| (p, method, path, &pop_body[..])), conn.tls, now)
+        .await;
+    match checked {
         Ok(c) => json(StatusCode::OK, &claims_json(&c, pop.is_some())),
         Err(TokenCheckError::PopRequired) => problem(
             StatusCode::BAD_REQUEST,
@@ -249,6 +284,15 @@ async fn introspect<S: SharedState>(state: &AppState<S>, req: Request<Incoming>,
             json(StatusCode::OK, &serde_json::json!({ "active": false }))
         }
     }
+}
+
+/// Scope a resource server's key needs for `/v1/introspect`.
+pub const INTROSPECT_SCOPE: &str = "introspect";
+
+/// Standard base64, with or without its `=` padding (PROTOCOL.md §8 says no padding;
+/// common encoders add it).
+fn decode_base64_body(text: &str) -> Option<Vec<u8>> {
+    STANDARD_NO_PAD.decode(text.trim_end_matches('=')).ok()
 }
 
 fn claims_json(c: &onetrip_protocol::Claims, pop_verified: bool) -> serde_json::Value {
@@ -285,7 +329,7 @@ pub(crate) async fn authenticate<S: SharedState>(
         crate::otp_api::presented_token(parts, conn.tls).map_err(|(code, detail)| unauthorized(code, detail))?;
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let pop = proof.as_ref().map(|p| (p, parts.method.as_str(), path, body));
-    state.check_token(&token, pop, conn.tls, now).await.map_err(crate::otp_api::token_error)
+    state.check_own_token(&token, pop, conn.tls, now).await.map_err(crate::otp_api::token_error)
 }
 
 async fn whoami<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {

@@ -3,12 +3,14 @@
 //! and one map lookup. Unknown, revoked and expired keys get the responder's dummy,
 //! which costs the same as a cache hit.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
 use onetrip_protocol::api_key::{KeyId, Verifier};
 use onetrip_protocol::handshake::server::StaticStatic;
+use onetrip_protocol::token::SERVER_AUDIENCE;
 use onetrip_protocol::Responder;
 
 use crate::store::ApiKeyRecord;
@@ -22,8 +24,8 @@ pub struct KeyEntry {
     pub record: ApiKeyRecord,
     /// Decoded verifier.
     pub verifier: Verifier,
-    /// All of the key's scopes, space separated (granted when none are requested).
-    pub all_scopes: String,
+    /// Which scopes the key holds for which audience.
+    pub grants: ScopeGrants,
     /// Static-static values by server key id (one or two during a rotation), kept in
     /// the entry so the hot path looks the key up once.
     static_statics: RwLock<StaticStatics>,
@@ -74,6 +76,73 @@ impl StaticStatics {
     }
 }
 
+/// Scopes that only the authentication server's own API understands: granted only in
+/// tokens for [`SERVER_AUDIENCE`], never handed to a resource server.
+pub const SERVER_SCOPES: &[&str] = &["otp", "introspect"];
+
+/// A key's scopes split by the audience they are granted for (PROTOCOL.md §6.3):
+/// `scope@audience` only for that audience; a plain server scope ([`SERVER_SCOPES`])
+/// only for [`SERVER_AUDIENCE`]; any other plain scope for every resource audience.
+/// Precomputed so the usual grant borrows a string instead of building one.
+#[derive(Debug, Default)]
+pub struct ScopeGrants {
+    resource: String,
+    server: String,
+    qualified: Vec<(String, String)>,
+}
+
+impl ScopeGrants {
+    /// Splits a key's stored scopes.
+    pub fn new(scopes: &[String]) -> Self {
+        let mut grants = Self::default();
+        let push = |to: &mut String, s: &str| {
+            if !to.is_empty() {
+                to.push(' ');
+            }
+            to.push_str(s);
+        };
+        for scope in scopes {
+            match scope.split_once('@') {
+                Some((name, audience)) if audience == SERVER_AUDIENCE => push(&mut grants.server, name),
+                Some((name, audience)) => grants.qualified.push((audience.to_owned(), name.to_owned())),
+                None if SERVER_SCOPES.contains(&scope.as_str()) => push(&mut grants.server, scope),
+                None => push(&mut grants.resource, scope),
+            }
+        }
+        grants
+    }
+
+    /// Every scope granted in tokens for `audience`, space separated.
+    pub fn for_audience(&self, audience: &str) -> Cow<'_, str> {
+        if audience == SERVER_AUDIENCE {
+            return Cow::Borrowed(&self.server);
+        }
+        let mut own = self.qualified.iter().filter(|(a, _)| a == audience).peekable();
+        if own.peek().is_none() {
+            return Cow::Borrowed(&self.resource);
+        }
+        let mut all = self.resource.clone();
+        for (_, name) in own {
+            if !all.is_empty() {
+                all.push(' ');
+            }
+            all.push_str(name);
+        }
+        Cow::Owned(all)
+    }
+
+    /// True when `scope` may be granted in a token for `audience`.
+    pub fn allows(&self, audience: &str, scope: &str) -> bool {
+        let listed = |list: &str| list.split(' ').any(|s| s == scope);
+        !scope.is_empty()
+            && if audience == SERVER_AUDIENCE {
+                listed(&self.server)
+            } else {
+                listed(&self.resource) || self.qualified.iter().any(|(a, n)| a == audience && n == scope)
+            }
+    }
+}
+
 /// `last_used_at` is recorded at most once per this many seconds per key: operators
 /// see "used within the hour", and a busy key costs no store write per handshake.
 pub const LAST_USE_GRANULARITY_SECS: u64 = 3600;
@@ -84,13 +153,13 @@ impl KeyEntry {
         let verifier: [u8; 32] = hex::decode(&record.verifier).ok()?.try_into().ok()?;
         // Decoded once; the hex copy would cost ~90 bytes per key in memory for nothing.
         record.verifier = String::new();
-        let all_scopes = record.scopes.join(" ");
+        let grants = ScopeGrants::new(&record.scopes);
         let last_use_recorded = AtomicU64::new(record.last_used_at.unwrap_or(0));
         Some(Self {
             id,
             record,
             verifier: Verifier::from_bytes(verifier),
-            all_scopes,
+            grants,
             static_statics: RwLock::new(StaticStatics::default()),
             last_use_recorded,
         })

@@ -15,6 +15,7 @@
 //! | [`http`] | routing, endpoints, problem+json errors |
 //! | [`listener`] | accept loop, connection limit, timeouts, TLS, graceful shutdown |
 //! | [`admin`] | the admin Unix socket and the key-management operations |
+//! | [`lockout`] | second-factor lockout: wrong codes counted per key and per TOTP account, across verifications |
 //! | [`otp`] | OTP verification state machine: codes, keyed hashes, attempts, resends |
 //! | [`otp_service`] | OTP operations shared by step-up and the API: limits, store, delivery, audit |
 //! | [`otp_api`] | `/v1/otp/*`: the standalone OTP JSON API and its OpenAPI document |
@@ -36,6 +37,7 @@ pub mod handshake;
 pub mod http;
 pub mod keys;
 pub mod listener;
+pub mod lockout;
 pub mod metrics;
 pub mod otp;
 pub mod otp_api;

@@ -59,6 +59,9 @@ struct CheckBody {
 #[serde(deny_unknown_fields)]
 struct EnrollBody {
     account: String,
+    /// Replace an existing enrolment's secret (audited as `otp.totp_replace`).
+    #[serde(default)]
+    replace: bool,
 }
 
 /// What the path names.
@@ -255,19 +258,11 @@ async fn enroll<S: SharedState>(
         Err(e) => return Ok(bad_json(&e)),
     };
     validate_account(&b.account)?;
-    let secret = crate::totp::generate_secret(&mut rand::thread_rng());
-    let (account, stored) = (b.account.clone(), crate::totp::TotpSecret::from_bytes(secret.as_bytes()));
-    let st = state.clone();
-    tokio::task::spawn_blocking(move || {
-        st.store.put_totp(&owner, &account, stored.as_bytes(), now)?;
-        st.store.audit(
-            now,
-            "otp.totp_enroll",
-            serde_json::json!({ "key_id": hex::encode(owner), "account": account, "outcome": "enrolled" }),
-        )
-    })
-    .await
-    .map_err(|e| OtpError::Unavailable(e.to_string()))??;
+    let (st, account, replace) = (state.clone(), b.account.clone(), b.replace);
+    let secret =
+        tokio::task::spawn_blocking(move || otp_service::enroll_totp(&st.store, owner, &account, replace, now))
+            .await
+            .map_err(|e| OtpError::Unavailable(e.to_string()))??;
     let params = crate::totp::TotpParams::default();
     let uri = crate::totp::otpauth_uri(&secret, &params, &state.settings.otp.totp_issuer, &b.account);
     Ok(json(
@@ -324,6 +319,8 @@ pub fn error_response(e: &OtpError) -> Response<Body> {
         OtpError::ResendsExhausted => (StatusCode::TOO_MANY_REQUESTS, "Max sends reached"),
         OtpError::NothingToSend => (StatusCode::CONFLICT, "Nothing to send"),
         OtpError::TotpNotEnrolled(_) => (StatusCode::BAD_REQUEST, "TOTP not enrolled"),
+        OtpError::TotpAlreadyEnrolled(_) => (StatusCode::CONFLICT, "TOTP already enrolled"),
+        OtpError::Locked { .. } => (StatusCode::TOO_MANY_REQUESTS, "Second factor locked"),
         OtpError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Service unavailable"),
     };
     if matches!(e, OtpError::Unavailable(_)) {
@@ -331,7 +328,9 @@ pub fn error_response(e: &OtpError) -> Response<Body> {
     }
     let mut resp = problem(status, e.code(), title, &e.to_string());
     let retry_after = match e {
-        OtpError::SendLimited { retry_after, .. } | OtpError::ResendTooSoon { retry_after } => Some(*retry_after),
+        OtpError::SendLimited { retry_after, .. }
+        | OtpError::ResendTooSoon { retry_after }
+        | OtpError::Locked { retry_after } => Some(*retry_after),
         _ => None,
     };
     if let Some(secs) = retry_after {

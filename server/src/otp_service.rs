@@ -6,10 +6,11 @@
 use onetrip_protocol::Channel;
 use zeroize::Zeroizing;
 
+use crate::lockout;
 use crate::otp::{self, CheckOutcome, Policy, Purpose, ResendOutcome, Status, Verification};
 use crate::shared::{RateDecision, SharedState};
 use crate::state::AppState;
-use crate::store::{AuditEntry, StoreError};
+use crate::store::{AuditEntry, StepUpStart, StoreError, TotpEnrolment};
 
 /// Window of the per-key and per-destination send limits.
 pub const SEND_WINDOW_SECS: u64 = 600;
@@ -60,6 +61,16 @@ pub enum OtpError {
     /// TOTP for an account that was never enrolled.
     #[error("{0} has no TOTP enrolment: enrol it first (POST /v1/otp/totp or onetrip keys totp-enroll)")]
     TotpNotEnrolled(String),
+    /// Too many wrong codes for this key (step-up) or TOTP account, across
+    /// verifications: locked; nothing is compared until the lock ends.
+    #[error("too many wrong codes: locked for {retry_after} s (an administrator can unlock sooner)")]
+    Locked {
+        /// Seconds until the lock ends.
+        retry_after: u64,
+    },
+    /// The TOTP account already has an enrolment and `replace` was not asked.
+    #[error("{0} already has a TOTP enrolment: send \"replace\": true to replace its secret")]
+    TotpAlreadyEnrolled(String),
     /// The store or shared state failed.
     #[error("OTP storage unavailable: {0}")]
     Unavailable(String),
@@ -78,6 +89,8 @@ impl OtpError {
             OtpError::ResendsExhausted => "max_sends_reached",
             OtpError::NothingToSend => "nothing_to_send",
             OtpError::TotpNotEnrolled(_) => "totp_not_enrolled",
+            OtpError::Locked { .. } => "second_factor_locked",
+            OtpError::TotpAlreadyEnrolled(_) => "totp_already_enrolled",
             OtpError::Unavailable(_) => "unavailable",
         }
     }
@@ -192,6 +205,10 @@ pub async fn create<S: SharedState>(
 ) -> Result<Verification, OtpError> {
     new.policy.validate().map_err(|e| OtpError::InvalidParameter(e.to_string()))?;
     validate_destination(state, new.channel, &new.to)?;
+    if new.channel == Channel::Totp && new.purpose == Purpose::Api {
+        // `@key` is the key's own step-up secret: never reachable through the API.
+        crate::otp_api::validate_account(&new.to)?;
+    }
     if new.channel == Channel::Totp {
         let (owner, account) = (new.owner, new.to.clone());
         if !blocking(state, move |st| Ok(st.store.has_totp(&owner, &account)?)).await? {
@@ -203,22 +220,7 @@ pub async fn create<S: SharedState>(
     let owner_name = new.owner_name.clone();
     let (v, code) = blocking(state, move |st| {
         let key = st.otp_key()?;
-        let (mut v, code) = Verification::create(
-            &mut rand::thread_rng(),
-            key.expose(),
-            new.owner,
-            new.channel.as_str(),
-            &new.to,
-            new.policy,
-            now,
-        )
-        .map_err(|e| OtpError::InvalidParameter(e.to_string()))?;
-        v.purpose = new.purpose;
-        v.locale = new.locale;
-        if new.channel == Channel::Totp {
-            // The authenticator app holds the secret: no code exists on this side.
-            v.code_hash = [0; 32];
-        }
+        let (v, code) = new_verification(&new, key.expose(), now)?;
         // Stored before the code goes out: a crash cannot leave a code without its counter.
         st.store.put_verification(&v, Some(audit_entry(now, "otp.generate", &v, "created")))?;
         Ok((v, code))
@@ -230,7 +232,27 @@ pub async fn create<S: SharedState>(
     Ok(v)
 }
 
-/// Checks a code; the attempt is durable before the answer.
+/// The lockout guard a check of `v` counts against: the key's own for a step-up
+/// (every channel), the account's for an API TOTP verification.
+fn guard_subject(v: &Verification) -> Option<Vec<u8>> {
+    if v.purpose == Purpose::StepUp {
+        Some(lockout::step_up_subject(&v.owner))
+    } else if v.channel == Channel::Totp.as_str() {
+        Some(lockout::totp_subject(&v.owner, &v.to))
+    } else {
+        None
+    }
+}
+
+/// What the check transaction decided.
+enum Checked {
+    Outcome(CheckOutcome, Box<Verification>, Option<u64>),
+    Locked(u64),
+    OtherOwner,
+}
+
+/// Checks a code; the attempt (and, for step-up and TOTP, the lockout count across
+/// verifications) is durable before the answer.
 pub async fn check<S: SharedState>(
     state: &AppState<S>,
     owner: [u8; 16],
@@ -239,6 +261,7 @@ pub async fn check<S: SharedState>(
     code: Zeroizing<String>,
     now: u64,
 ) -> Result<(CheckOutcome, Verification), OtpError> {
+    let policy = state.settings.otp.lockout;
     blocking(state, move |st| {
         let key = st.otp_key()?;
         // Unknown ids and other keys' ids get the same answer; the audit tells them apart.
@@ -247,35 +270,56 @@ pub async fn check<S: SharedState>(
             event: "otp.check",
             detail: serde_json::json!({ "key_id": hex::encode(owner), "verification": hex::encode(id), "purpose": purpose, "outcome": outcome }),
         };
-        let result = st.store.update_verification_totp(
+        let result = st.store.check_verification(
             &id,
-            |v, totp| {
+            |v| (v.owner == owner).then(|| guard_subject(v)).flatten(),
+            |view| {
+                let v = view.verification;
                 if v.owner != owner || v.purpose != purpose {
-                    return None;
+                    return Checked::OtherOwner;
+                }
+                if let Some(retry_after) = view.guard.as_ref().and_then(|g| g.locked(now)) {
+                    return Checked::Locked(retry_after);
                 }
                 let outcome = if v.channel == Channel::Totp.as_str() {
-                    v.check_with(now, || match totp {
+                    v.check_with(now, || match view.totp {
                         Some((secret, last_step)) => totp_check(secret, &code, now, last_step),
                         None => false,
                     })
                 } else {
                     v.check(key.expose(), &code, now)
                 };
-                Some((outcome, v.clone()))
+                let mut locked_until = None;
+                if let Some(guard) = view.guard {
+                    match outcome {
+                        CheckOutcome::Approved => guard.record_success(),
+                        CheckOutcome::Wrong { .. } => locked_until = guard.record_failure(now, &policy),
+                        CheckOutcome::NotPending(_) => {}
+                    }
+                }
+                Checked::Outcome(outcome, Box::new(v.clone()), locked_until)
             },
-            |v, r| {
-                let Some((outcome, _)) = r else { return Some(refused("refused_other_key")) };
-                let label = match outcome {
-                    CheckOutcome::Approved => "approved".to_owned(),
-                    CheckOutcome::Wrong { .. } => "wrong_code".to_owned(),
-                    CheckOutcome::NotPending(s) => format!("refused_{}", s.as_str()),
-                };
-                Some(audit_entry(now, "otp.check", v, &label))
+            |v, r| match r {
+                Checked::OtherOwner => Some(refused("refused_other_key")),
+                Checked::Locked(_) => Some(audit_entry(now, "otp.check", v, "refused_locked")),
+                Checked::Outcome(outcome, _, locked_until) => {
+                    let label = match outcome {
+                        CheckOutcome::Approved => "approved".to_owned(),
+                        CheckOutcome::Wrong { .. } => "wrong_code".to_owned(),
+                        CheckOutcome::NotPending(s) => format!("refused_{}", s.as_str()),
+                    };
+                    let mut entry = audit_entry(now, "otp.check", v, &label);
+                    if let Some(until) = locked_until {
+                        entry.detail["locked_until"] = serde_json::json!(until);
+                    }
+                    Some(entry)
+                }
             },
         )?;
         match result {
-            Some(Some(found)) => Ok(found),
-            Some(None) => Err(OtpError::NotFound),
+            Some(Checked::Outcome(outcome, v, _)) => Ok((outcome, *v)),
+            Some(Checked::Locked(retry_after)) => Err(OtpError::Locked { retry_after }),
+            Some(Checked::OtherOwner) => Err(OtpError::NotFound),
             None => {
                 st.store.record_audit(&refused("refused_unknown_operation"))?;
                 Err(OtpError::NotFound)
@@ -283,6 +327,125 @@ pub async fn check<S: SharedState>(
         }
     })
     .await
+}
+
+/// Starts (or resumes) the step-up of `new.owner`: at most one pending step-up per
+/// key, so a new handshake never opens a verification with fresh attempts while one
+/// is pending; refused while the key is locked. Returns the verification and whether
+/// it is new (its code was just sent).
+pub async fn start_step_up<S: SharedState>(
+    state: &AppState<S>,
+    new: NewVerification,
+    now: u64,
+) -> Result<(Verification, bool), OtpError> {
+    let subject = lockout::step_up_subject(&new.owner);
+    let resumable = move |v: &mut Verification| {
+        v.refresh(now);
+        v.status == Status::Pending
+    };
+    // A look first, so that resuming or a lock spends no send limit.
+    let (guard, pending) = {
+        let subject = subject.clone();
+        blocking(state, move |st| {
+            let guard = st.store.get_guard(&subject)?;
+            let pending = match guard.pending_step_up.as_deref().and_then(|h| hex::decode(h).ok()) {
+                Some(id) => st.store.get_verification(&id.try_into().unwrap_or([0; 16]))?,
+                None => None,
+            };
+            Ok((guard, pending))
+        })
+        .await?
+    };
+    if let Some(retry_after) = guard.locked(now) {
+        return Err(OtpError::Locked { retry_after });
+    }
+    if let Some(mut v) = pending {
+        if resumable(&mut v) {
+            return Ok((v, false));
+        }
+    }
+    validate_destination(state, new.channel, &new.to)?;
+    if new.channel == Channel::Totp {
+        let (owner, account) = (new.owner, new.to.clone());
+        if !blocking(state, move |st| Ok(st.store.has_totp(&owner, &account)?)).await? {
+            return Err(OtpError::TotpNotEnrolled(new.to.clone()));
+        }
+    } else {
+        charge_send(state, &new.owner, new.channel, &new.to, now).await?;
+    }
+    let owner_name = new.owner_name.clone();
+    let (started, code) = blocking(state, move |st| {
+        let key = st.otp_key()?;
+        let (v, code) = new_verification(&new, key.expose(), now)?;
+        let audit = audit_entry(now, "otp.generate", &v, "created");
+        Ok((st.store.start_step_up(&subject, now, resumable, v, audit)?, code))
+    })
+    .await?;
+    match started {
+        StepUpStart::Created(v) => {
+            if v.channel != Channel::Totp.as_str() {
+                deliver_in_background(state, &v, owner_name, code);
+            }
+            Ok((v, true))
+        }
+        // Another handshake of the same key won the race: its verification stands.
+        StepUpStart::Pending(v) => Ok((v, false)),
+        StepUpStart::Locked(retry_after) => Err(OtpError::Locked { retry_after }),
+    }
+}
+
+/// A new verification for `new` and its code (none for TOTP: the app holds the secret).
+fn new_verification(
+    new: &NewVerification,
+    otp_key: &[u8; 32],
+    now: u64,
+) -> Result<(Verification, Zeroizing<String>), OtpError> {
+    let (mut v, code) = Verification::create(
+        &mut rand::thread_rng(),
+        otp_key,
+        new.owner,
+        new.channel.as_str(),
+        &new.to,
+        new.policy,
+        now,
+    )
+    .map_err(|e| OtpError::InvalidParameter(e.to_string()))?;
+    v.purpose = new.purpose;
+    v.locale.clone_from(&new.locale);
+    if new.channel == Channel::Totp {
+        v.code_hash = [0; 32];
+    }
+    Ok((v, code))
+}
+
+/// Enrols `account` of `owner` for TOTP and returns the new secret (shown once). An
+/// existing enrolment is replaced only with `replace`, and the audit says which.
+/// Blocking: the store write.
+pub fn enroll_totp(
+    store: &crate::store::Store,
+    owner: [u8; 16],
+    account: &str,
+    replace: bool,
+    now: u64,
+) -> Result<crate::totp::TotpSecret, OtpError> {
+    let secret = crate::totp::generate_secret(&mut rand::thread_rng());
+    let outcome = store.put_totp(&owner, account, secret.as_bytes(), now, replace, |outcome| AuditEntry {
+        at: now,
+        event: if outcome == TotpEnrolment::Replaced { "otp.totp_replace" } else { "otp.totp_enroll" },
+        detail: serde_json::json!({
+            "key_id": hex::encode(owner),
+            "account": account,
+            "outcome": match outcome {
+                TotpEnrolment::Enrolled => "enrolled",
+                TotpEnrolment::Replaced => "replaced",
+                TotpEnrolment::AlreadyEnrolled => "refused_already_enrolled",
+            },
+        }),
+    })?;
+    if outcome == TotpEnrolment::AlreadyEnrolled {
+        return Err(OtpError::TotpAlreadyEnrolled(account.to_owned()));
+    }
+    Ok(secret)
 }
 
 /// Sends a new code (it replaces the old one; the expiry does not move).

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use dashmap::DashMap;
-use onetrip_protocol::token::{audience_tag, Claims, TokenError, AUDIENCE_TAG_LEN};
+use onetrip_protocol::token::{audience_tag, Claims, TokenError, SERVER_AUDIENCE};
 use onetrip_protocol::{DefaultBackend, IdentityKey, PopProof, Responder, Token, TokenKeyring, TokenVerifier};
 
 use crate::config::Settings;
@@ -51,6 +51,8 @@ pub struct Inner<S> {
     pub ip_limiter: IpLimiter,
     /// Per-IP limiter for `/v1/otp/*`, checked before the token.
     pub otp_ip_limiter: IpLimiter,
+    /// Per-IP limiter for `/v1/whoami` and `/v1/introspect`, checked before the token.
+    pub api_ip_limiter: IpLimiter,
     /// OTP code delivery (console, SMTP, webhook).
     pub delivery: crate::delivery::Deliverer,
     otp_key: std::sync::OnceLock<onetrip_protocol::Secret<32>>,
@@ -58,8 +60,10 @@ pub struct Inner<S> {
     /// so a handshake never waits for a disk write.
     pub last_used: DashMap<onetrip_protocol::api_key::KeyId, u64>,
     token_keys: TokenKeyring,
+    /// Sealers/verifiers by audience name, made on first use.
     verifiers: DashMap<String, Arc<TokenVerifier>>,
-    verifiers_by_tag: DashMap<[u8; AUDIENCE_TAG_LEN], Arc<TokenVerifier>>,
+    /// The server's own audience: the only tokens its API accepts.
+    own_verifier: Arc<TokenVerifier>,
 }
 
 /// Cheap handle to the shared state.
@@ -109,6 +113,11 @@ impl<S: SharedState> AppState<S> {
         for (id, master) in token_keys {
             keyring.push_previous(id, master);
         }
+        let own_verifier = Arc::new(
+            keyring
+                .for_audience(DefaultBackend::default(), SERVER_AUDIENCE)
+                .map_err(|e| StoreError::Record(format!("token keys: {e}")))?,
+        );
         let keys = KeyDirectory::default();
         let mut bad = None;
         store.for_each_api_key(|id, record| match KeyEntry::new(id, record) {
@@ -128,12 +137,13 @@ impl<S: SharedState> AppState<S> {
             started_at: now,
             ip_limiter: IpLimiter::default(),
             otp_ip_limiter: IpLimiter::default(),
+            api_ip_limiter: IpLimiter::default(),
             delivery,
             otp_key: std::sync::OnceLock::new(),
             last_used: DashMap::new(),
             token_keys: keyring,
             verifiers: DashMap::new(),
-            verifiers_by_tag: DashMap::new(),
+            own_verifier,
         }));
         state.token_verifier(&state.settings.default_audience.clone());
         Ok(state)
@@ -198,14 +208,17 @@ impl<S: SharedState> AppState<S> {
         Ok(written.len())
     }
 
-    /// The prepared token verifier/sealer for `audience`.
+    /// The prepared token verifier/sealer for `audience` (the server's own key for
+    /// [`SERVER_AUDIENCE`]).
     pub fn token_verifier(&self, audience: &str) -> Option<Arc<TokenVerifier>> {
+        if audience == SERVER_AUDIENCE {
+            return Some(Arc::clone(&self.own_verifier));
+        }
         if let Some(v) = self.verifiers.get(audience) {
             return Some(Arc::clone(&v));
         }
         let v = Arc::new(self.token_keys.for_audience(DefaultBackend::default(), audience).ok()?);
         self.verifiers.insert(audience.to_owned(), Arc::clone(&v));
-        self.verifiers_by_tag.insert(audience_tag(audience), Arc::clone(&v));
         Some(v)
     }
 
@@ -214,17 +227,46 @@ impl<S: SharedState> AppState<S> {
         &self.token_keys
     }
 
-    /// Checks a presented token (and its proof of possession, when given) and that
-    /// neither it nor its key was revoked.
-    pub async fn check_token(
+    /// Checks a token presented to the server's own API: it must be sealed for
+    /// [`SERVER_AUDIENCE`], whose key no resource server holds. One AEAD open; a token
+    /// of any other audience costs a tag comparison and nothing else.
+    pub async fn check_own_token(
         &self,
         token: &Token,
-        pop: Option<(&PopProof, &str, &str, &[u8])>,
+        pop: Option<PresentedProof<'_>>,
+        tls: bool,
+        now: u64,
+    ) -> Result<Claims, TokenCheckError> {
+        self.check_token_with(&self.own_verifier, token, pop, tls, now).await
+    }
+
+    /// Checks a token for one of `audiences` (the introspecting resource server's):
+    /// tokens of any other audience are refused as [`TokenError::WrongAudience`].
+    pub async fn check_token_for(
+        &self,
+        audiences: &[String],
+        token: &Token,
+        pop: Option<PresentedProof<'_>>,
+        tls: bool,
+        now: u64,
+    ) -> Result<Claims, TokenCheckError> {
+        let tag = token.audience_tag();
+        let audience = audiences.iter().find(|a| audience_tag(a) == tag).ok_or(TokenError::WrongAudience)?;
+        let verifier = self.token_verifier(audience).ok_or(TokenError::WrongAudience)?;
+        self.check_token_with(&verifier, token, pop, tls, now).await
+    }
+
+    /// Checks a token (and its proof of possession, when given) with `verifier`, and
+    /// that neither it nor its key was revoked.
+    async fn check_token_with(
+        &self,
+        verifier: &TokenVerifier,
+        token: &Token,
+        pop: Option<PresentedProof<'_>>,
         tls: bool,
         now: u64,
     ) -> Result<Claims, TokenCheckError> {
         self.metrics.token_checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let verifier = self.verifier_for(token)?;
         let claims = match pop {
             Some((proof, method, path, body)) => verifier.verify_request(
                 token.as_bytes(),
@@ -249,33 +291,10 @@ impl<S: SharedState> AppState<S> {
         }
         Ok(claims)
     }
-
-    fn verifier_for(&self, token: &Token) -> Result<Arc<TokenVerifier>, TokenError> {
-        let tag = token.audience_tag();
-        if let Some(v) = self.verifiers_by_tag.get(&tag) {
-            return Ok(Arc::clone(&v));
-        }
-        // Audiences are learnt lazily; a tag may belong to a key's audience not used yet.
-        for entry in self.keys_audiences() {
-            if audience_tag(&entry) == tag {
-                return self.token_verifier(&entry).ok_or(TokenError::WrongAudience);
-            }
-        }
-        Err(TokenError::WrongAudience)
-    }
-
-    fn keys_audiences(&self) -> Vec<String> {
-        let mut all: Vec<String> = Vec::new();
-        self.keys.for_each(|e| {
-            for a in &e.record.audiences {
-                if !all.contains(a) {
-                    all.push(a.clone());
-                }
-            }
-        });
-        all
-    }
 }
+
+/// A proof of possession with what it signs: (proof, method, path, body).
+pub type PresentedProof<'a> = (&'a PopProof, &'a str, &'a str, &'a [u8]);
 
 fn delivery_config(settings: &Settings) -> crate::delivery::DeliveryConfig {
     use crate::delivery::{DeliveryConfig, SmtpSettings, SmtpTls, WebhookSettings};

@@ -12,12 +12,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::seal::{SealError, SealParams, Sealer};
 
+mod second_factor;
+pub use second_factor::{CheckView, StepUpStart, TotpEnrolment, TotpRecord};
+
 const API_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("api_keys");
 const SERVER_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("server_keys");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const OTP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("otp_verifications");
-const TOTP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("totp_enrollments");
 
 /// An audit event written in the same write transaction as the change it records:
 /// the change and its record reach the disk together or not at all (and with one
@@ -52,18 +54,6 @@ fn append_audit(w: &redb::WriteTransaction, path: &Path, entry: &AuditEntry) -> 
         .map_err(|_| StoreError::Record("audit".into()))?;
     table.insert(next, &v[..]).map_err(|e| damaged(path, e))?;
     Ok(())
-}
-
-/// A TOTP enrolment: the authenticator secret (sealed like the server keys) and the
-/// last accepted time step, so a code is never accepted twice, even across restarts.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TotpRecord {
-    /// Sealed secret (hex).
-    pub secret: String,
-    /// Enrolment time.
-    pub created_at: u64,
-    /// Time step of the last accepted code.
-    pub last_step: Option<u64>,
 }
 
 /// File name of the store inside the data directory.
@@ -500,90 +490,6 @@ impl Store {
         }
     }
 
-    /// Enrols (or re-enrols, replacing the secret) `account` of `owner` for TOTP.
-    pub fn put_totp(&self, owner: &[u8; 16], account: &str, secret: &[u8], now: u64) -> Result<(), StoreError> {
-        let key = totp_key(owner, account);
-        let record = TotpRecord {
-            secret: hex::encode(self.sealer.seal(&totp_slot(owner, account), secret)),
-            created_at: now,
-            last_step: None,
-        };
-        let bytes = serde_json::to_vec(&record).map_err(|_| StoreError::Record("totp enrolment".into()))?;
-        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
-        {
-            let mut table = w.open_table(TOTP).map_err(|e| damaged(&self.path, e))?;
-            table.insert(&key[..], &bytes[..]).map_err(|e| damaged(&self.path, e))?;
-        }
-        w.commit().map_err(|e| damaged(&self.path, e))
-    }
-
-    /// True when `account` of `owner` has a TOTP enrolment.
-    pub fn has_totp(&self, owner: &[u8; 16], account: &str) -> Result<bool, StoreError> {
-        let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
-        let table = match read.open_table(TOTP) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
-            Err(e) => return Err(damaged(&self.path, e)),
-        };
-        Ok(table.get(&totp_key(owner, account)[..]).map_err(|e| damaged(&self.path, e))?.is_some())
-    }
-
-    /// Checks a TOTP verification in one write transaction: `f` gets the verification
-    /// and, when the owner has enrolled `account`, the opened secret and the last
-    /// accepted step (which it may advance). Both are written back together, so the
-    /// attempt counter and the replay rule hold under concurrency and across restarts.
-    pub fn update_verification_totp<R>(
-        &self,
-        id: &[u8; 16],
-        f: impl FnOnce(&mut crate::otp::Verification, Option<(&[u8], &mut Option<u64>)>) -> R,
-        audit: impl FnOnce(&crate::otp::Verification, &R) -> Option<AuditEntry>,
-    ) -> Result<Option<R>, StoreError> {
-        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
-        let result = {
-            let mut otp = w.open_table(OTP).map_err(|e| damaged(&self.path, e))?;
-            let mut totp = w.open_table(TOTP).map_err(|e| damaged(&self.path, e))?;
-            let current = otp.get(&id[..]).map_err(|e| damaged(&self.path, e))?.map(|v| v.value().to_vec());
-            match current {
-                None => None,
-                Some(bytes) => {
-                    let mut v: crate::otp::Verification =
-                        serde_json::from_slice(&bytes).map_err(|_| StoreError::Record("otp verification".into()))?;
-                    let key = totp_key(&v.owner, &v.to);
-                    let enrolled = totp.get(&key[..]).map_err(|e| damaged(&self.path, e))?.map(|r| r.value().to_vec());
-                    let mut record: Option<TotpRecord> = match enrolled {
-                        Some(b) => {
-                            Some(serde_json::from_slice(&b).map_err(|_| StoreError::Record("totp enrolment".into()))?)
-                        }
-                        None => None,
-                    };
-                    let secret = match &record {
-                        Some(r) => {
-                            let blob =
-                                hex::decode(&r.secret).map_err(|_| StoreError::Record("totp enrolment".into()))?;
-                            Some(self.sealer.open_blob(&totp_slot(&v.owner, &v.to), &blob)?)
-                        }
-                        None => None,
-                    };
-                    let r = match (&secret, record.as_mut()) {
-                        (Some(s), Some(rec)) => f(&mut v, Some((&s[..], &mut rec.last_step))),
-                        _ => f(&mut v, None),
-                    };
-                    let bytes = serde_json::to_vec(&v).map_err(|_| StoreError::Record("otp verification".into()))?;
-                    otp.insert(&id[..], &bytes[..]).map_err(|e| damaged(&self.path, e))?;
-                    if let Some(rec) = record {
-                        let b = serde_json::to_vec(&rec).map_err(|_| StoreError::Record("totp enrolment".into()))?;
-                        totp.insert(&key[..], &b[..]).map_err(|e| damaged(&self.path, e))?;
-                    }
-                    let entry = audit(&v, &r);
-                    Some((r, entry))
-                }
-            }
-        };
-        let result = append_audit_of(&w, &self.path, result)?;
-        w.commit().map_err(|e| damaged(&self.path, e))?;
-        Ok(result)
-    }
-
     /// Deletes verifications that expired more than `keep_secs` ago; returns how many.
     pub fn sweep_verifications(&self, now: u64, keep_secs: u64) -> Result<usize, StoreError> {
         let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
@@ -822,16 +728,6 @@ fn each_api_key(
         n += 1;
     }
     Ok(n)
-}
-
-fn totp_key(owner: &[u8; 16], account: &str) -> Vec<u8> {
-    let mut k = owner.to_vec();
-    k.extend_from_slice(account.as_bytes());
-    k
-}
-
-fn totp_slot(owner: &[u8; 16], account: &str) -> String {
-    format!("totp:{}:{account}", hex::encode(owner))
 }
 
 fn hex_array<const N: usize>(s: &str) -> Option<[u8; N]> {

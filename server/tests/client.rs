@@ -31,17 +31,23 @@ async fn token_then_signed_request_and_cache_hit() {
     let t2 = client.token().await.unwrap();
     assert_eq!(t1.token(), t2.token(), "cached until 80% of its lifetime");
     assert_eq!(client.handshakes(), 1);
-    let signed = client.sign_request("GET", "/v1/whoami", b"").await.unwrap();
-    let r = http(
-        server.port,
-        "GET",
-        "/v1/whoami",
-        &[("authorization", signed.authorization()), ("onetrip-pop", signed.pop())],
-        b"",
-    );
+    let whoami = |signed: onetrip_client::SignedRequest| {
+        http(
+            server.port,
+            "GET",
+            "/v1/whoami",
+            &[("authorization", signed.authorization()), ("onetrip-pop", signed.pop())],
+            b"",
+        )
+    };
+    // A `db` token is for the database, not for the server's own API.
+    let r = whoami(client.sign_request("GET", "/v1/whoami", b"").await.unwrap());
+    assert_eq!((r.status, r.json()["code"].as_str()), (401, Some("token_invalid")));
+    let own = client_for(&server, &key).audience("onetrip").build().unwrap();
+    let r = whoami(own.sign_request("GET", "/v1/whoami", b"").await.unwrap());
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(r.json()["audience"], "db");
-    assert_eq!(server.metric("onetrip_handshakes_total{status=\"ok\"}"), 1);
+    assert_eq!((r.json()["audience"].as_str(), r.json()["scope"].as_str()), (Some("onetrip"), Some("")));
+    assert_eq!(server.metric("onetrip_handshakes_total{status=\"ok\"}"), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

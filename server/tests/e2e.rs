@@ -46,7 +46,11 @@ fn quick_start_end_to_end() {
         granted(server.handshake(&key, &ClientRequest { audience: "db", scopes: "db:read", second_factor: None }));
     assert!(grant.expires_at > now() + 800);
 
-    // Introspection with the proof of possession.
+    // Introspection with the proof of possession, by the `db` resource server's own key.
+    let (db_server, _) = server.create_key(&["--name", "db-server", "--scope", "introspect", "--audience", "db"]);
+    let caller = own_grant(&server, &db_server, "introspect");
+    let introspect =
+        |req: &serde_json::Value| signed(server.port, &caller, "POST", "/v1/introspect", req.to_string().as_bytes());
     let body = b"select 1";
     let proof =
         PopProof::sign(&grant.session_key, grant.token.binding(), "POST", "/query", body, now(), &mut rand_core::OsRng)
@@ -58,36 +62,46 @@ fn quick_start_end_to_end() {
         "path": "/query",
         "body": STANDARD.encode(body),
     });
-    let r = server.post("/v1/introspect", &[("content-type", "application/json")], req.to_string().as_bytes()).json();
+    let r = introspect(&req).json();
     assert_eq!(r["active"], true, "{r}");
     assert_eq!(r["audience"], "db");
     assert_eq!(r["scope"], "db:read");
     assert_eq!(r["key_id"], id);
     assert_eq!(r["pop_verified"], true);
+    // PROTOCOL.md says base64 without padding; the padded form is accepted too.
+    let mut unpadded = req.clone();
+    unpadded["body"] = STANDARD.encode(body).trim_end_matches('=').into();
+    assert_eq!(introspect(&unpadded).json()["active"], true);
 
     // A tampered proof (another path) is inactive; a token alone over plain HTTP is refused.
     let mut bad = req.clone();
     bad["path"] = "/admin".into();
-    let r = server.post("/v1/introspect", &[], bad.to_string().as_bytes()).json();
-    assert_eq!(r["active"], false);
+    assert_eq!(introspect(&bad).json()["active"], false);
     let bare = serde_json::json!({ "token": &*grant.token.to_base64() });
-    let r = server.post("/v1/introspect", &[], bare.to_string().as_bytes());
+    let r = introspect(&bare);
     assert_eq!(r.status, 400);
     assert_eq!(r.header("content-type"), Some("application/problem+json"));
     assert_eq!(r.json()["code"], "pop_required");
+    // Unauthenticated introspection answers nothing about the token.
+    let r = server.post("/v1/introspect", &[], req.to_string().as_bytes());
+    assert_eq!((r.status, r.json()["code"].as_str()), (401, Some("token_missing")));
 
-    // whoami: PoP over the exact method and path.
-    let ok = whoami(&server, &grant, "/v1/whoami");
+    // whoami: PoP over the exact method and path, with a token for the server's own
+    // audience; the db token is not one.
+    let refused = whoami(&server, &grant, "/v1/whoami");
+    assert_eq!(refused.status, 401, "a resource-audience token on the server's API");
+    let own = own_grant(&server, &key, "");
+    let ok = whoami(&server, &own, "/v1/whoami");
     assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
-    assert_eq!(ok.json()["scope"], "db:read");
-    let tampered = whoami(&server, &grant, "/v1/other");
+    assert_eq!((ok.json()["audience"].as_str(), ok.json()["scope"].as_str()), (Some("onetrip"), Some("")));
+    let tampered = whoami(&server, &own, "/v1/other");
     assert_eq!(tampered.status, 401);
-    let bearer = format!("Bearer {}", &*grant.token.to_base64());
+    let bearer = format!("Bearer {}", &*own.token.to_base64());
     let r = http(server.port, "GET", "/v1/whoami", &[("authorization", &bearer)], b"");
     assert_eq!((r.status, r.json()["code"].as_str()), (401, Some("bearer_requires_tls")));
-    // The metrics saw exactly one granted handshake.
-    assert_eq!(server.metric("onetrip_handshakes_total{status=\"ok\"}"), 1);
-    assert_eq!(server.metric("onetrip_api_keys"), 1);
+    // The metrics saw the three granted handshakes.
+    assert_eq!(server.metric("onetrip_handshakes_total{status=\"ok\"}"), 3);
+    assert_eq!(server.metric("onetrip_api_keys"), 2);
 }
 
 #[test]
@@ -427,15 +441,23 @@ fn step_up_with_the_console_channel() {
 }
 
 #[test]
-fn step_up_sends_are_limited_per_key() {
+fn repeated_step_up_handshakes_reuse_one_operation_and_send_one_code() {
     let server = Server::start(&[]);
     let (key, _) = server.create_key(&["--name", "admin", "--require-otp", "--otp-to", "console:alice"]);
-    for _ in 0..5 {
-        assert!(matches!(server.handshake(&key, &ClientRequest::default()), Outcome::SecondFactorRequired { .. }));
-    }
-    let Outcome::RateLimited { retry_after_secs } = server.handshake(&key, &ClientRequest::default()) else {
-        panic!("the sixth code request within 10 minutes must be refused")
+    let operation = |o: Outcome| match o {
+        Outcome::SecondFactorRequired { operation, .. } => operation,
+        other => panic!("expected second_factor_required, got {other:?}"),
     };
-    assert!((1..=600).contains(&retry_after_secs));
-    assert_eq!(server.metric("onetrip_handshakes_total{status=\"second_factor_required\"}"), 5);
+    let first = operation(server.handshake(&key, &ClientRequest::default()));
+    for _ in 0..20 {
+        assert_eq!(
+            operation(server.handshake(&key, &ClientRequest::default())),
+            first,
+            "a pending step-up is resumed, never doubled (no fresh attempts)"
+        );
+    }
+    assert_eq!(server.metric("onetrip_handshakes_total{status=\"second_factor_required\"}"), 21);
+    let out = server.cli(&["audit", "--json"]);
+    let events: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(events.iter().filter(|e| e["event"] == "otp.generate").count(), 1, "one code sent");
 }

@@ -478,13 +478,27 @@ fn resend_cooldown_cap_and_fixed_expiry_survive_a_restart() {
 #[test]
 fn mfa_scopes_need_a_second_factor_and_a_key_that_can_give_one() {
     let server = Server::start(&["--otp-console-codes", "--mfa-scope", "admin"]);
-    let (key, _) =
-        server.create_key(&["--name", "ops", "--scope", "read", "--scope", "admin", "--otp-to", "console:ops"]);
+    let (key, _) = server.create_key(&[
+        "--name",
+        "ops",
+        "--audience",
+        "app",
+        "--scope",
+        "read",
+        "--scope",
+        "admin",
+        "--otp-to",
+        "console:ops",
+    ]);
+    // The `app` resource server reads the second-factor flag through introspection.
+    let (app, _) = server.create_key(&["--name", "app-server", "--audience", "app", "--scope", "introspect"]);
+    let app = own_grant(&server, &app, "introspect");
     let read = ClientRequest { scopes: "read", ..Default::default() };
     let second_factor = |g: Box<TokenGrant>| {
-        let r = Caller { grant: *g }.call(&server, "GET", "/v1/whoami", &serde_json::Value::Null);
-        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        r.json()["second_factor"].as_bool().unwrap()
+        let body = serde_json::json!({ "token": &*g.token.to_base64() });
+        let r = introspect_as(&server, &app, &g, body);
+        assert_eq!(r["active"], true, "{r}");
+        r["second_factor"].as_bool().unwrap()
     };
     let Outcome::Granted(g) = server.handshake(&key, &read) else { panic!("read needs no second factor") };
     assert!(!second_factor(g));
@@ -501,8 +515,25 @@ fn mfa_scopes_need_a_second_factor_and_a_key_that_can_give_one() {
     let Outcome::Granted(g) = server.handshake(&key, &with_code) else { panic!("the code grants admin") };
     assert!(second_factor(g));
     // A key with an MFA scope but nowhere to send a code cannot get that scope.
-    let (nowhere, _) = server.create_key(&["--name", "nowhere", "--scope", "admin"]);
+    let (nowhere, _) = server.create_key(&["--name", "nowhere", "--audience", "app", "--scope", "admin"]);
     assert!(matches!(server.handshake(&nowhere, &admin), Outcome::ScopeDenied));
+}
+
+/// Introspects `token` (signed by its holder over a made-up resource request) as the
+/// resource server `caller`.
+fn introspect_as(
+    server: &Server,
+    caller: &TokenGrant,
+    token: &TokenGrant,
+    mut body: serde_json::Value,
+) -> serde_json::Value {
+    let proof =
+        PopProof::sign(&token.session_key, token.token.binding(), "GET", "/rows", b"", now(), &mut rand_core::OsRng)
+            .unwrap();
+    body["pop"] = proof.to_header().into();
+    body["method"] = "GET".into();
+    body["path"] = "/rows".into();
+    signed(server.port, caller, "POST", "/v1/introspect", body.to_string().as_bytes()).json()
 }
 
 #[test]

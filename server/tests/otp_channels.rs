@@ -248,9 +248,21 @@ fn totp_step_up_accepts_each_code_once() {
     let enrolment: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let secret = enrolment["secret"].as_str().unwrap().to_owned();
     assert!(enrolment["otpauth_uri"].as_str().unwrap().starts_with("otpauth://totp/onetrip:laptop?secret="));
+    // Enrolling again is refused unless asked to replace (then audited as such).
+    let again = server.cli(&["keys", "totp-enroll", &id]);
+    assert!(!again.status.success(), "an existing enrolment must not be replaced silently");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--replace"), "{}", String::from_utf8_lossy(&again.stderr));
     // The human form prints a QR code.
-    let human = server.cli(&["keys", "totp-enroll", &id]);
+    let human = server.cli(&["keys", "totp-enroll", &id, "--replace"]);
+    assert!(human.status.success(), "{}", String::from_utf8_lossy(&human.stderr));
     assert!(String::from_utf8_lossy(&human.stdout).contains('█'));
+    let audit: Vec<serde_json::Value> = serde_json::from_slice(&server.cli(&["audit", "--json"]).stdout).unwrap();
+    let enrol_events: Vec<&str> = audit
+        .iter()
+        .filter(|e| e["event"].as_str().is_some_and(|ev| ev.starts_with("otp.totp_")))
+        .map(|e| e["detail"]["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(enrol_events, ["enrolled", "refused_already_enrolled", "replaced"]);
     let secret = {
         // The second enrolment replaced the secret: read it back from the human output.
         let text = String::from_utf8_lossy(&human.stdout).to_string();

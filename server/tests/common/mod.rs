@@ -257,6 +257,30 @@ pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body:
     read_response(&mut s)
 }
 
+/// A request signed with `grant`'s session key (PoP over method, path and body).
+pub fn signed(port: u16, grant: &onetrip_protocol::TokenGrant, method: &str, path: &str, body: &[u8]) -> HttpResponse {
+    let proof = onetrip_protocol::PopProof::sign(
+        &grant.session_key,
+        grant.token.binding(),
+        method,
+        path,
+        body,
+        now(),
+        &mut rand_core::OsRng,
+    )
+    .unwrap();
+    let auth = format!("Onetrip {}", &*grant.token.to_base64());
+    http(port, method, path, &[("authorization", &auth), (onetrip_protocol::pop::POP_HEADER, &proof.to_header())], body)
+}
+
+/// A token for the server's own audience (`/v1/*` calls) with `scopes`.
+pub fn own_grant(server: &Server, key: &ApiKey, scopes: &str) -> onetrip_protocol::TokenGrant {
+    match server.handshake(key, &ClientRequest { audience: "onetrip", scopes, second_factor: None }) {
+        Outcome::Granted(g) => *g,
+        other => panic!("expected a token for audience onetrip, got {other:?}"),
+    }
+}
+
 pub fn read_response(s: &mut impl Read) -> HttpResponse {
     let mut raw = Vec::new();
     let mut buf = [0u8; 16 * 1024];

@@ -1,0 +1,196 @@
+//! Audience confusion, as an attacker who runs a resource server would try it: the
+//! audience key `onetrip audience-key db` prints must not open, mint or introspect
+//! anything on the server's own API, and scopes reach only the audience they are for.
+
+mod common;
+
+use common::*;
+use onetrip_protocol::api_key::KeyId;
+use onetrip_protocol::handshake::ClientRequest;
+use onetrip_protocol::token::{TOKEN_ID_LEN, TOKEN_KEY_ID_LEN};
+use onetrip_protocol::{Claims, DefaultBackend, Outcome, Secret, TokenGrant, TokenVerifier};
+
+/// The `<key_id>:<key>` lines that `onetrip audience-key` prints, as a verifier.
+fn audience_verifier(server: &Server, audience: &str) -> TokenVerifier {
+    let out = server.cli(&["audience-key", audience]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let keys: Vec<([u8; TOKEN_KEY_ID_LEN], Secret<32>)> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let (id, key) = line.split_once(':').expect("audience-key prints <key_id>:<key>");
+            let id: [u8; TOKEN_KEY_ID_LEN] = hex::decode(id).unwrap().try_into().unwrap();
+            let key: [u8; 32] = hex::decode(key).unwrap().try_into().unwrap();
+            (id, Secret::new(key))
+        })
+        .collect();
+    TokenVerifier::new(DefaultBackend::default(), audience, &keys).unwrap()
+}
+
+/// A token the holder of `verifier`'s key makes up for `victim`, with every server
+/// scope and the second-factor flag; the session key is the forger's.
+fn forge(verifier: &TokenVerifier, audience: &str, victim: &str) -> TokenGrant {
+    let session_key = Secret::new([0x5a; 32]);
+    let victim = KeyId::from_hex(victim).unwrap();
+    let claims = Claims::new(
+        [7; TOKEN_ID_LEN],
+        victim,
+        now(),
+        now() + 900,
+        true,
+        audience,
+        "otp introspect",
+        session_key.clone(),
+    )
+    .unwrap();
+    let token = verifier.seal(&claims, &mut rand_core::OsRng).unwrap();
+    TokenGrant { token, session_key, expires_at: now() + 900, server_time: now() }
+}
+
+/// Every route that takes a token, with a body that would do something if accepted.
+fn token_routes(verification: &str) -> Vec<(&'static str, String, serde_json::Value)> {
+    vec![
+        ("GET", "/v1/whoami".into(), serde_json::Value::Null),
+        ("POST", "/v1/introspect".into(), serde_json::json!({ "token": "x" })),
+        ("POST", "/v1/otp/verifications".into(), serde_json::json!({ "to": "a@example.com", "channel": "console" })),
+        ("GET", format!("/v1/otp/verifications/{verification}"), serde_json::Value::Null),
+        ("POST", format!("/v1/otp/verifications/{verification}/check"), serde_json::json!({ "code": "123456" })),
+        ("POST", format!("/v1/otp/verifications/{verification}/resend"), serde_json::Value::Null),
+        ("POST", format!("/v1/otp/verifications/{verification}/cancel"), serde_json::Value::Null),
+        ("POST", "/v1/otp/totp".into(), serde_json::json!({ "account": "victim-user", "replace": true })),
+    ]
+}
+
+fn call(server: &Server, grant: &TokenGrant, method: &str, path: &str, body: &serde_json::Value) -> HttpResponse {
+    let body = if body.is_null() { Vec::new() } else { body.to_string().into_bytes() };
+    signed(server.port, grant, method, path, &body)
+}
+
+#[test]
+fn a_token_minted_with_an_audience_key_is_refused_on_every_v1_route() {
+    let server = Server::start(&["--otp-console-codes"]);
+    let (victim, victim_id) = server.create_key(&["--name", "victim", "--scope", "otp"]);
+    let (_db_client, _) = server.create_key(&["--name", "db-client", "--scope", "db:read", "--audience", "db"]);
+    // The victim's real token works, so every refusal below is the forgery's.
+    let genuine = own_grant(&server, &victim, "otp");
+    let created = call(&server, &genuine, "POST", "/v1/otp/verifications", &token_routes("")[2].2);
+    assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
+    let verification = created.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(call(&server, &genuine, "GET", "/v1/whoami", &serde_json::Value::Null).status, 200);
+
+    // The db resource server's key, as printed for it, and the server's own audience
+    // name under that key: neither gets through.
+    let db = audience_verifier(&server, "db");
+    let db_key_as_onetrip = {
+        let out = server.cli(&["audience-key", "db"]);
+        let line = String::from_utf8(out.stdout).unwrap();
+        let (id, key) = line.lines().next().unwrap().split_once(':').unwrap();
+        let id: [u8; TOKEN_KEY_ID_LEN] = hex::decode(id).unwrap().try_into().unwrap();
+        let key: [u8; 32] = hex::decode(key).unwrap().try_into().unwrap();
+        TokenVerifier::new(DefaultBackend::default(), "onetrip", &[(id, Secret::new(key))]).unwrap()
+    };
+    let forgeries = [forge(&db, "db", &victim_id), forge(&db_key_as_onetrip, "onetrip", &victim_id)];
+    for forged in &forgeries {
+        for (method, path, body) in token_routes(&verification) {
+            let r = call(&server, forged, method, &path, &body);
+            assert_eq!(r.status, 401, "{method} {path} accepted a forged token: {}", String::from_utf8_lossy(&r.body));
+            assert_eq!(r.json()["code"], "token_invalid", "{method} {path}");
+        }
+    }
+    // The server's own audience key is never printed.
+    let out = server.cli(&["audience-key", "onetrip"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("own audience"), "{}", String::from_utf8_lossy(&out.stderr));
+    // The victim's verification is untouched, and the audit blames no one for it.
+    let v = call(&server, &genuine, "GET", &format!("/v1/otp/verifications/{verification}"), &serde_json::Value::Null);
+    assert_eq!((v.json()["status"].as_str(), v.json()["attempts_left"].as_u64()), (Some("pending"), Some(5)));
+    let audit: Vec<serde_json::Value> = serde_json::from_slice(&server.cli(&["audit", "--json"]).stdout).unwrap();
+    assert!(!audit.iter().any(|e| e["event"].as_str().is_some_and(|ev| ev.starts_with("otp.totp"))));
+}
+
+#[test]
+fn scopes_reach_only_the_audience_they_are_for() {
+    let server = Server::start(&[]);
+    let (key, _) = server.create_key(&[
+        "--name",
+        "svc",
+        "--audience",
+        "db",
+        "--audience",
+        "cache",
+        "--scope",
+        "db:read",
+        "--scope",
+        "otp",
+        "--scope",
+        "admin@cache",
+    ]);
+    let grant =
+        |audience, scopes| match server.handshake(&key, &ClientRequest { audience, scopes, second_factor: None }) {
+            Outcome::Granted(g) => Some(*g),
+            Outcome::ScopeDenied => None,
+            other => panic!("unexpected {other:?}"),
+        };
+    // The database never gets the OTP scope, asked for or not.
+    let db = grant("db", "").unwrap();
+    let opened = audience_verifier(&server, "db").verify(db.token.as_bytes(), now()).unwrap();
+    assert_eq!(opened.scopes(), "db:read");
+    assert!(grant("db", "otp").is_none());
+    assert!(grant("db", "admin").is_none(), "admin is the cache's scope");
+    // `admin@cache` goes to the cache alone, as `admin`.
+    let cache = grant("cache", "").unwrap();
+    assert_eq!(
+        audience_verifier(&server, "cache").verify(cache.token.as_bytes(), now()).unwrap().scopes(),
+        "db:read admin"
+    );
+    // A qualified scope must name an audience of the key.
+    let out = server.cli(&["keys", "create", "--name", "bad", "--audience", "db", "--scope", "admin@billing"]);
+    assert!(!out.status.success());
+    // The server's own audience carries only server scopes.
+    let own = grant("onetrip", "").unwrap();
+    let r = signed(server.port, &own, "GET", "/v1/whoami", b"");
+    assert_eq!(r.json()["scope"], "otp");
+    assert!(grant("onetrip", "db:read").is_none());
+    // And it may not be listed as a resource audience.
+    let out = server.cli(&["keys", "create", "--name", "bad", "--audience", "onetrip"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn introspection_answers_only_the_callers_own_audience() {
+    let server = Server::start(&[]);
+    let (client, _) = server.create_key(&["--name", "app", "--audience", "db", "--scope", "db:read"]);
+    let (db_server, _) = server.create_key(&["--name", "db-server", "--audience", "db", "--scope", "introspect"]);
+    let (cache_server, _) =
+        server.create_key(&["--name", "cache-server", "--audience", "cache", "--scope", "introspect"]);
+    let (no_scope, _) = server.create_key(&["--name", "plain", "--audience", "db"]);
+    let db_token = match server.handshake(&client, &ClientRequest::default()) {
+        Outcome::Granted(g) => *g,
+        other => panic!("{other:?}"),
+    };
+    let body = serde_json::json!({ "token": &*db_token.token.to_base64() });
+    let proof = onetrip_protocol::PopProof::sign(
+        &db_token.session_key,
+        db_token.token.binding(),
+        "GET",
+        "/rows",
+        b"",
+        now(),
+        &mut rand_core::OsRng,
+    )
+    .unwrap();
+    let mut body = body;
+    body["pop"] = proof.to_header().into();
+    body["method"] = "GET".into();
+    body["path"] = "/rows".into();
+    let ask = |caller: &TokenGrant| signed(server.port, caller, "POST", "/v1/introspect", body.to_string().as_bytes());
+
+    let r = ask(&own_grant(&server, &db_server, "introspect"));
+    assert_eq!((r.status, r.json()["active"].as_bool()), (200, Some(true)), "{}", String::from_utf8_lossy(&r.body));
+    let r = ask(&own_grant(&server, &cache_server, "introspect"));
+    assert_eq!(r.json(), serde_json::json!({ "active": false }), "another audience learns nothing");
+    let r = ask(&own_grant(&server, &no_scope, ""));
+    assert_eq!((r.status, r.json()["code"].as_str()), (403, Some("scope_required")));
+    let r = server.post("/v1/introspect", &[], body.to_string().as_bytes());
+    assert_eq!(r.status, 401, "a sniffed introspection body alone answers nothing");
+}
