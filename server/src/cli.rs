@@ -128,15 +128,23 @@ pub struct ServeArgs {
     /// Scope that only second-factor tokens get (repeatable), e.g. `admin`.
     #[arg(long = "mfa-scope", env = "ONETRIP_MFA_SCOPES", value_delimiter = ',')]
     pub mfa_scopes: Vec<String>,
-    /// OTP codes sent to one destination per 10 minutes [default: 5].
+    /// OTP codes one API key may have sent to one destination per 10 minutes [default: 5].
     #[arg(long, env = "ONETRIP_OTP_SENDS_PER_DESTINATION")]
     pub otp_sends_per_destination: Option<u64>,
+    /// OTP API codes sent to one destination per 10 minutes, all keys together;
+    /// never applied to step-up [default: 20].
+    #[arg(long, env = "ONETRIP_OTP_SENDS_PER_DESTINATION_GLOBAL")]
+    pub otp_sends_per_destination_global: Option<u64>,
     /// OTP codes one API key may have sent per 10 minutes [default: 100].
     #[arg(long, env = "ONETRIP_OTP_SENDS_PER_KEY")]
     pub otp_sends_per_key: Option<u64>,
-    /// Requests per second per client IP on /v1/otp/* [default: 50].
+    /// Failed authentications per second per client IP on /v1/otp/*, after which
+    /// the address is refused before its token is read [default: 50].
     #[arg(long, env = "ONETRIP_OTP_API_RATE_PER_IP")]
     pub otp_api_rate_per_ip: Option<u64>,
+    /// Authenticated /v1/otp/* calls per second per API key [default: 200].
+    #[arg(long, env = "ONETRIP_OTP_API_RATE_PER_KEY")]
+    pub otp_api_rate_per_key: Option<u64>,
     /// SMTP relay for the email channel (password: ONETRIP_SMTP_PASSWORD).
     #[arg(long, env = "ONETRIP_SMTP_HOST")]
     pub smtp_host: Option<String>,
@@ -401,8 +409,10 @@ fn settings(cli: &Cli, args: Option<&ServeArgs>) -> Result<Settings, String> {
         });
         overrides.otp = Some(crate::config::OtpFileConfig {
             sends_per_destination: a.otp_sends_per_destination,
+            sends_per_destination_global: a.otp_sends_per_destination_global,
             sends_per_key: a.otp_sends_per_key,
             api_rate_per_ip: a.otp_api_rate_per_ip,
+            api_rate_per_key: a.otp_api_rate_per_key,
             mfa_scopes: (!a.mfa_scopes.is_empty()).then(|| a.mfa_scopes.clone()),
             totp_issuer: None,
             smtp,

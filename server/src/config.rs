@@ -53,10 +53,14 @@ pub struct FileConfig {
 pub struct OtpFileConfig {
     /// See [`OtpSettings::sends_per_destination`].
     pub sends_per_destination: Option<u64>,
+    /// See [`OtpSettings::sends_per_destination_global`].
+    pub sends_per_destination_global: Option<u64>,
     /// See [`OtpSettings::sends_per_key`].
     pub sends_per_key: Option<u64>,
     /// See [`OtpSettings::api_rate_per_ip`].
     pub api_rate_per_ip: Option<u64>,
+    /// See [`OtpSettings::api_rate_per_key`].
+    pub api_rate_per_key: Option<u64>,
     /// See [`OtpSettings::mfa_scopes`].
     pub mfa_scopes: Option<Vec<String>>,
     /// See [`OtpSettings::totp_issuer`].
@@ -127,15 +131,26 @@ pub struct WebhookConfig {
     pub secret: SecretSetting,
 }
 
-/// Resolved OTP settings.
+/// Resolved OTP settings. Send limits are rates per 10 minutes with bursts of as
+/// many (GCRA, [`crate::shared::gcra`]); destinations are normalised
+/// ([`crate::limits::destination_key`]).
 #[derive(Debug, Clone)]
 pub struct OtpSettings {
-    /// Codes sent to one destination per 10 minutes, whichever key asks.
+    /// Codes one API key may have sent to one destination per 10 minutes (step-up
+    /// included: a key's step-up pays only from its own budgets).
     pub sends_per_destination: u64,
-    /// Codes one API key may have sent per 10 minutes.
+    /// Codes sent to one destination per 10 minutes through the OTP API, all keys
+    /// together (protects a recipient from many tenants; never applied to step-up).
+    pub sends_per_destination_global: u64,
+    /// Codes one API key may have sent per 10 minutes, charged before any
+    /// destination budget.
     pub sends_per_key: u64,
-    /// Requests per second per client IP on `/v1/otp/*`, checked before the token.
+    /// Failed authentications per second per client address (IPv6: per /64) on
+    /// `/v1/otp/*`; an address over it is refused before its token is read.
+    /// Authenticated calls do not count.
     pub api_rate_per_ip: u64,
+    /// Authenticated `/v1/otp/*` calls per second per API key.
+    pub api_rate_per_key: u64,
     /// Scopes granted only to tokens with the second-factor flag.
     pub mfa_scopes: Vec<String>,
     /// Issuer shown by authenticator apps for TOTP enrolments.
@@ -150,8 +165,10 @@ impl Default for OtpSettings {
     fn default() -> Self {
         Self {
             sends_per_destination: 5,
+            sends_per_destination_global: 20,
             sends_per_key: 100,
             api_rate_per_ip: 50,
+            api_rate_per_key: 200,
             mfa_scopes: Vec::new(),
             totp_issuer: "onetrip".into(),
             smtp: None,
@@ -199,17 +216,29 @@ impl OtpSettings {
             }
             None => None,
         };
+        let sends_per_destination = cfg.sends_per_destination.unwrap_or(d.sends_per_destination);
         let s = Self {
-            sends_per_destination: cfg.sends_per_destination.unwrap_or(d.sends_per_destination),
+            sends_per_destination,
+            // Unset, it follows a raised per-key budget rather than refusing it.
+            sends_per_destination_global: cfg
+                .sends_per_destination_global
+                .unwrap_or(d.sends_per_destination_global.max(sends_per_destination)),
             sends_per_key: cfg.sends_per_key.unwrap_or(d.sends_per_key),
             api_rate_per_ip: cfg.api_rate_per_ip.unwrap_or(d.api_rate_per_ip),
+            api_rate_per_key: cfg.api_rate_per_key.unwrap_or(d.api_rate_per_key),
             mfa_scopes: cfg.mfa_scopes.unwrap_or(d.mfa_scopes),
             totp_issuer: cfg.totp_issuer.unwrap_or(d.totp_issuer),
             smtp,
             webhook,
         };
-        if s.sends_per_destination == 0 || s.sends_per_key == 0 || s.api_rate_per_ip == 0 {
-            return Err("otp.sends_per_destination, otp.sends_per_key and otp.api_rate_per_ip must be positive".into());
+        let limits = [s.sends_per_destination, s.sends_per_key, s.api_rate_per_ip, s.api_rate_per_key];
+        if limits.contains(&0) {
+            return Err("otp.sends_per_destination, otp.sends_per_key, otp.api_rate_per_ip and \
+                        otp.api_rate_per_key must be positive"
+                .into());
+        }
+        if s.sends_per_destination_global < s.sends_per_destination {
+            return Err("otp.sends_per_destination_global must be at least otp.sends_per_destination".into());
         }
         Ok(s)
     }
@@ -379,8 +408,10 @@ fn merge_otp(flags: OtpFileConfig, file: OtpFileConfig) -> OtpFileConfig {
     };
     OtpFileConfig {
         sends_per_destination: flags.sends_per_destination.or(file.sends_per_destination),
+        sends_per_destination_global: flags.sends_per_destination_global.or(file.sends_per_destination_global),
         sends_per_key: flags.sends_per_key.or(file.sends_per_key),
         api_rate_per_ip: flags.api_rate_per_ip.or(file.api_rate_per_ip),
+        api_rate_per_key: flags.api_rate_per_key.or(file.api_rate_per_key),
         mfa_scopes: flags.mfa_scopes.or(file.mfa_scopes),
         totp_issuer: flags.totp_issuer.or(file.totp_issuer),
         smtp,
@@ -422,6 +453,22 @@ mod tests {
         let bad_log = FileConfig { log: Some("verbose".into()), ..Default::default() };
         let e = Settings::merge(bad_log, FileConfig::default(), "/tmp".into()).unwrap_err();
         assert!(e.contains("log must be a level") && e.contains("`verbose` is not a level"), "{e}");
+    }
+
+    #[test]
+    fn otp_limits_are_positive_and_the_global_cap_is_not_below_the_per_key_one() {
+        let s = OtpSettings::resolve(OtpFileConfig::default(), None, None).unwrap();
+        assert_eq!((s.sends_per_destination, s.sends_per_destination_global, s.api_rate_per_key), (5, 20, 200));
+        let zero = OtpFileConfig { api_rate_per_key: Some(0), ..Default::default() };
+        assert!(OtpSettings::resolve(zero, None, None).unwrap_err().contains("api_rate_per_key"));
+        let low = OtpFileConfig { sends_per_destination_global: Some(4), ..Default::default() };
+        assert!(OtpSettings::resolve(low, None, None).unwrap_err().contains("sends_per_destination_global"));
+        let raised = OtpFileConfig { sends_per_destination: Some(30), ..Default::default() };
+        assert_eq!(OtpSettings::resolve(raised, None, None).unwrap().sends_per_destination_global, 30);
+        let file: FileConfig =
+            toml::from_str("[otp]\nsends_per_destination_global = 50\napi_rate_per_key = 7\n").unwrap();
+        let s = Settings::merge(FileConfig::default(), file, "/tmp".into()).unwrap();
+        assert_eq!((s.otp.sends_per_destination_global, s.otp.api_rate_per_key), (50, 7));
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //! | [`listener`] | accept loop, connection limit, timeouts, TLS, graceful shutdown |
 //! | [`admin`] | the admin Unix socket and the key-management operations |
 //! | [`otp`] | OTP verification state machine: codes, keyed hashes, attempts, resends |
-//! | [`otp_service`] | OTP operations shared by step-up and the API: limits, store, delivery, audit |
+//! | [`otp_service`] | OTP operations shared by step-up and the API: store, delivery, audit |
+//! | [`limits`] | OTP send budgets (key first, per key and destination, global per destination), address normalisation, the OTP API's per-key and failed-auth limits |
 //! | [`otp_api`] | `/v1/otp/*`: the standalone OTP JSON API and its OpenAPI document |
 //! | [`delivery`] | sending OTP codes: SMTP, signed webhook, console; retries with backoff |
 //! | [`totp`] | RFC 6238 authenticator codes: secrets, verification with replay rule, enrolment URI/QR |
@@ -35,6 +36,7 @@ pub mod fuzzing;
 pub mod handshake;
 pub mod http;
 pub mod keys;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod otp;

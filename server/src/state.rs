@@ -49,8 +49,8 @@ pub struct Inner<S> {
     pub started_at: u64,
     /// Per-IP limiter for `/v1/auth`, checked before any cryptography.
     pub ip_limiter: IpLimiter,
-    /// Per-IP limiter for `/v1/otp/*`, checked before the token.
-    pub otp_ip_limiter: IpLimiter,
+    /// Failed authentications per client address on `/v1/otp/*`, checked before the token.
+    pub otp_ip_limiter: crate::limits::AuthFailureGuard,
     /// OTP code delivery (console, SMTP, webhook).
     pub delivery: crate::delivery::Deliverer,
     otp_key: std::sync::OnceLock<onetrip_protocol::Secret<32>>,
@@ -127,7 +127,7 @@ impl<S: SharedState> AppState<S> {
             metrics: Metrics::default(),
             started_at: now,
             ip_limiter: IpLimiter::default(),
-            otp_ip_limiter: IpLimiter::default(),
+            otp_ip_limiter: Default::default(),
             delivery,
             otp_key: std::sync::OnceLock::new(),
             last_used: DashMap::new(),
