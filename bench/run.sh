@@ -103,7 +103,10 @@ start() {
 }
 stop() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
-serve_args=(serve --listen 127.0.0.1:0 --auth-rate-per-ip 100000000 --replay-cache-capacity 4000000 --log warn)
+# Defaults users get, except the per-IP limit: all load comes from one address here,
+# as it does behind a load balancer. The replay cache and the per-key limit are the
+# defaults (the smallest key pool below, 100 keys, stays under 1,000/s per key).
+serve_args=(serve --listen 127.0.0.1:0 --auth-rate-per-ip 100000000 --log warn)
 start_onetrip() { # NAME DATA_DIR
   start "$1" "${SRV[@]}" "$ONETRIP" "${serve_args[@]}" --data-dir "$2"
   FP=$(grep -o 'SHA256:[^ ]*' "$OUT/$1.out" | head -1)
@@ -229,9 +232,10 @@ OIDC_CPU=$(res "$OUT/oidc-load.out" server_cpu_us)
 OIDC_UTIL=$(res "$OUT/oidc-load.out" server_util)
 stop "$OIDC_PID"
 
-# ---- 8. flat cost: 1, 10,000, BIG keys ---------------------------------------------------------
+# ---- 8. flat cost: 100, 10,000, BIG keys ------------------------------------------------------
+# (100, not 1: one key is limited to 1,000 handshakes/s by default.)
 declare -A FLAT FLAT_GEN FLAT_WARM FLAT_RSS FLAT_CPU
-for n in 1 10000 "$BIG"; do
+for n in 100 10000 "$BIG"; do
   say "flat cost: $n keys"
   "$LOAD" gen-keys --data-dir "$WORK/data/flat$n" --count "$n" --out "$WORK/keys-flat$n.txt" | tee "$OUT/gen-$n.out" >&2
   FLAT_GEN[$n]=$(res "$OUT/gen-$n.out" secs)
@@ -308,9 +312,9 @@ row() { printf '| %-46s | %-34s | %-22s | %-16s |\n' "$1" "$2" "$3" "$4"; }
   row "bulk creation of $BIG keys (gen-keys)" "${FLAT_GEN[$BIG]} s" "" ""
   row "static-static cache warm, $BIG keys" "${FLAT_WARM[$BIG]} s (background)" "" ""
   row "RSS with $BIG keys, warm, idle" "$(mb "${FLAT_RSS[$BIG]}") MB" "" ""
-  row "handshakes, 1 key: per core / measured" "$(pc "${FLAT_CPU[1]}")/s / ${FLAT[1]}/s" "1.00" ""
-  row "handshakes, 10,000 keys: per core / measured" "$(pc "${FLAT_CPU[10000]}")/s / ${FLAT[10000]}/s" "$(calc "${FLAT_CPU[1]} / ${FLAT_CPU[10000]}") / $(calc "${FLAT[10000]} / ${FLAT[1]}")x 1 key" ">= 0.9"
-  row "handshakes, $BIG keys: per core / measured" "$(pc "${FLAT_CPU[$BIG]}")/s / ${FLAT[$BIG]}/s" "$(calc "${FLAT_CPU[1]} / ${FLAT_CPU[$BIG]}") / $(calc "${FLAT[$BIG]} / ${FLAT[1]}")x 1 key" ">= 0.9"
+  row "handshakes, 100 keys: per core / measured" "$(pc "${FLAT_CPU[100]}")/s / ${FLAT[100]}/s" "1.00" ""
+  row "handshakes, 10,000 keys: per core / measured" "$(pc "${FLAT_CPU[10000]}")/s / ${FLAT[10000]}/s" "$(calc "${FLAT_CPU[100]} / ${FLAT_CPU[10000]}") / $(calc "${FLAT[10000]} / ${FLAT[100]}")x 100 keys" ">= 0.9"
+  row "handshakes, $BIG keys: per core / measured" "$(pc "${FLAT_CPU[$BIG]}")/s / ${FLAT[$BIG]}/s" "$(calc "${FLAT_CPU[100]} / ${FLAT_CPU[$BIG]}") / $(calc "${FLAT[$BIG]} / ${FLAT[100]}")x 100 keys" ">= 0.9"
   echo
   echo "errors: every load run above ended with 0 errors (a run with errors stops this script); oidc-provider non-2xx: $OIDC_ERR"
   echo "raw outputs: $OUT"

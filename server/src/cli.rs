@@ -104,12 +104,16 @@ pub struct ServeArgs {
     /// Milliseconds allowed to receive a request body [default: 5000].
     #[arg(long, env = "ONETRIP_BODY_TIMEOUT_MS")]
     pub body_timeout_ms: Option<u64>,
-    /// Most request ids kept by the replay cache [default: 1000000].
+    /// Most request ids kept by the replay cache; ~19 bytes each at most
+    /// [default: 8000000].
     #[arg(long, env = "ONETRIP_REPLAY_CACHE_CAPACITY")]
     pub replay_cache_capacity: Option<usize>,
     /// Handshakes per second per client IP [default: 10000].
     #[arg(long, env = "ONETRIP_AUTH_RATE_PER_IP")]
     pub auth_rate_per_ip: Option<u64>,
+    /// Authenticated handshakes per second per API key, per replica [default: 1000].
+    #[arg(long, env = "ONETRIP_AUTH_RATE_PER_KEY")]
+    pub auth_rate_per_key: Option<u64>,
     /// Admin Unix socket [default: DATA_DIR/admin.sock].
     #[arg(long, env = "ONETRIP_ADMIN_SOCKET")]
     pub admin_socket: Option<PathBuf>,
@@ -128,13 +132,18 @@ pub struct ServeArgs {
     /// Scope that only second-factor tokens get (repeatable), e.g. `admin`.
     #[arg(long = "mfa-scope", env = "ONETRIP_MFA_SCOPES", value_delimiter = ',')]
     pub mfa_scopes: Vec<String>,
-    /// OTP codes sent to one destination per 10 minutes [default: 5].
+    /// OTP codes one API key may have sent to one destination per 10 minutes [default: 5].
     #[arg(long, env = "ONETRIP_OTP_SENDS_PER_DESTINATION")]
     pub otp_sends_per_destination: Option<u64>,
+    /// OTP API codes sent to one destination per 10 minutes, all keys together;
+    /// never applied to step-up [default: 20].
+    #[arg(long, env = "ONETRIP_OTP_SENDS_PER_DESTINATION_GLOBAL")]
+    pub otp_sends_per_destination_global: Option<u64>,
     /// OTP codes one API key may have sent per 10 minutes [default: 100].
     #[arg(long, env = "ONETRIP_OTP_SENDS_PER_KEY")]
     pub otp_sends_per_key: Option<u64>,
-    /// Requests per second per client IP on /v1/otp/* [default: 50].
+    /// Failed authentications per second per client IP on /v1/otp/*, after which
+    /// the address is refused before its token is read [default: 50].
     #[arg(long, env = "ONETRIP_OTP_API_RATE_PER_IP")]
     pub otp_api_rate_per_ip: Option<u64>,
     /// Wrong second-factor codes per key (step-up) or TOTP account per hour, across
@@ -144,6 +153,9 @@ pub struct ServeArgs {
     /// First lock's length in seconds; each further lock doubles, up to 7 days [default: 3600].
     #[arg(long, env = "ONETRIP_OTP_LOCKOUT_SECS")]
     pub otp_lockout_secs: Option<u64>,
+    /// Authenticated /v1/otp/* calls per second per API key [default: 200].
+    #[arg(long, env = "ONETRIP_OTP_API_RATE_PER_KEY")]
+    pub otp_api_rate_per_key: Option<u64>,
     /// SMTP relay for the email channel (password: ONETRIP_SMTP_PASSWORD).
     #[arg(long, env = "ONETRIP_SMTP_HOST")]
     pub smtp_host: Option<String>,
@@ -400,6 +412,7 @@ fn settings(cli: &Cli, args: Option<&ServeArgs>) -> Result<Settings, String> {
         overrides.body_timeout_ms = a.body_timeout_ms;
         overrides.replay_cache_capacity = a.replay_cache_capacity;
         overrides.auth_rate_per_ip = a.auth_rate_per_ip;
+        overrides.auth_rate_per_key = a.auth_rate_per_key;
         overrides.admin_socket = a.admin_socket.clone();
         overrides.tls_cert = a.tls_cert.clone();
         overrides.tls_key = a.tls_key.clone();
@@ -419,8 +432,10 @@ fn settings(cli: &Cli, args: Option<&ServeArgs>) -> Result<Settings, String> {
         });
         overrides.otp = Some(crate::config::OtpFileConfig {
             sends_per_destination: a.otp_sends_per_destination,
+            sends_per_destination_global: a.otp_sends_per_destination_global,
             sends_per_key: a.otp_sends_per_key,
             api_rate_per_ip: a.otp_api_rate_per_ip,
+            api_rate_per_key: a.otp_api_rate_per_key,
             mfa_scopes: (!a.mfa_scopes.is_empty()).then(|| a.mfa_scopes.clone()),
             totp_issuer: None,
             max_code_failures: a.otp_max_code_failures,
@@ -485,7 +500,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let admin_socket = settings.admin_socket.clone();
     let data_dir = settings.data_dir.clone();
-    let shared = MemoryShared::new(settings.replay_cache_capacity);
+    let shared = MemoryShared::with_window(settings.clock_window_secs, settings.replay_cache_capacity);
     let state = AppState::new(settings, store, shared).map_err(|e| e.to_string())?;
     let admin_listener = admin::bind_socket(&admin_socket)
         .map_err(|e| format!("cannot create the admin socket {}: {e}", admin_socket.display()))?;

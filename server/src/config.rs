@@ -8,6 +8,10 @@ use serde::Deserialize;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
+/// Replay ids held by default: 65,000 handshakes/s (about twice this 2-core
+/// machine's measured maximum) for their whole lifetime, at most ~19 bytes each
+/// (`server::replay_cache`), so at most ~150 MB under that load and nothing idle.
+pub const DEFAULT_REPLAY_CACHE_CAPACITY: usize = 8_000_000;
 
 /// Settings as read from the TOML file; every field optional.
 #[derive(Debug, Default, Deserialize)]
@@ -35,6 +39,8 @@ pub struct FileConfig {
     pub replay_cache_capacity: Option<usize>,
     /// See [`Settings::auth_rate_per_ip`].
     pub auth_rate_per_ip: Option<u64>,
+    /// See [`Settings::auth_rate_per_key`].
+    pub auth_rate_per_key: Option<u64>,
     /// See [`Settings::tls_cert`].
     pub tls_cert: Option<PathBuf>,
     /// See [`Settings::tls_key`].
@@ -53,10 +59,14 @@ pub struct FileConfig {
 pub struct OtpFileConfig {
     /// See [`OtpSettings::sends_per_destination`].
     pub sends_per_destination: Option<u64>,
+    /// See [`OtpSettings::sends_per_destination_global`].
+    pub sends_per_destination_global: Option<u64>,
     /// See [`OtpSettings::sends_per_key`].
     pub sends_per_key: Option<u64>,
     /// See [`OtpSettings::api_rate_per_ip`].
     pub api_rate_per_ip: Option<u64>,
+    /// See [`OtpSettings::api_rate_per_key`].
+    pub api_rate_per_key: Option<u64>,
     /// See [`OtpSettings::mfa_scopes`].
     pub mfa_scopes: Option<Vec<String>>,
     /// See [`OtpSettings::totp_issuer`].
@@ -131,15 +141,26 @@ pub struct WebhookConfig {
     pub secret: SecretSetting,
 }
 
-/// Resolved OTP settings.
+/// Resolved OTP settings. Send limits are rates per 10 minutes with bursts of as
+/// many (GCRA, [`crate::shared::gcra`]); destinations are normalised
+/// ([`crate::limits::destination_key`]).
 #[derive(Debug, Clone)]
 pub struct OtpSettings {
-    /// Codes sent to one destination per 10 minutes, whichever key asks.
+    /// Codes one API key may have sent to one destination per 10 minutes (step-up
+    /// included: a key's step-up pays only from its own budgets).
     pub sends_per_destination: u64,
-    /// Codes one API key may have sent per 10 minutes.
+    /// Codes sent to one destination per 10 minutes through the OTP API, all keys
+    /// together (protects a recipient from many tenants; never applied to step-up).
+    pub sends_per_destination_global: u64,
+    /// Codes one API key may have sent per 10 minutes, charged before any
+    /// destination budget.
     pub sends_per_key: u64,
-    /// Requests per second per client IP on `/v1/otp/*`, checked before the token.
+    /// Failed authentications per second per client address (IPv6: per /64) on
+    /// `/v1/otp/*`; an address over it is refused before its token is read.
+    /// Authenticated calls do not count.
     pub api_rate_per_ip: u64,
+    /// Authenticated `/v1/otp/*` calls per second per API key.
+    pub api_rate_per_key: u64,
     /// Scopes granted only to tokens with the second-factor flag.
     pub mfa_scopes: Vec<String>,
     /// Issuer shown by authenticator apps for TOTP enrolments.
@@ -157,8 +178,10 @@ impl Default for OtpSettings {
     fn default() -> Self {
         Self {
             sends_per_destination: 5,
+            sends_per_destination_global: 20,
             sends_per_key: 100,
             api_rate_per_ip: 50,
+            api_rate_per_key: 200,
             mfa_scopes: Vec::new(),
             totp_issuer: "onetrip".into(),
             lockout: crate::lockout::LockoutPolicy::default(),
@@ -207,10 +230,16 @@ impl OtpSettings {
             }
             None => None,
         };
+        let sends_per_destination = cfg.sends_per_destination.unwrap_or(d.sends_per_destination);
         let s = Self {
-            sends_per_destination: cfg.sends_per_destination.unwrap_or(d.sends_per_destination),
+            sends_per_destination,
+            // Unset, it follows a raised per-key budget rather than refusing it.
+            sends_per_destination_global: cfg
+                .sends_per_destination_global
+                .unwrap_or(d.sends_per_destination_global.max(sends_per_destination)),
             sends_per_key: cfg.sends_per_key.unwrap_or(d.sends_per_key),
             api_rate_per_ip: cfg.api_rate_per_ip.unwrap_or(d.api_rate_per_ip),
+            api_rate_per_key: cfg.api_rate_per_key.unwrap_or(d.api_rate_per_key),
             mfa_scopes: cfg.mfa_scopes.unwrap_or(d.mfa_scopes),
             totp_issuer: cfg.totp_issuer.unwrap_or(d.totp_issuer),
             lockout: crate::lockout::LockoutPolicy {
@@ -221,8 +250,14 @@ impl OtpSettings {
             smtp,
             webhook,
         };
-        if s.sends_per_destination == 0 || s.sends_per_key == 0 || s.api_rate_per_ip == 0 {
-            return Err("otp.sends_per_destination, otp.sends_per_key and otp.api_rate_per_ip must be positive".into());
+        let limits = [s.sends_per_destination, s.sends_per_key, s.api_rate_per_ip, s.api_rate_per_key];
+        if limits.contains(&0) {
+            return Err("otp.sends_per_destination, otp.sends_per_key, otp.api_rate_per_ip and \
+                        otp.api_rate_per_key must be positive"
+                .into());
+        }
+        if s.sends_per_destination_global < s.sends_per_destination {
+            return Err("otp.sends_per_destination_global must be at least otp.sends_per_destination".into());
         }
         if s.lockout.max_failures == 0 || s.lockout.max_failures > 100 || s.lockout.lock_secs == 0 {
             return Err("otp.max_code_failures must be 1 to 100 and otp.lockout_secs positive".into());
@@ -260,10 +295,13 @@ pub struct Settings {
     pub header_timeout_ms: u64,
     /// Time allowed to receive a request body.
     pub body_timeout_ms: u64,
-    /// Most replay ids held in memory.
+    /// Most replay ids held in memory (fail closed beyond).
     pub replay_cache_capacity: usize,
     /// Handshakes per second per client IP before cryptography is attempted.
     pub auth_rate_per_ip: u64,
+    /// Authenticated handshakes per second per API key (per replica): one tenant
+    /// cannot take everyone's share of the CPU or the replay cache.
+    pub auth_rate_per_key: u64,
     /// TLS certificate chain (PEM).
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
@@ -289,8 +327,9 @@ impl Settings {
             max_connections: 1024,
             header_timeout_ms: 5_000,
             body_timeout_ms: 5_000,
-            replay_cache_capacity: 1_000_000,
+            replay_cache_capacity: DEFAULT_REPLAY_CACHE_CAPACITY,
             auth_rate_per_ip: 10_000,
+            auth_rate_per_key: 1_000,
             tls_cert: None,
             tls_key: None,
             log: "info".into(),
@@ -326,6 +365,7 @@ impl Settings {
             body_timeout_ms: pick!(body_timeout_ms),
             replay_cache_capacity: pick!(replay_cache_capacity),
             auth_rate_per_ip: pick!(auth_rate_per_ip),
+            auth_rate_per_key: pick!(auth_rate_per_key),
             tls_cert: overrides.tls_cert.or(file.tls_cert),
             tls_key: overrides.tls_key.or(file.tls_key),
             log: pick!(log),
@@ -346,8 +386,15 @@ impl Settings {
         if self.default_audience.is_empty() || self.default_audience.len() > 64 {
             return Err("default_audience must be 1 to 64 characters".into());
         }
-        if self.max_connections == 0 || self.replay_cache_capacity == 0 || self.auth_rate_per_ip == 0 {
-            return Err("max_connections, replay_cache_capacity and auth_rate_per_ip must be positive".into());
+        if self.max_connections == 0
+            || self.replay_cache_capacity == 0
+            || self.auth_rate_per_ip == 0
+            || self.auth_rate_per_key == 0
+        {
+            return Err(
+                "max_connections, replay_cache_capacity, auth_rate_per_ip and auth_rate_per_key must be positive"
+                    .into(),
+            );
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("TLS needs both tls_cert and tls_key".into());
@@ -395,8 +442,10 @@ fn merge_otp(flags: OtpFileConfig, file: OtpFileConfig) -> OtpFileConfig {
     };
     OtpFileConfig {
         sends_per_destination: flags.sends_per_destination.or(file.sends_per_destination),
+        sends_per_destination_global: flags.sends_per_destination_global.or(file.sends_per_destination_global),
         sends_per_key: flags.sends_per_key.or(file.sends_per_key),
         api_rate_per_ip: flags.api_rate_per_ip.or(file.api_rate_per_ip),
+        api_rate_per_key: flags.api_rate_per_key.or(file.api_rate_per_key),
         mfa_scopes: flags.mfa_scopes.or(file.mfa_scopes),
         totp_issuer: flags.totp_issuer.or(file.totp_issuer),
         max_code_failures: flags.max_code_failures.or(file.max_code_failures),
@@ -440,6 +489,22 @@ mod tests {
         let bad_log = FileConfig { log: Some("verbose".into()), ..Default::default() };
         let e = Settings::merge(bad_log, FileConfig::default(), "/tmp".into()).unwrap_err();
         assert!(e.contains("log must be a level") && e.contains("`verbose` is not a level"), "{e}");
+    }
+
+    #[test]
+    fn otp_limits_are_positive_and_the_global_cap_is_not_below_the_per_key_one() {
+        let s = OtpSettings::resolve(OtpFileConfig::default(), None, None).unwrap();
+        assert_eq!((s.sends_per_destination, s.sends_per_destination_global, s.api_rate_per_key), (5, 20, 200));
+        let zero = OtpFileConfig { api_rate_per_key: Some(0), ..Default::default() };
+        assert!(OtpSettings::resolve(zero, None, None).unwrap_err().contains("api_rate_per_key"));
+        let low = OtpFileConfig { sends_per_destination_global: Some(4), ..Default::default() };
+        assert!(OtpSettings::resolve(low, None, None).unwrap_err().contains("sends_per_destination_global"));
+        let raised = OtpFileConfig { sends_per_destination: Some(30), ..Default::default() };
+        assert_eq!(OtpSettings::resolve(raised, None, None).unwrap().sends_per_destination_global, 30);
+        let file: FileConfig =
+            toml::from_str("[otp]\nsends_per_destination_global = 50\napi_rate_per_key = 7\n").unwrap();
+        let s = Settings::merge(FileConfig::default(), file, "/tmp".into()).unwrap();
+        assert_eq!((s.otp.sends_per_destination_global, s.otp.api_rate_per_key), (50, 7));
     }
 
     #[test]

@@ -45,6 +45,9 @@ fn harness() -> &'static Harness {
         let mut settings = Settings::defaults(dir.clone());
         settings.auth_rate_per_ip = u64::MAX;
         settings.otp.api_rate_per_ip = u64::MAX;
+        // Every fuzz input is a call from one key: at the default 200/s the handlers
+        // behind the per-key limit would only ever see 429s.
+        settings.otp.api_rate_per_key = u64::MAX;
         settings.body_timeout_ms = 200;
         settings.header_timeout_ms = 200;
         let runtime =

@@ -75,8 +75,15 @@ async fn answer<S: SharedState>(
         auth.respond(&Reply::ClockSkew, now, &mut rand::thread_rng(), out);
         return Ok(Status::ClockSkew);
     }
-    // Kept for twice the window: a request is only acceptable within ±window of its stamp.
-    match state.shared.remember_once(auth.replay_id(), now, auth.timestamp() + 2 * window).await {
+    // Before the replay cache: one key at full speed gets `rate_limited` and can take
+    // neither the others' share of the CPU nor the cache's room.
+    if !entry.admit_handshake(now, state.settings.auth_rate_per_key) {
+        auth.respond(&Reply::RateLimited { retry_after_secs: 1 }, now, &mut rand::thread_rng(), out);
+        return Ok(Status::RateLimited);
+    }
+    // Kept until the stamp leaves the window: a request is only acceptable within
+    // ±window of its stamp, so after stamp + window it is refused without the cache.
+    match state.shared.remember_once(auth.replay_id(), now, auth.timestamp() + window).await {
         Ok(true) => {}
         Ok(false) => {
             tracing::debug!(key_id = %entry.id, "replayed handshake refused");

@@ -64,11 +64,11 @@ pub async fn route<S: SharedState>(
     let resp = match (req.method(), req.uri().path()) {
         (&Method::POST, "/v1/auth") => auth(&state, req, conn).await,
         (&Method::GET, "/v1/server-key") => server_key(&state, req.uri().query()),
-        (&Method::POST, "/v1/introspect") => match api_ip_guard(&state, conn) {
+        (&Method::POST, "/v1/introspect") => match failed_auth_guard(&state, conn) {
             Some(limited) => limited,
             None => introspect(&state, req, conn).await,
         },
-        (&Method::GET, "/v1/whoami") => match api_ip_guard(&state, conn) {
+        (&Method::GET, "/v1/whoami") => match failed_auth_guard(&state, conn) {
             Some(limited) => limited,
             None => whoami(&state, req, conn).await,
         },
@@ -91,12 +91,15 @@ pub async fn route<S: SharedState>(
     Ok(resp)
 }
 
-/// Per-IP limit of the token-checking routes, before their body or token is read:
-/// an unauthenticated caller gets no AEAD open, store or shared-state work beyond it.
-fn api_ip_guard<S>(state: &AppState<S>, conn: ConnInfo) -> Option<Response<Body>> {
-    match state.api_ip_limiter.check(conn.peer, state.settings.otp.api_rate_per_ip, unix_now()) {
+/// The token-checking routes' per-address guard, before their body or token is read:
+/// an address over its budget of failed authentications ([`authenticate`] counts
+/// them) gets no AEAD open, store or shared-state work.
+pub(crate) fn failed_auth_guard<S>(state: &AppState<S>, conn: ConnInfo) -> Option<Response<Body>> {
+    match state.otp_ip_limiter.check(conn.peer, state.settings.otp.api_rate_per_ip, unix_now()) {
         RateDecision::Allowed => None,
-        RateDecision::Limited { retry_after } => Some(rate_limited(retry_after, "too many requests from this address")),
+        RateDecision::Limited { retry_after } => {
+            Some(rate_limited(retry_after, "too many failed authentications from this address"))
+        }
     }
 }
 
@@ -325,11 +328,20 @@ pub(crate) async fn authenticate<S: SharedState>(
     conn: ConnInfo,
     now: u64,
 ) -> Result<onetrip_protocol::Claims, Response<Body>> {
-    let (token, proof) =
-        crate::otp_api::presented_token(parts, conn.tls).map_err(|(code, detail)| unauthorized(code, detail))?;
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let pop = proof.as_ref().map(|p| (p, parts.method.as_str(), path, body));
-    state.check_own_token(&token, pop, conn.tls, now).await.map_err(crate::otp_api::token_error)
+    let checked = match crate::otp_api::presented_token(parts, conn.tls) {
+        Ok((token, proof)) => {
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let pop = proof.as_ref().map(|p| (p, parts.method.as_str(), path, body));
+            state.check_own_token(&token, pop, conn.tls, now).await.map_err(crate::otp_api::token_error)
+        }
+        Err((code, detail)) => Err(unauthorized(code, detail)),
+    };
+    // Counted per address: the guard in front of every token route refuses an
+    // address that keeps failing before its next token is even parsed.
+    if checked.as_ref().is_err_and(|resp| resp.status() == StatusCode::UNAUTHORIZED) {
+        state.otp_ip_limiter.record_failure(conn.peer, state.settings.otp.api_rate_per_ip, now);
+    }
+    checked
 }
 
 async fn whoami<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {

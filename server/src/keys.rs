@@ -31,6 +31,8 @@ pub struct KeyEntry {
     static_statics: RwLock<StaticStatics>,
     /// Last use already on its way to the store (Unix seconds).
     last_use_recorded: AtomicU64,
+    /// This second's authenticated handshakes: `second << 24 | count`.
+    handshakes_this_second: AtomicU64,
 }
 
 /// A key's static-static values by server key id. The usual single value lives
@@ -162,6 +164,7 @@ impl KeyEntry {
             grants,
             static_statics: RwLock::new(StaticStatics::default()),
             last_use_recorded,
+            handshakes_this_second: AtomicU64::new(0),
         })
     }
 
@@ -175,6 +178,32 @@ impl KeyEntry {
 
     fn cached_count(&self) -> usize {
         self.static_statics.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Counts one authenticated handshake at `now`; false when the key already had
+    /// `per_second` this second (per replica). One atomic on the key's own entry, so
+    /// keys never contend with each other.
+    pub fn admit_handshake(&self, now: u64, per_second: u64) -> bool {
+        const COUNT_BITS: u32 = 24;
+        const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+        let second = now & (u64::MAX >> COUNT_BITS);
+        let limit = per_second.min(COUNT_MASK);
+        let mut current = self.handshakes_this_second.load(Ordering::Relaxed);
+        loop {
+            let next = if current >> COUNT_BITS == second {
+                if current & COUNT_MASK >= limit {
+                    return false;
+                }
+                current + 1
+            } else {
+                (second << COUNT_BITS) | 1
+            };
+            match self.handshakes_this_second.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(seen) => current = seen,
+            }
+        }
     }
 
     /// True once per [`LAST_USE_GRANULARITY_SECS`]: the caller then queues `now` as the

@@ -9,6 +9,7 @@
 //! | [`store`] | redb file: API key verifiers, server keys (sealed), audit log |
 //! | [`seal`] | argon2id passphrase sealing of private keys at rest |
 //! | [`keys`] | in-memory key directory with the cached static-static DH per key |
+//! | [`replay_cache`] | single-node replay cache: ids by expiry second, dropped a second at a time |
 //! | [`shared`] | state shared between replicas (replay cache, limits, revocations) behind one trait |
 //! | [`state`] | `AppState`: everything a request handler needs, cheap to clone |
 //! | [`handshake`] | `POST /v1/auth`: request bytes → response bytes |
@@ -17,7 +18,8 @@
 //! | [`admin`] | the admin Unix socket and the key-management operations |
 //! | [`lockout`] | second-factor lockout: wrong codes counted per key and per TOTP account, across verifications |
 //! | [`otp`] | OTP verification state machine: codes, keyed hashes, attempts, resends |
-//! | [`otp_service`] | OTP operations shared by step-up and the API: limits, store, delivery, audit |
+//! | [`otp_service`] | OTP operations shared by step-up and the API: store, delivery, audit |
+//! | [`limits`] | OTP send budgets (key first, per key and destination, global per destination), address normalisation, the OTP API's per-key and failed-auth limits |
 //! | [`otp_api`] | `/v1/otp/*`: the standalone OTP JSON API and its OpenAPI document |
 //! | [`delivery`] | sending OTP codes: SMTP, signed webhook, console; retries with backoff |
 //! | [`totp`] | RFC 6238 authenticator codes: secrets, verification with replay rule, enrolment URI/QR |
@@ -36,6 +38,7 @@ pub mod fuzzing;
 pub mod handshake;
 pub mod http;
 pub mod keys;
+pub mod limits;
 pub mod listener;
 pub mod lockout;
 pub mod metrics;
@@ -43,6 +46,7 @@ pub mod otp;
 pub mod otp_api;
 pub mod otp_service;
 pub mod problem;
+pub mod replay_cache;
 pub mod seal;
 pub mod shared;
 pub mod state;

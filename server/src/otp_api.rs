@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use crate::http::{read_body, ConnInfo, MAX_JSON_BODY};
 use crate::otp::{CheckOutcome, Policy, Purpose, Status, Verification};
 use crate::otp_service::{self, NewVerification, OtpError};
-use crate::problem::{bad_json, json, problem, rate_limited, Body};
+use crate::problem::{bad_json, json, problem, Body};
 use crate::shared::{RateDecision, SharedState};
 use crate::state::{unix_now, AppState, TokenCheckError};
 
@@ -102,11 +102,11 @@ pub fn handles(path: &str) -> bool {
 /// Serves one `/v1/otp/*` request.
 pub async fn route<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
     let now = unix_now();
-    // Before the token is even parsed: failed authentications cost the caller too.
-    if let RateDecision::Limited { retry_after } =
-        state.otp_ip_limiter.check(conn.peer, state.settings.otp.api_rate_per_ip, now)
-    {
-        return rate_limited(retry_after, "too many OTP API requests from this address");
+    // Before the token is even parsed: an address that keeps failing authentication
+    // gets no more token work. Authenticated calls are limited per key below instead,
+    // so one backend address can carry a whole tenant.
+    if let Some(limited) = crate::http::failed_auth_guard(state, conn) {
+        return limited;
     }
     let target = match parse_target(req.uri().path()) {
         Some(Ok(t)) => t,
@@ -143,6 +143,11 @@ pub async fn route<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, 
         Err(resp) => return resp,
     };
     let owner = *claims.api_key_id.as_bytes();
+    match crate::limits::charge_api_call(&state.shared, &state.settings.otp, &owner, now).await {
+        Ok(RateDecision::Allowed) => {}
+        Ok(RateDecision::Limited { retry_after }) => return key_rate_limited(retry_after),
+        Err(e) => return error_response(&OtpError::Unavailable(e.to_string())),
+    }
     let owner_name = state.keys.get(&claims.api_key_id).map(|k| k.record.name.clone()).unwrap_or_default();
     let result = match target {
         Target::Collection => create(state, owner, owner_name, &body, now).await,
@@ -336,6 +341,18 @@ pub fn error_response(e: &OtpError) -> Response<Body> {
     if let Some(secs) = retry_after {
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
+    resp
+}
+
+/// 429 `key_rate_limited`: the calling key is over `otp.api_rate_per_key`.
+fn key_rate_limited(retry_after: u64) -> Response<Body> {
+    let mut resp = problem(
+        StatusCode::TOO_MANY_REQUESTS,
+        "key_rate_limited",
+        "Too many requests",
+        "too many OTP API calls for this API key: slow down or raise otp.api_rate_per_key",
+    );
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
     resp
 }
 

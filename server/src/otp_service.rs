@@ -8,12 +8,10 @@ use zeroize::Zeroizing;
 
 use crate::lockout;
 use crate::otp::{self, CheckOutcome, Policy, Purpose, ResendOutcome, Status, Verification};
-use crate::shared::{RateDecision, SharedState};
+use crate::shared::SharedState;
 use crate::state::AppState;
 use crate::store::{AuditEntry, StepUpStart, StoreError, TotpEnrolment};
 
-/// Window of the per-key and per-destination send limits.
-pub const SEND_WINDOW_SECS: u64 = 600;
 /// TOTP account that stands for the API key itself (step-up); API accounts may not
 /// start with `@`.
 pub const STEP_UP_ACCOUNT: &str = "@key";
@@ -32,12 +30,12 @@ pub enum OtpError {
     /// The channel is not configured on this server, or cannot reach `to`.
     #[error("{0}")]
     ChannelUnavailable(String),
-    /// The per-key or per-destination send limit is reached.
-    #[error("too many codes sent {scope} in the last 10 minutes: retry in {retry_after} s")]
+    /// A send limit is reached (see [`crate::limits`]).
+    #[error("too many codes sent {scope}: retry in {retry_after} s")]
     SendLimited {
-        /// Seconds until the window frees up.
+        /// Seconds until the next send is allowed.
         retry_after: u64,
-        /// `for this API key` or `to this destination`.
+        /// `for this API key`, `to this destination by this API key` or `to this destination`.
         scope: &'static str,
     },
     /// No verification with this id for this key (another key's ids look the same).
@@ -148,30 +146,6 @@ pub fn validate_destination<S>(state: &AppState<S>, channel: Channel, to: &str) 
     }
 }
 
-/// Counts one send against the key's and the destination's windows.
-async fn charge_send<S: SharedState>(
-    state: &AppState<S>,
-    owner: &[u8; 16],
-    channel: Channel,
-    to: &str,
-    now: u64,
-) -> Result<(), OtpError> {
-    let limits = &state.settings.otp;
-    let dest = blake3::hash(format!("{}\0{}", channel.as_str(), to.trim().to_lowercase()).as_bytes());
-    let buckets = [
-        (format!("otp-dest:{}", &dest.to_hex()[..32]), limits.sends_per_destination, "to this destination"),
-        (format!("otp-key:{}", hex::encode(owner)), limits.sends_per_key, "for this API key"),
-    ];
-    for (bucket, limit, scope) in buckets {
-        match state.shared.rate_limit(&bucket, limit, SEND_WINDOW_SECS, now).await {
-            Ok(RateDecision::Allowed) => {}
-            Ok(RateDecision::Limited { retry_after }) => return Err(OtpError::SendLimited { retry_after, scope }),
-            Err(e) => return Err(OtpError::Unavailable(e.to_string())),
-        }
-    }
-    Ok(())
-}
-
 async fn blocking<S: SharedState, R: Send + 'static>(
     state: &AppState<S>,
     f: impl FnOnce(&AppState<S>) -> Result<R, OtpError> + Send + 'static,
@@ -215,7 +189,8 @@ pub async fn create<S: SharedState>(
             return Err(OtpError::TotpNotEnrolled(new.to.clone()));
         }
     } else {
-        charge_send(state, &new.owner, new.channel, &new.to, now).await?;
+        let limits = &state.settings.otp;
+        crate::limits::charge_send(&state.shared, limits, &new.owner, new.purpose, new.channel, &new.to, now).await?;
     }
     let owner_name = new.owner_name.clone();
     let (v, code) = blocking(state, move |st| {
@@ -371,7 +346,16 @@ pub async fn start_step_up<S: SharedState>(
             return Err(OtpError::TotpNotEnrolled(new.to.clone()));
         }
     } else {
-        charge_send(state, &new.owner, new.channel, &new.to, now).await?;
+        crate::limits::charge_send(
+            &state.shared,
+            &state.settings.otp,
+            &new.owner,
+            new.purpose,
+            new.channel,
+            &new.to,
+            now,
+        )
+        .await?;
     }
     let owner_name = new.owner_name.clone();
     let (started, code) = blocking(state, move |st| {
@@ -475,7 +459,8 @@ pub async fn resend<S: SharedState>(
         ResendOutcome::Send => {}
     }
     let channel = parse_channel(&current.channel).ok_or(OtpError::NotFound)?;
-    charge_send(state, &owner, channel, &current.to, now).await?;
+    let limits = &state.settings.otp;
+    crate::limits::charge_send(&state.shared, limits, &owner, Purpose::Api, channel, &current.to, now).await?;
     let (outcome, v, code) = blocking(state, move |st| {
         let key = st.otp_key()?;
         let r = st.store.update_verification_audited(

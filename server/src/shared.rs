@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
+use crate::replay_cache::ReplayCache;
+
 /// A shared-state backend failed (e.g. Redis unreachable). Handlers fail closed.
 #[derive(Debug, thiserror::Error)]
 #[error("shared state unavailable: {0}")]
@@ -35,8 +37,9 @@ pub trait SharedState: Send + Sync + 'static {
         expires_at: u64,
     ) -> impl Future<Output = Result<bool, SharedError>> + Send;
 
-    /// Counts one event for `bucket` in a fixed window of `window_secs`, allowing
-    /// `limit` per window.
+    /// Counts one event for `bucket` at a sustained rate of `limit` per `window_secs`
+    /// with bursts of at most `limit` ([`gcra`]: no window boundary to burst across).
+    /// A refused event is not counted.
     fn rate_limit(
         &self,
         bucket: &str,
@@ -61,19 +64,25 @@ pub trait SharedState: Send + Sync + 'static {
 /// Single-node shared state in memory (dashmap), bounded in size.
 #[derive(Debug)]
 pub struct MemoryShared {
-    replay: DashMap<[u8; 16], u64>,
-    replay_capacity: usize,
-    limits: DashMap<String, (u64, u64)>,
+    replay: ReplayCache,
+    /// Bucket → GCRA theoretical arrival time in milliseconds (see [`gcra`]).
+    limits: DashMap<String, u64>,
     revoked: DashMap<[u8; 16], u64>,
     last_sweep: AtomicU64,
 }
 
 impl MemoryShared {
-    /// A store holding at most `replay_capacity` replay ids.
+    /// A store holding at most `replay_capacity` replay ids, for the default clock
+    /// window ([`MemoryShared::with_window`]).
     pub fn new(replay_capacity: usize) -> Self {
+        Self::with_window(onetrip_protocol::DEFAULT_CLOCK_WINDOW_SECS, replay_capacity)
+    }
+
+    /// A store for requests accepted within ±`window_secs`, holding at most
+    /// `replay_capacity` replay ids.
+    pub fn with_window(window_secs: u64, replay_capacity: usize) -> Self {
         Self {
-            replay: DashMap::new(),
-            replay_capacity,
+            replay: ReplayCache::new(window_secs, replay_capacity),
             limits: DashMap::new(),
             revoked: DashMap::new(),
             last_sweep: AtomicU64::new(0),
@@ -81,29 +90,37 @@ impl MemoryShared {
     }
 }
 
+/// One step of the generic cell rate algorithm (GCRA) on a bucket's single stored
+/// value, its theoretical arrival time `tat` in Unix milliseconds (0 for a new
+/// bucket): returns the decision and the value to store. Events are spaced
+/// `window_secs / limit` apart on average, and at most `limit` can come at once; in
+/// any stretch of time `d` at most `limit + d·limit/window_secs` are allowed, so the
+/// burst of two full windows across a boundary (fixed windows) cannot happen.
+///
+/// Pure integer arithmetic on one value, so a Redis backend can run it atomically in a
+/// Lua script: `GET` the value, compute this, `SET ... PX` it with the time until
+/// `tat` (a bucket past its `tat` is the same as none).
+pub fn gcra(tat: u64, limit: u64, window_secs: u64, now: u64) -> (RateDecision, u64) {
+    if limit == 0 {
+        return (RateDecision::Limited { retry_after: window_secs.max(1) }, tat);
+    }
+    let now_ms = now.saturating_mul(1000);
+    let interval = window_secs.saturating_mul(1000).div_ceil(limit).max(1);
+    let start = tat.max(now_ms);
+    // How far ahead of now the bucket may run: `limit - 1` intervals of burst.
+    let tolerance = (limit - 1).saturating_mul(interval);
+    let ahead = start - now_ms;
+    if ahead > tolerance {
+        let wait_ms = ahead - tolerance;
+        return (RateDecision::Limited { retry_after: wait_ms.div_ceil(1000).max(1) }, tat);
+    }
+    (RateDecision::Allowed, start.saturating_add(interval))
+}
+
 impl SharedState for MemoryShared {
     async fn remember_once(&self, id: [u8; 16], now: u64, expires_at: u64) -> Result<bool, SharedError> {
-        if self.replay.len() >= self.replay_capacity {
-            self.sweep(now);
-            if self.replay.len() >= self.replay_capacity {
-                // Fail closed: better to refuse a handshake than to forget replay ids.
-                return Err(SharedError("replay cache full".into()));
-            }
-        }
-        match self.replay.entry(id) {
-            dashmap::Entry::Occupied(mut e) => {
-                if *e.get() < now {
-                    e.insert(expires_at);
-                    Ok(true)
-                } else {
-                    Ok(false)
-                }
-            }
-            dashmap::Entry::Vacant(e) => {
-                e.insert(expires_at);
-                Ok(true)
-            }
-        }
+        // Fail closed: better to refuse a handshake than to forget replay ids.
+        self.replay.remember_once(id, now, expires_at).map_err(|e| SharedError(e.to_string()))
     }
 
     async fn rate_limit(
@@ -113,16 +130,10 @@ impl SharedState for MemoryShared {
         window_secs: u64,
         now: u64,
     ) -> Result<RateDecision, SharedError> {
-        let window_start = now - now % window_secs.max(1);
-        let mut entry = self.limits.entry(bucket.to_owned()).or_insert((window_start, 0));
-        if entry.0 != window_start {
-            *entry = (window_start, 0);
-        }
-        if entry.1 >= limit {
-            return Ok(RateDecision::Limited { retry_after: (window_start + window_secs).saturating_sub(now).max(1) });
-        }
-        entry.1 += 1;
-        Ok(RateDecision::Allowed)
+        let mut tat = self.limits.entry(bucket.to_owned()).or_insert(0);
+        let (decision, next) = gcra(*tat, limit, window_secs, now);
+        *tat = next;
+        Ok(decision)
     }
 
     async fn revoke_token(&self, token_id: [u8; 16], until: u64) -> Result<(), SharedError> {
@@ -142,9 +153,11 @@ impl SharedState for MemoryShared {
         if self.last_sweep.swap(now, Ordering::Relaxed) == now {
             return;
         }
-        self.replay.retain(|_, exp| *exp >= now);
+        self.replay.sweep(now);
         self.revoked.retain(|_, until| *until >= now);
-        self.limits.retain(|_, (start, _)| *start + 3600 >= now);
+        // A bucket whose arrival time has passed is full again: the same as no entry.
+        let now_ms = now.saturating_mul(1000);
+        self.limits.retain(|_, tat| *tat > now_ms);
     }
 }
 
@@ -155,10 +168,12 @@ mod tests {
     #[tokio::test]
     async fn replay_ids_are_remembered_once_until_expiry() {
         let s = MemoryShared::new(10);
-        assert!(s.remember_once([1; 16], 100, 220).await.unwrap());
-        assert!(!s.remember_once([1; 16], 150, 270).await.unwrap());
-        assert!(s.remember_once([2; 16], 150, 270).await.unwrap());
-        assert!(s.remember_once([1; 16], 221, 341).await.unwrap(), "expired ids may be reused");
+        // A request's id always comes with the same expiry (its stamp + window).
+        assert!(s.remember_once([1; 16], 100, 160).await.unwrap());
+        assert!(!s.remember_once([1; 16], 150, 160).await.unwrap());
+        assert!(!s.remember_once([1; 16], 160, 160).await.unwrap(), "live through its last second");
+        assert!(s.remember_once([2; 16], 150, 210).await.unwrap());
+        assert!(s.remember_once([1; 16], 221, 281).await.unwrap(), "expired ids may be reused");
     }
 
     #[tokio::test]
@@ -171,14 +186,62 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn rate_limit_counts_per_window() {
+    async fn rate_limit_allows_a_burst_of_limit_then_the_sustained_rate() {
         let s = MemoryShared::new(1);
         for _ in 0..3 {
             assert_eq!(s.rate_limit("k", 3, 10, 100).await.unwrap(), RateDecision::Allowed);
         }
-        assert_eq!(s.rate_limit("k", 3, 10, 105).await.unwrap(), RateDecision::Limited { retry_after: 5 });
-        assert_eq!(s.rate_limit("other", 3, 10, 105).await.unwrap(), RateDecision::Allowed);
-        assert_eq!(s.rate_limit("k", 3, 10, 110).await.unwrap(), RateDecision::Allowed);
+        // One event every 10/3 s: the next frees up at 103.334 s.
+        assert_eq!(s.rate_limit("k", 3, 10, 100).await.unwrap(), RateDecision::Limited { retry_after: 4 });
+        assert_eq!(s.rate_limit("other", 3, 10, 100).await.unwrap(), RateDecision::Allowed);
+        assert_eq!(s.rate_limit("k", 3, 10, 103).await.unwrap(), RateDecision::Limited { retry_after: 1 });
+        assert_eq!(s.rate_limit("k", 3, 10, 104).await.unwrap(), RateDecision::Allowed);
+        assert_eq!(s.rate_limit("k", 3, 10, 104).await.unwrap(), RateDecision::Limited { retry_after: 3 });
+        // After a full quiet window the whole burst is back.
+        for _ in 0..3 {
+            assert_eq!(s.rate_limit("k", 3, 10, 120).await.unwrap(), RateDecision::Allowed);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_burst_across_a_window_boundary_is_refused() {
+        // Fixed, epoch-aligned windows allowed `limit` at 599 s and `limit` more at
+        // 600 s: twice the limit in one second.
+        let s = MemoryShared::new(1);
+        let mut allowed = 0;
+        for now in [599, 600] {
+            for _ in 0..5 {
+                if s.rate_limit("dest", 5, 600, now).await.unwrap() == RateDecision::Allowed {
+                    allowed += 1;
+                }
+            }
+        }
+        assert_eq!(allowed, 5, "a 2x burst across the boundary must be refused");
+        // Refused events are not counted: the sustained rate (one per 120 s) holds.
+        assert_eq!(s.rate_limit("dest", 5, 600, 718).await.unwrap(), RateDecision::Limited { retry_after: 1 });
+        assert_eq!(s.rate_limit("dest", 5, 600, 719).await.unwrap(), RateDecision::Allowed);
+    }
+
+    #[test]
+    fn gcra_handles_extreme_limits() {
+        assert_eq!(gcra(0, 0, 10, 100).0, RateDecision::Limited { retry_after: 10 });
+        let mut tat = 0;
+        for _ in 0..1000 {
+            let (d, next) = gcra(tat, u64::MAX, 1, 100);
+            assert_eq!(d, RateDecision::Allowed);
+            tat = next;
+        }
+        assert_eq!(gcra(u64::MAX, 1, u64::MAX, u64::MAX).0, RateDecision::Allowed);
+    }
+
+    #[tokio::test]
+    async fn sweep_forgets_only_refilled_buckets() {
+        let s = MemoryShared::new(1);
+        s.rate_limit("a", 1, 10, 100).await.unwrap();
+        s.sweep(105);
+        assert_eq!(s.limits.len(), 1, "a is still draining");
+        s.sweep(110);
+        assert_eq!(s.limits.len(), 0);
     }
 
     #[tokio::test]

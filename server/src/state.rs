@@ -49,10 +49,9 @@ pub struct Inner<S> {
     pub started_at: u64,
     /// Per-IP limiter for `/v1/auth`, checked before any cryptography.
     pub ip_limiter: IpLimiter,
-    /// Per-IP limiter for `/v1/otp/*`, checked before the token.
-    pub otp_ip_limiter: IpLimiter,
-    /// Per-IP limiter for `/v1/whoami` and `/v1/introspect`, checked before the token.
-    pub api_ip_limiter: IpLimiter,
+    /// Failed authentications per client address on the token routes (`/v1/otp/*`,
+    /// `/v1/whoami`, `/v1/introspect`), checked before the token.
+    pub otp_ip_limiter: crate::limits::AuthFailureGuard,
     /// OTP code delivery (console, SMTP, webhook).
     pub delivery: crate::delivery::Deliverer,
     otp_key: std::sync::OnceLock<onetrip_protocol::Secret<32>>,
@@ -136,8 +135,7 @@ impl<S: SharedState> AppState<S> {
             metrics: Metrics::default(),
             started_at: now,
             ip_limiter: IpLimiter::default(),
-            otp_ip_limiter: IpLimiter::default(),
-            api_ip_limiter: IpLimiter::default(),
+            otp_ip_limiter: Default::default(),
             delivery,
             otp_key: std::sync::OnceLock::new(),
             last_used: DashMap::new(),

@@ -30,7 +30,9 @@ fn flood(port: u16, body: &[u8], n: usize) -> Vec<u16> {
 
 #[test]
 fn a_replay_flood_issues_exactly_one_token() {
-    let server = Server::start(&["--auth-rate-per-ip", "1000000"]);
+    // Limits lifted so that every copy reaches the replay cache (the per-key limit
+    // would otherwise answer most of them `rate_limited` before it).
+    let server = Server::start(&["--auth-rate-per-ip", "1000000", "--auth-rate-per-key", "1000000"]);
     let (key, _) = server.create_key(&["--name", "victim"]);
     let (request, pending) = server.request(&key, &ClientRequest::default());
     let statuses = flood(server.port, &request, 10_000);
