@@ -32,7 +32,7 @@ cleanup() {
     wait "$p" 2>/dev/null || true
   done
   # Benchmark stores and their API key files (secrets of throw-away stores) go; results stay.
-  rm -rf "$WORK/data" "$WORK"/keys-*.txt "$WORK/introspect.json"
+  rm -rf "$WORK/data" "$WORK"/keys-*.txt "$WORK/introspect.json" "$WORK/introspect.headers"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -189,8 +189,14 @@ HS_P99=$(res "$OUT/hs-pregen.out" p99_us)
 HS_P999=$(res "$OUT/hs-pregen.out" p999_us)
 HS_CPU=$(res "$OUT/hs-pregen.out" server_cpu_us)
 HS_UTIL=$(res "$OUT/hs-pregen.out" server_util)
-"$LOAD" introspect-body --url "$URL" --key "$(head -1 "$WORK/keys-10k.txt")" --fingerprint "$FP" --out "$WORK/introspect.json"
+# Introspection is asked by a resource server's own key, for tokens of its audience.
+new_key() { "${SRV[@]}" "$ONETRIP" keys create --data-dir "$WORK/data/k10k" --json "$@" | sed -n 's/.*"api_key": *"\([^"]*\)".*/\1/p'; }
+RS_CLIENT=$(new_key --name bench-client --audience bench)
+RS_CALLER=$(new_key --name bench-resource-server --audience bench --scope introspect)
+"$LOAD" introspect-body --url "$URL" --key "$RS_CLIENT" --caller-key "$RS_CALLER" --fingerprint "$FP" --out "$WORK/introspect.json"
+mapfile -t INTROSPECT_HEADERS < "$WORK/introspect.headers"
 load http --url "$URL" --path /v1/introspect --body-file "$WORK/introspect.json" --header "content-type: application/json" \
+  --header "${INTROSPECT_HEADERS[0]}" --header "${INTROSPECT_HEADERS[1]}" \
   --seconds "$SECS" --expect-contains '"active":true' | tee "$OUT/introspect.out" >&2
 INTROSPECT=$(res "$OUT/introspect.out" rps)
 INTROSPECT_CPU=$(res "$OUT/introspect.out" server_cpu_us)

@@ -194,9 +194,12 @@ enum Cmd {
         /// Server base URL.
         #[arg(long)]
         url: String,
-        /// API key.
+        /// API key whose token is introspected.
         #[arg(long)]
         key: String,
+        /// The resource server's API key (scope `introspect`, listing the token's audience).
+        #[arg(long)]
+        caller_key: String,
         /// Pinned fingerprint.
         #[arg(long)]
         fingerprint: Option<String>,
@@ -299,9 +302,10 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("{}", tools::vm_rss_kb(pid).ok_or("no such process")?);
             Ok(())
         }
-        Cmd::IntrospectBody { url, key, fingerprint, out } => {
+        Cmd::IntrospectBody { url, key, caller_key, fingerprint, out } => {
             let key = ApiKey::parse(&key).map_err(|e| format!("API key: {e}"))?;
-            tools::introspect_body(http1::addr_of(&url)?, &key, fingerprint.as_deref(), &out)
+            let caller = ApiKey::parse(&caller_key).map_err(|e| format!("caller API key: {e}"))?;
+            tools::introspect_body(http1::addr_of(&url)?, &key, &caller, fingerprint.as_deref(), &out)
         }
     }
 }

@@ -211,29 +211,71 @@ pub fn wait_warm(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
     }
 }
 
-/// Gets a real token with one handshake and writes an introspection JSON body with a
-/// PoP proof over `POST /v1/query` and an empty body.
-pub fn introspect_body(addr: SocketAddr, key: &ApiKey, pin: Option<&str>, out: &Path) -> Result<(), String> {
-    let doc = server_document(addr, pin)?;
-    let client = ClientHandshake::new(DefaultBackend::default(), key, &doc, unix_now()).map_err(|e| e.to_string())?;
-    let mut rng = FastRng::from_os();
+/// One handshake over HTTP/1.1 for `request`; the grant, or why not.
+fn grant(
+    addr: SocketAddr,
+    doc: &ServerKeyDocument,
+    key: &ApiKey,
+    request: &ClientRequest<'_>,
+    rng: &mut FastRng,
+) -> Result<onetrip_protocol::TokenGrant, String> {
+    let client = ClientHandshake::new(DefaultBackend::default(), key, doc, unix_now()).map_err(|e| e.to_string())?;
     let mut req = [0u8; REQUEST_LEN];
-    let pending = client.start(&ClientRequest::default(), unix_now(), &mut rng, &mut req).map_err(|e| e.to_string())?;
+    let pending = client.start(request, unix_now(), rng, &mut req).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let resp = rt.block_on(async {
         let mut conn = http1::Conn::connect(addr).await.map_err(|e| e.to_string())?;
         conn.roundtrip(&http1::Template::new("POST", "/v1/auth", &addr.to_string(), &[]), &req).await
     })?;
-    let Ok(Outcome::Granted(grant)) = pending.finish(&resp.body) else {
-        return Err(format!("handshake not granted: HTTP {}", resp.status));
-    };
+    match pending.finish(&resp.body) {
+        Ok(Outcome::Granted(grant)) => Ok(*grant),
+        other => Err(format!("handshake not granted: HTTP {}: {other:?}", resp.status)),
+    }
+}
+
+/// Gets a real token for `key` and writes an introspection JSON body with a PoP proof
+/// over `POST /v1/query` and an empty body to `out`; the resource server `caller`
+/// (a key with the `introspect` scope listing the token's audience) gets its own
+/// token, and the two headers that authenticate the call go to `out` + `.headers`,
+/// one per line (valid for the server's clock window).
+pub fn introspect_body(
+    addr: SocketAddr,
+    key: &ApiKey,
+    caller: &ApiKey,
+    pin: Option<&str>,
+    out: &Path,
+) -> Result<(), String> {
+    let doc = server_document(addr, pin)?;
+    let mut rng = FastRng::from_os();
+    let token = grant(addr, &doc, key, &ClientRequest::default(), &mut rng)?;
+    let own =
+        ClientRequest { audience: onetrip_protocol::token::SERVER_AUDIENCE, scopes: "introspect", second_factor: None };
+    let caller = grant(addr, &doc, caller, &own, &mut rng)?;
     let proof =
-        PopProof::sign(&grant.session_key, grant.token.binding(), "POST", "/v1/query", b"", unix_now(), &mut rng)
+        PopProof::sign(&token.session_key, token.token.binding(), "POST", "/v1/query", b"", unix_now(), &mut rng)
             .map_err(|e| e.to_string())?;
     let body = format!(
         "{{\"token\":\"{}\",\"pop\":\"{}\",\"method\":\"POST\",\"path\":\"/v1/query\"}}",
-        grant.token.to_base64().as_str(),
+        token.token.to_base64().as_str(),
         proof.to_header()
     );
-    std::fs::write(out, body).map_err(|e| format!("{}: {e}", out.display()))
+    let caller_proof = PopProof::sign(
+        &caller.session_key,
+        caller.token.binding(),
+        "POST",
+        "/v1/introspect",
+        body.as_bytes(),
+        unix_now(),
+        &mut rng,
+    )
+    .map_err(|e| e.to_string())?;
+    let headers = format!(
+        "authorization: Onetrip {}\n{}: {}\n",
+        caller.token.to_base64().as_str(),
+        onetrip_protocol::pop::POP_HEADER,
+        caller_proof.to_header()
+    );
+    std::fs::write(out, body).map_err(|e| format!("{}: {e}", out.display()))?;
+    let headers_path = out.with_extension("headers");
+    std::fs::write(&headers_path, headers).map_err(|e| format!("{}: {e}", headers_path.display()))
 }
