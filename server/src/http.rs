@@ -279,9 +279,7 @@ async fn introspect<S: SharedState>(state: &AppState<S>, req: Request<Incoming>,
             "Proof of possession required",
             "over plain HTTP a token is only checked together with its Onetrip-PoP proof (pop, method, path, body)",
         ),
-        Err(TokenCheckError::Shared(e)) => {
-            problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", &e)
-        }
+        Err(TokenCheckError::Shared(e)) => crate::problem::unavailable(&e),
         Err(e) => {
             tracing::debug!(error = %e, "introspection: inactive");
             json(StatusCode::OK, &serde_json::json!({ "active": false }))

@@ -329,7 +329,7 @@ pub fn error_response(e: &OtpError) -> Response<Body> {
         OtpError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Service unavailable"),
     };
     if matches!(e, OtpError::Unavailable(_)) {
-        tracing::error!(error = %e, "OTP API: storage unavailable");
+        return crate::problem::unavailable(e);
     }
     let mut resp = problem(status, e.code(), title, &e.to_string());
     let retry_after = match e {
@@ -395,9 +395,7 @@ pub(crate) fn presented_token(
 /// Maps a token check failure to 401/503.
 pub(crate) fn token_error(e: TokenCheckError) -> Response<Body> {
     match e {
-        TokenCheckError::Shared(e) => {
-            problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", &e)
-        }
+        TokenCheckError::Shared(e) => crate::problem::unavailable(&e),
         e => crate::http::unauthorized("token_invalid", &e.to_string()),
     }
 }

@@ -30,6 +30,20 @@ pub fn rate_limited(retry_after: u64, detail: &str) -> Response<Body> {
     resp
 }
 
+/// 503 for a failing store or shared state. The cause (file paths, engine messages)
+/// goes to the log only: a client learns that it should retry, nothing about the host.
+pub fn unavailable(cause: &dyn std::fmt::Display) -> Response<Body> {
+    tracing::error!(error = %cause, "storage unavailable");
+    let mut r = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "Service unavailable",
+        "the server cannot reach its storage right now: retry shortly (the server log has the cause)",
+    );
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+    r
+}
+
 /// A JSON response.
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
@@ -80,5 +94,19 @@ mod tests {
         assert!(d.contains("expected a string"), "{d}");
         let d = detail(r#"{"code":"x""#);
         assert!(d.contains("line 1"), "syntax errors keep their position: {d}");
+    }
+
+    #[test]
+    fn storage_failures_never_show_the_host_to_clients() {
+        let cause = crate::otp_service::OtpError::Unavailable(
+            "cannot write the store /srv/secret-tenant/onetrip.redb: Previous I/O error occurred".into(),
+        );
+        for resp in [crate::otp_api::error_response(&cause), unavailable(&"/srv/secret-tenant/onetrip.redb")] {
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(resp.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()), Some(&b"1"[..]));
+            let body = String::from_utf8(resp.into_body().into_inner().unwrap().to_vec()).unwrap();
+            assert!(!body.contains("/srv") && !body.contains("redb") && !body.contains("I/O"), "{body}");
+            assert!(body.contains("\"code\":\"unavailable\""), "{body}");
+        }
     }
 }

@@ -28,6 +28,12 @@ pub enum SealError {
     /// The passphrase does not open the store.
     #[error("wrong passphrase for this store")]
     WrongPassphrase,
+    /// A passphrase was given for a store created without one.
+    #[error(
+        "this store was created without a passphrase, so its private keys are not sealed: start without \
+         ONETRIP_PASSPHRASE / --passphrase-file, or create a new store with a passphrase and move the keys over"
+    )]
+    NotSealed,
     /// A blob is damaged or was moved between slots.
     #[error("sealed value `{0}` is damaged or does not belong to this slot")]
     Damaged(String),
@@ -107,6 +113,10 @@ impl Sealer {
     /// The sealer for an existing store.
     pub fn open(params: &SealParams, passphrase: Option<&str>) -> Result<Self, SealError> {
         if params.mode == "none" {
+            // Ignoring it would leave an operator believing the keys are sealed.
+            if passphrase.is_some() {
+                return Err(SealError::NotSealed);
+            }
             return Ok(Self { key: None });
         }
         let passphrase = passphrase.ok_or(SealError::PassphraseRequired)?;

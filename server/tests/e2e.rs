@@ -314,6 +314,20 @@ fn passphrase_seals_the_store() {
     assert!(!shown.status.success(), "wrong passphrase must fail for the CLI too");
 }
 
+#[test]
+fn a_passphrase_for_an_unsealed_store_is_refused_not_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("plain");
+    let pass = tmp.path().join("pass");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    drop(Server::start_in(&dir, &[]).unwrap());
+    let err = Server::start_in(&dir, &["--passphrase-file", pass.to_str().unwrap()]).err().unwrap();
+    assert!(err.contains("created without a passphrase"), "{err}");
+    let out = cli(&dir, &["keys", "list", "--passphrase-file", pass.to_str().unwrap()]);
+    assert!(!out.status.success(), "the CLI must not pretend the keys are sealed either");
+    assert!(Server::start_in(&dir, &[]).is_ok(), "without it the store still starts");
+}
+
 fn create_key_with(dir: &std::path::Path, pass: &str) -> (ApiKey, String) {
     let out = cli(dir, &["keys", "create", "--name", "k", "--json", "--passphrase-file", pass]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
