@@ -525,10 +525,14 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
     };
     let maintenance = tokio::spawn(maintenance(state.clone()));
     {
+        // Set before the listener runs: no handshake can see a half-warm cache without
+        // the equal-work rule (keys::KeyDirectory::static_static).
+        state.keys.set_warming(true);
         let st = state.clone();
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let n = st.warm_keys();
+            st.keys.set_warming(false);
             tracing::info!(computed = n, elapsed_ms = started.elapsed().as_millis() as u64, "key cache warmed");
         });
     }

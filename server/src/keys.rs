@@ -219,7 +219,16 @@ impl KeyEntry {
 #[derive(Debug, Default)]
 pub struct KeyDirectory {
     keys: DashMap<KeyId, Arc<KeyEntry>>,
+    /// True while the start-up warm-up runs: every handshake then does one X25519
+    /// for its static-static, known key or not (see [`KeyDirectory::static_static`]).
+    warming: std::sync::atomic::AtomicBool,
+    /// Static-static X25519 operations done on the hot path (misses and equal work).
+    hot_path_dh: AtomicU64,
 }
+
+/// Verifier of the equal-work X25519 that unknown ids get while the cache warms: any
+/// point that is not of low order does.
+const EQUAL_WORK_VERIFIER: [u8; 32] = [9; 32];
 
 impl KeyDirectory {
     /// Adds or replaces a key; a replaced entry's cached DH values go with it (the
@@ -280,6 +289,16 @@ impl KeyDirectory {
         computed
     }
 
+    /// Marks the start-up warm-up as running (`true`) or over (`false`).
+    pub fn set_warming(&self, warming: bool) {
+        self.warming.store(warming, Ordering::Relaxed);
+    }
+
+    /// Static-static X25519 operations done on the hot path so far.
+    pub fn hot_path_dh(&self) -> u64 {
+        self.hot_path_dh.load(Ordering::Relaxed)
+    }
+
     /// Cached static-static values (for tests and metrics).
     pub fn cached_static_statics(&self) -> usize {
         self.keys.iter().map(|e| e.cached_count()).sum()
@@ -294,14 +313,25 @@ impl KeyDirectory {
         key_id: Option<KeyId>,
         now: u64,
     ) -> (StaticStatic, Option<Arc<KeyEntry>>) {
+        // While the start-up warm-up runs, a known key may or may not be cached yet: an
+        // uncached one costs an X25519, which would tell known ids from unknown ones.
+        // Until it ends, every handshake pays that X25519 (hits recompute, unknown ids
+        // do one on a throwaway point); afterwards every known key is a hit.
+        let warming = self.warming.load(Ordering::Relaxed);
         let entry = key_id.and_then(|id| self.get(&id)).filter(|e| e.record.is_active(now));
         let Some(entry) = entry else {
+            if warming {
+                self.hot_path_dh.fetch_add(1, Ordering::Relaxed);
+                let _ = responder.static_static(server_key_id, &Verifier::from_bytes(EQUAL_WORK_VERIFIER));
+            }
             return (responder.dummy_static_static(server_key_id, key_id.as_ref()), None);
         };
-        if let Some(ss) = entry.cached(server_key_id) {
+        if let Some(ss) = entry.cached(server_key_id).filter(|_| !warming) {
             return (ss, Some(entry));
         }
-        // First handshake of this key under this server key: one extra DH, then cached.
+        // First handshake of this key under this server key (or the warm-up): one
+        // extra DH, then cached.
+        self.hot_path_dh.fetch_add(1, Ordering::Relaxed);
         match responder.static_static(server_key_id, &entry.verifier) {
             Ok(ss) => {
                 entry.cache(*server_key_id, ss.clone());
@@ -328,6 +358,29 @@ mod tests {
             responder.add_key([n; 8], &Secret::new([n + 4; 32]), 0, u64::MAX).unwrap();
         }
         responder
+    }
+
+    #[test]
+    fn while_warming_known_and_unknown_ids_do_the_same_x25519() {
+        let responder = responder_with_server_keys(1);
+        let dir = KeyDirectory::default();
+        let known = KeyId::from_bytes([1; 16]);
+        let mut record = ApiKeyRecord::for_tests(None);
+        record.verifier = hex::encode([9; 32]);
+        dir.upsert(KeyEntry::new(known, record).unwrap());
+        let unknown = Some(KeyId::from_bytes([2; 16]));
+        let dh = |id: Option<KeyId>| {
+            let before = dir.hot_path_dh();
+            let (_, entry) = dir.static_static(&responder, &[1; 8], id, 100);
+            (dir.hot_path_dh() - before, entry.is_some())
+        };
+        dir.set_warming(true);
+        assert_eq!(dh(unknown), (1, false), "an unknown id pays the X25519 a cold known key pays");
+        assert_eq!(dh(Some(known)), (1, true), "cold");
+        assert_eq!(dh(Some(known)), (1, true), "cached, but recomputed while warming");
+        dir.set_warming(false);
+        assert_eq!(dh(Some(known)), (0, true), "a hit afterwards");
+        assert_eq!(dh(unknown), (0, false), "and the dummy alone for unknown ids");
     }
 
     #[test]
