@@ -103,7 +103,7 @@ start() {
 }
 stop() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
-serve_args=(serve --listen 127.0.0.1:0 --auth-rate-per-ip 100000000 --replay-cache-capacity 4000000 --log warn)
+serve_args=(serve --listen 127.0.0.1:0 --auth-rate-per-ip 100000000 --max-connections-per-ip 1024 --replay-cache-capacity 4000000 --log warn)
 start_onetrip() { # NAME DATA_DIR
   start "$1" "${SRV[@]}" "$ONETRIP" "${serve_args[@]}" --data-dir "$2"
   FP=$(grep -o 'SHA256:[^ ]*' "$OUT/$1.out" | head -1)
