@@ -30,7 +30,7 @@ LOAD=$TARGET/release/onetrip-load
 if (($(nproc) >= 2)); then SRV=(taskset -c 0); LDR=(taskset -c 1); else SRV=(); LDR=(); fi
 
 "$LOAD" gen-keys --data-dir "$WORK/data" --count "$KEYS" --out "$WORK/keys.txt" >/dev/null
-"${SRV[@]}" "$ONETRIP" serve --data-dir "$WORK/data" --listen 127.0.0.1:0 --auth-rate-per-ip 100000000 \
+"${SRV[@]}" "$ONETRIP" serve --data-dir "$WORK/data" --listen 127.0.0.1:0 --auth-rate-per-ip 100000000 --max-connections-per-ip 1024 \
   --replay-cache-capacity 4000000 --log warn >"$WORK/server.out" 2>"$WORK/server.err" &
 SPID=$!
 PIDS+=("$SPID")

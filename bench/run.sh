@@ -103,10 +103,10 @@ start() {
 }
 stop() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
-# Defaults users get, except the per-IP limit: all load comes from one address here,
+# Defaults users get, except the per-IP limits: all load comes from one address here,
 # as it does behind a load balancer. The replay cache and the per-key limit are the
 # defaults (the smallest key pool below, 100 keys, stays under 1,000/s per key).
-serve_args=(serve --listen 127.0.0.1:0 --auth-rate-per-ip 100000000 --log warn)
+serve_args=(serve --listen 127.0.0.1:0 --auth-rate-per-ip 100000000 --max-connections-per-ip 1024 --log warn)
 start_onetrip() { # NAME DATA_DIR
   start "$1" "${SRV[@]}" "$ONETRIP" "${serve_args[@]}" --data-dir "$2"
   FP=$(grep -o 'SHA256:[^ ]*' "$OUT/$1.out" | head -1)

@@ -402,16 +402,30 @@ fn server_key_json(store: &Store, now: u64) -> Result<serde_json::Value, String>
 
 /// Binds the admin socket (mode 0600). Call before announcing the server, so a CLI
 /// that sees the server also finds its socket.
+///
+/// `bind` creates the socket file with the process umask (often 0755, or 0777), and a
+/// chmod after it leaves an instant in which another user may connect and give admin
+/// commands when the socket lives in a shared directory. So the socket is bound inside
+/// a fresh 0700 directory next to its path, made 0600 there, and moved into place by
+/// `rename`, which is atomic: at its path it is 0600 from the first instant.
 pub fn bind_socket(socket: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     // Only one server can hold the store, so a socket file left here is stale.
     let _ = std::fs::remove_file(socket);
-    let listener = UnixListener::bind(socket)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(listener)
+    let parent = socket.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // A new name each time; `create` refuses an existing path (or a planted symlink).
+    let staging = parent.join(format!(".onetrip-{:08x}", rand::random::<u32>()));
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let bound = (|| {
+        let inside = staging.join("s");
+        let listener = UnixListener::bind(&inside)?;
+        std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&inside, socket)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_file(staging.join("s"));
+    let _ = std::fs::remove_dir(&staging);
+    bound
 }
 
 /// Answers admin requests until the task is dropped.

@@ -98,9 +98,19 @@ pub struct ServeArgs {
     /// Simultaneous connections [default: 1024].
     #[arg(long, env = "ONETRIP_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Simultaneous connections from one client: an IPv4 address, an IPv6 /64
+    /// (behind a proxy, the proxy) [default: 64].
+    #[arg(long, env = "ONETRIP_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
     /// Milliseconds allowed to receive request headers [default: 5000].
     #[arg(long, env = "ONETRIP_HEADER_TIMEOUT_MS")]
     pub header_timeout_ms: Option<u64>,
+    /// Milliseconds an answer may wait for the client to read it [default: 10000].
+    #[arg(long, env = "ONETRIP_WRITE_TIMEOUT_MS")]
+    pub write_timeout_ms: Option<u64>,
+    /// Milliseconds a connection may stay without traffic [default: 30000].
+    #[arg(long, env = "ONETRIP_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
     /// Milliseconds allowed to receive a request body [default: 5000].
     #[arg(long, env = "ONETRIP_BODY_TIMEOUT_MS")]
     pub body_timeout_ms: Option<u64>,
@@ -408,7 +418,10 @@ fn settings(cli: &Cli, args: Option<&ServeArgs>) -> Result<Settings, String> {
         overrides.clock_window_secs = a.clock_window_secs;
         overrides.default_audience = a.default_audience.clone();
         overrides.max_connections = a.max_connections;
+        overrides.max_connections_per_ip = a.max_connections_per_ip;
         overrides.header_timeout_ms = a.header_timeout_ms;
+        overrides.write_timeout_ms = a.write_timeout_ms;
+        overrides.idle_timeout_ms = a.idle_timeout_ms;
         overrides.body_timeout_ms = a.body_timeout_ms;
         overrides.replay_cache_capacity = a.replay_cache_capacity;
         overrides.auth_rate_per_ip = a.auth_rate_per_ip;

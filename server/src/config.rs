@@ -31,8 +31,14 @@ pub struct FileConfig {
     pub default_audience: Option<String>,
     /// See [`Settings::max_connections`].
     pub max_connections: Option<usize>,
+    /// See [`Settings::max_connections_per_ip`].
+    pub max_connections_per_ip: Option<usize>,
     /// See [`Settings::header_timeout_ms`].
     pub header_timeout_ms: Option<u64>,
+    /// See [`Settings::write_timeout_ms`].
+    pub write_timeout_ms: Option<u64>,
+    /// See [`Settings::idle_timeout_ms`].
+    pub idle_timeout_ms: Option<u64>,
     /// See [`Settings::body_timeout_ms`].
     pub body_timeout_ms: Option<u64>,
     /// See [`Settings::replay_cache_capacity`].
@@ -209,6 +215,14 @@ impl OtpSettings {
                     "none" => 25,
                     other => return Err(format!("otp.smtp.tls must be starttls, tls or none, not {other:?}")),
                 };
+                if tls == "none" && !is_loopback_host(&host) {
+                    // Codes and the SMTP password would cross the network in clear.
+                    return Err(format!(
+                        "otp.smtp.tls = \"none\" sends codes and the SMTP password unencrypted, so it is allowed \
+                         only for a relay on this machine (127.0.0.1, ::1 or localhost), not {host:?}: use \
+                         tls = \"starttls\" (port 587) or \"tls\" (port 465), or run a local relay"
+                    ));
+                }
                 let from = from.ok_or("otp.smtp.from (the sender address) is required with otp.smtp.host")?;
                 let password = smtp_password.filter(|p| !p.is_empty()).map(|p| SecretSetting(p.into()));
                 if username.is_some() != password.is_some() {
@@ -266,6 +280,13 @@ impl OtpSettings {
     }
 }
 
+/// `localhost` or a loopback address (`127.0.0.0/8`, `::1`, bracketed or not).
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim().trim_end_matches('.');
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    bare.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 impl FileConfig {
     /// Reads and parses a TOML file.
     pub fn load(path: &Path) -> Result<Self, String> {
@@ -291,8 +312,16 @@ pub struct Settings {
     pub default_audience: String,
     /// Simultaneous connections; more wait in the kernel backlog.
     pub max_connections: usize,
-    /// Time allowed to receive request headers.
+    /// Simultaneous connections from one client (an IPv4 address, an IPv6 /64); more
+    /// are closed at once. Behind a proxy this counts the proxy.
+    pub max_connections_per_ip: usize,
+    /// Time allowed to receive request headers (and, on a kept-alive connection, the
+    /// next request to start).
     pub header_timeout_ms: u64,
+    /// Time an answer may wait for the client to read it; then the connection closes.
+    pub write_timeout_ms: u64,
+    /// Time a connection may move no byte at all; then it closes.
+    pub idle_timeout_ms: u64,
     /// Time allowed to receive a request body.
     pub body_timeout_ms: u64,
     /// Most replay ids held in memory (fail closed beyond).
@@ -312,6 +341,10 @@ pub struct Settings {
     pub otp_console_codes: bool,
     /// OTP limits and delivery channels.
     pub otp: OtpSettings,
+    /// Bearer token that `/metrics` requires from any address (from
+    /// `ONETRIP_METRICS_TOKEN` only); without one, `/metrics` answers loopback clients
+    /// only.
+    pub metrics_token: Option<SecretSetting>,
 }
 
 impl Settings {
@@ -325,7 +358,10 @@ impl Settings {
             clock_window_secs: onetrip_protocol::DEFAULT_CLOCK_WINDOW_SECS,
             default_audience: "onetrip".into(),
             max_connections: 1024,
+            max_connections_per_ip: 64,
             header_timeout_ms: 5_000,
+            write_timeout_ms: 10_000,
+            idle_timeout_ms: 30_000,
             body_timeout_ms: 5_000,
             replay_cache_capacity: DEFAULT_REPLAY_CACHE_CAPACITY,
             auth_rate_per_ip: 10_000,
@@ -335,6 +371,7 @@ impl Settings {
             log: "info".into(),
             otp_console_codes: false,
             otp: OtpSettings::default(),
+            metrics_token: None,
         }
     }
 
@@ -361,7 +398,10 @@ impl Settings {
             clock_window_secs: pick!(clock_window_secs),
             default_audience: pick!(default_audience),
             max_connections: pick!(max_connections),
+            max_connections_per_ip: pick!(max_connections_per_ip),
             header_timeout_ms: pick!(header_timeout_ms),
+            write_timeout_ms: pick!(write_timeout_ms),
+            idle_timeout_ms: pick!(idle_timeout_ms),
             body_timeout_ms: pick!(body_timeout_ms),
             replay_cache_capacity: pick!(replay_cache_capacity),
             auth_rate_per_ip: pick!(auth_rate_per_ip),
@@ -371,6 +411,10 @@ impl Settings {
             log: pick!(log),
             otp_console_codes: pick!(otp_console_codes),
             otp,
+            metrics_token: std::env::var("ONETRIP_METRICS_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .map(|t| SecretSetting(t.into())),
         };
         s.validate()?;
         Ok(s)
@@ -387,14 +431,27 @@ impl Settings {
             return Err("default_audience must be 1 to 64 characters".into());
         }
         if self.max_connections == 0
+            || self.max_connections_per_ip == 0
             || self.replay_cache_capacity == 0
             || self.auth_rate_per_ip == 0
             || self.auth_rate_per_key == 0
         {
-            return Err(
-                "max_connections, replay_cache_capacity, auth_rate_per_ip and auth_rate_per_key must be positive"
-                    .into(),
-            );
+            return Err("max_connections, max_connections_per_ip, replay_cache_capacity, auth_rate_per_ip and \
+                 auth_rate_per_key must be positive"
+                .into());
+        }
+        for (name, ms) in [
+            ("header_timeout_ms", self.header_timeout_ms),
+            ("body_timeout_ms", self.body_timeout_ms),
+            ("write_timeout_ms", self.write_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if !(100..=3_600_000).contains(&ms) {
+                return Err(format!("{name} must be between 100 (0.1 s) and 3600000 (1 h), not {ms}"));
+            }
+        }
+        if self.metrics_token.as_ref().is_some_and(|t| t.0.len() < 16) {
+            return Err("ONETRIP_METRICS_TOKEN must be at least 16 characters".into());
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("TLS needs both tls_cert and tls_key".into());
@@ -505,6 +562,51 @@ mod tests {
             toml::from_str("[otp]\nsends_per_destination_global = 50\napi_rate_per_key = 7\n").unwrap();
         let s = Settings::merge(FileConfig::default(), file, "/tmp".into()).unwrap();
         assert_eq!((s.otp.sends_per_destination_global, s.otp.api_rate_per_key), (50, 7));
+    }
+
+    #[test]
+    fn connection_limits_and_timeouts_have_defaults_and_refuse_nonsense() {
+        let s = Settings::merge(FileConfig::default(), FileConfig::default(), "/tmp/x".into()).unwrap();
+        assert_eq!((s.max_connections, s.max_connections_per_ip), (1024, 64));
+        assert_eq!((s.write_timeout_ms, s.idle_timeout_ms), (10_000, 30_000));
+        let file: FileConfig =
+            toml::from_str("max_connections_per_ip = 8\nwrite_timeout_ms = 2000\nidle_timeout_ms = 4000\n").unwrap();
+        let s = Settings::merge(FileConfig::default(), file, "/tmp/x".into()).unwrap();
+        assert_eq!((s.max_connections_per_ip, s.write_timeout_ms, s.idle_timeout_ms), (8, 2000, 4000));
+        for bad in [
+            FileConfig { max_connections_per_ip: Some(0), ..Default::default() },
+            FileConfig { write_timeout_ms: Some(0), ..Default::default() },
+            FileConfig { idle_timeout_ms: Some(99), ..Default::default() },
+            FileConfig { header_timeout_ms: Some(0), ..Default::default() },
+        ] {
+            assert!(Settings::merge(bad, FileConfig::default(), "/tmp".into()).is_err());
+        }
+    }
+
+    fn smtp(host: &str, tls: &str) -> OtpFileConfig {
+        OtpFileConfig {
+            smtp: Some(SmtpFileConfig {
+                host: Some(host.into()),
+                tls: Some(tls.into()),
+                from: Some("otp@example.com".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn smtp_without_tls_is_refused_unless_the_relay_is_on_this_machine() {
+        for host in ["smtp.example.com", "192.0.2.25", "10.0.0.1", "2001:db8::25", "localhost.example.com"] {
+            let e = OtpSettings::resolve(smtp(host, "none"), None, None).unwrap_err();
+            assert!(e.contains("unencrypted") && e.contains("starttls"), "{host}: {e}");
+        }
+        for host in ["127.0.0.1", "127.0.0.53", "::1", "[::1]", "localhost", "LOCALHOST."] {
+            let s = OtpSettings::resolve(smtp(host, "none"), None, None).unwrap();
+            assert_eq!(s.smtp.unwrap().port, 25, "{host}");
+        }
+        assert!(OtpSettings::resolve(smtp("smtp.example.com", "starttls"), None, None).is_ok());
+        assert!(OtpSettings::resolve(smtp("smtp.example.com", "tls"), None, None).is_ok());
     }
 
     #[test]

@@ -75,7 +75,13 @@ pub async fn route<S: SharedState>(
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
         (&Method::GET, "/v1/openapi.json") => crate::otp_api::openapi_json(),
         (_, path) if crate::otp_api::handles(path) => crate::otp_api::route(&state, req, conn).await,
-        (&Method::GET, "/metrics") => metrics(&state),
+        (&Method::GET, "/metrics") if metrics_allowed(&state.settings, conn.peer, req.headers()) => metrics(&state),
+        (&Method::GET, "/metrics") => problem(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "Not found",
+            "metrics are served to loopback clients or with ONETRIP_METRICS_TOKEN",
+        ),
         (
             _,
             "/v1/auth" | "/v1/server-key" | "/v1/introspect" | "/v1/whoami" | "/healthz" | "/metrics"
@@ -200,6 +206,25 @@ fn server_key<S: SharedState>(state: &AppState<S>, query: Option<&str>) -> Respo
         );
     }
     octets(hs.document.clone())
+}
+
+/// Who may read `/metrics`: its per-status counters reveal individual outcomes on a
+/// quiet server, so with `ONETRIP_METRICS_TOKEN` set only a caller with
+/// `Authorization: Bearer <token>` (compared in constant time), and otherwise only
+/// clients on this host.
+pub(crate) fn metrics_allowed(settings: &crate::config::Settings, peer: IpAddr, headers: &HeaderMap) -> bool {
+    use subtle::ConstantTimeEq;
+    match &settings.metrics_token {
+        Some(token) => headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|presented| bool::from(presented.trim().as_bytes().ct_eq(token.0.as_bytes()))),
+        None => {
+            peer.is_loopback()
+                || matches!(peer, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()))
+        }
+    }
 }
 
 fn metrics<S: SharedState>(state: &AppState<S>) -> Response<Body> {
@@ -348,5 +373,33 @@ async fn whoami<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, con
     match authenticate(state, &parts, b"", conn, unix_now()).await {
         Ok(c) => json(StatusCode::OK, &claims_json(&c, pop_verified)),
         Err(resp) => resp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_for_this_host_or_for_the_token_holder() {
+        let mut settings = crate::config::Settings::defaults("/tmp/x".into());
+        let none = HeaderMap::new();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for local in ["127.0.0.1", "127.0.0.9", "::1", "::ffff:127.0.0.1"] {
+            assert!(metrics_allowed(&settings, ip(local), &none), "{local}");
+        }
+        for remote in ["192.0.2.7", "10.0.0.1", "2001:db8::1", "::ffff:192.0.2.7"] {
+            assert!(!metrics_allowed(&settings, ip(remote), &none), "{remote}");
+        }
+        settings.metrics_token = Some(crate::config::SecretSetting("a-long-metrics-token".to_owned().into()));
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, v.parse().unwrap());
+            h
+        };
+        assert!(!metrics_allowed(&settings, ip("127.0.0.1"), &none), "a token, once set, is required of everyone");
+        assert!(!metrics_allowed(&settings, ip("127.0.0.1"), &with("Bearer a-long-metrics-tokem")));
+        assert!(!metrics_allowed(&settings, ip("127.0.0.1"), &with("Basic a-long-metrics-token")));
+        assert!(metrics_allowed(&settings, ip("192.0.2.7"), &with("Bearer a-long-metrics-token")));
     }
 }

@@ -14,7 +14,8 @@
 //! | [`state`] | `AppState`: everything a request handler needs, cheap to clone |
 //! | [`handshake`] | `POST /v1/auth`: request bytes → response bytes |
 //! | [`http`] | routing, endpoints, problem+json errors |
-//! | [`listener`] | accept loop, connection limit, timeouts, TLS, graceful shutdown |
+//! | [`listener`] | accept loop, connection limits (total and per client), timeouts, TLS, graceful shutdown |
+//! | [`deadline_io`] | write and idle timeouts on a connection's bytes |
 //! | [`admin`] | the admin Unix socket and the key-management operations |
 //! | [`lockout`] | second-factor lockout: wrong codes counted per key and per TOTP account, across verifications |
 //! | [`otp`] | OTP verification state machine: codes, keyed hashes, attempts, resends |
@@ -32,6 +33,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod deadline_io;
 pub mod delivery;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

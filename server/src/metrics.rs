@@ -28,6 +28,10 @@ pub struct Metrics {
     pub connections_peak: AtomicI64,
     /// Tokens checked by introspection/whoami.
     pub token_checks: AtomicU64,
+    /// Connections closed on accept because their client had `max_connections_per_ip` open.
+    pub connections_refused_per_ip: AtomicU64,
+    /// Connections closed by the write or idle timeout.
+    pub connections_timed_out: AtomicU64,
 }
 
 impl Metrics {
@@ -97,6 +101,16 @@ impl Metrics {
                 "onetrip_token_checks_total",
                 "Tokens checked by introspect/whoami.",
                 self.token_checks.load(Ordering::Relaxed),
+            ),
+            (
+                "onetrip_connections_refused_per_ip_total",
+                "Connections closed on accept: their client had max_connections_per_ip open.",
+                self.connections_refused_per_ip.load(Ordering::Relaxed),
+            ),
+            (
+                "onetrip_connections_timed_out_total",
+                "Connections closed because an answer went unread (write timeout) or nothing moved (idle timeout).",
+                self.connections_timed_out.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, value) in counters {

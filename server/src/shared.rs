@@ -3,6 +3,7 @@
 //! single-node default, and a Redis backend can implement the same trait.
 
 use std::future::Future;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
@@ -254,21 +255,39 @@ mod tests {
     }
 }
 
-/// Per-replica, per-IP fixed-window limiter for unauthenticated paths: checked before
-/// any cryptography, without allocation, and never shared (an IP flooding one replica
-/// need not cost the others a round trip to Redis).
+/// The client a per-IP limit counts `ip` as: an IPv4 address (also when it arrives
+/// IPv4-mapped on a dual-stack socket), or an IPv6 /64. One host or one customer
+/// usually holds a whole /64, so counting single IPv6 addresses would give it 2^64
+/// separate budgets.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Per-replica, per-client fixed-window limiter for unauthenticated paths: checked
+/// before any cryptography, without allocation, and never shared (an IP flooding one
+/// replica need not cost the others a round trip to Redis). Clients are counted by
+/// [`client_key`] (IPv6 per /64).
 #[derive(Debug, Default)]
 pub struct IpLimiter {
-    windows: DashMap<std::net::IpAddr, (u64, u64)>,
+    windows: DashMap<IpAddr, (u64, u64)>,
 }
 
 impl IpLimiter {
     /// Counts one request from `ip` in the current one-second window.
-    pub fn check(&self, ip: std::net::IpAddr, per_second: u64, now: u64) -> RateDecision {
+    pub fn check(&self, ip: IpAddr, per_second: u64, now: u64) -> RateDecision {
         if self.windows.len() > 100_000 {
             self.windows.retain(|_, (start, _)| *start + 1 >= now);
         }
-        let mut w = self.windows.entry(ip).or_insert((now, 0));
+        let mut w = self.windows.entry(client_key(ip)).or_insert((now, 0));
         if w.0 != now {
             *w = (now, 0);
         }
@@ -277,5 +296,43 @@ impl IpLimiter {
         }
         w.1 += 1;
         RateDecision::Allowed
+    }
+}
+
+#[cfg(test)]
+mod ip_tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn clients_are_ipv4_addresses_and_ipv6_slash_64s() {
+        assert_eq!(client_key(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(client_key(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")), ip("2001:db8:1:2::"));
+        assert_eq!(client_key(ip("2001:db8:1:2::1")), client_key(ip("2001:db8:1:2:ffff::9")));
+        assert_ne!(client_key(ip("2001:db8:1:2::1")), client_key(ip("2001:db8:1:3::1")));
+        // Dual-stack sockets show IPv4 clients as ::ffff:a.b.c.d: still one per address,
+        // not every IPv4 client in one ::ffff:0:0/64 bucket.
+        assert_eq!(client_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_ne!(client_key(ip("::ffff:192.0.2.7")), client_key(ip("::ffff:192.0.2.8")));
+    }
+
+    #[test]
+    fn the_ip_limiter_counts_an_ipv6_slash_64_as_one_client() {
+        let l = IpLimiter::default();
+        // Rotating through addresses of one /64 does not buy more requests.
+        for i in 0..3u16 {
+            let addr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, i, i, i, i + 1));
+            assert_eq!(l.check(addr, 3, 100), RateDecision::Allowed);
+        }
+        assert_eq!(l.check(ip("2001:db8:0:1:dead:beef::1"), 3, 100), RateDecision::Limited { retry_after: 1 });
+        // Another /64, and IPv4 addresses, have their own budgets.
+        assert_eq!(l.check(ip("2001:db8:0:2::1"), 3, 100), RateDecision::Allowed);
+        for _ in 0..3 {
+            assert_eq!(l.check(ip("192.0.2.1"), 3, 100), RateDecision::Allowed);
+        }
+        assert_eq!(l.check(ip("192.0.2.2"), 3, 100), RateDecision::Allowed);
     }
 }

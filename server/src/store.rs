@@ -102,7 +102,7 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// A record could not be decoded.
-    #[error("store record {0} is damaged: restore the store from backup (onetrip never rewrites a damaged store)")]
+    #[error("store record {0} is damaged: restore it from backup (onetrip never rewrites a damaged store)")]
     Record(String),
 }
 
@@ -219,7 +219,12 @@ impl Store {
             path: data_dir.to_owned(),
             source,
         })?;
-        restrict_permissions(data_dir, 0o700);
+        restrict_permissions(data_dir, 0o700).map_err(|source| StoreError::Io {
+            what: "cannot make the data directory private (mode 0700; onetrip must own it, on a file system with \
+                   Unix permissions)",
+            path: data_dir.to_owned(),
+            source,
+        })?;
         let path = data_dir.join(STORE_FILE);
         let marker = data_dir.join(MARKER_FILE);
         if path.exists() {
@@ -230,7 +235,11 @@ impl Store {
             return Err(StoreError::Missing(path));
         }
         let db = builder().create(&path).map_err(|e| map_db_error(&path, e))?;
-        restrict_permissions(&path, 0o600);
+        restrict_permissions(&path, 0o600).map_err(|source| StoreError::Io {
+            what: "cannot make the store file private (mode 0600)",
+            path: path.clone(),
+            source,
+        })?;
         let (sealer, params) = Sealer::create(passphrase)?;
         let store = Self { db: Db(Some(db), path.clone()), sealer, path: path.clone() };
         store.initialise(&params, now)?;
@@ -745,10 +754,18 @@ fn map_db_error(path: &Path, e: redb::DatabaseError) -> StoreError {
     }
 }
 
-fn restrict_permissions(path: &Path, mode: u32) {
+/// Sets `mode` and checks that it holds: some file systems accept a chmod and ignore it.
+fn restrict_permissions(path: &Path, mode: u32) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        let actual = std::fs::metadata(path)?.permissions().mode() & 0o777;
+        if actual != mode {
+            return Err(std::io::Error::other(format!("the mode is {actual:o} after setting {mode:o}")));
+        }
     }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
 }

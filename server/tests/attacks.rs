@@ -173,7 +173,9 @@ fn unknown_wrong_and_revoked_keys_are_not_separated_by_timing() {
 
 #[test]
 fn slowloris_connections_do_not_stop_normal_clients() {
-    let server = Server::start(&["--header-timeout-ms", "2000"]);
+    // All from 127.0.0.1: the per-IP cap is lifted so that the header timeout alone
+    // is tested (connections_over_the_per_ip_cap_are_closed_at_once tests the cap).
+    let server = Server::start(&["--header-timeout-ms", "2000", "--max-connections-per-ip", "1024"]);
     let (key, _) = server.create_key(&["--name", "normal"]);
     let baseline = std::time::Instant::now();
     assert!(matches!(server.handshake(&key, &ClientRequest::default()), Outcome::Granted(_)));
@@ -218,7 +220,8 @@ fn slowloris_connections_do_not_stop_normal_clients() {
 
 #[test]
 fn a_thousand_concurrent_connections_respect_the_connection_limit() {
-    let server = Server::start(&["--max-connections", "64", "--auth-rate-per-ip", "1000000"]);
+    let server =
+        Server::start(&["--max-connections", "64", "--max-connections-per-ip", "64", "--auth-rate-per-ip", "1000000"]);
     let (key, _) = server.create_key(&["--name", "busy"]);
     let requests: Vec<_> = (0..1000).map(|_| server.request(&key, &ClientRequest::default()).0).collect();
     let port = server.port;
@@ -416,4 +419,144 @@ fn otp_codes_and_channel_secrets_never_reach_logs_or_error_bodies() {
         assert!(!logs.contains(secret), "a channel secret is in the server log");
     }
     assert!(!logs.contains("+15550002222") || logs.contains("+*******2222"), "destinations are masked in logs");
+}
+
+/// Runs `n` attackers, each from its own loopback address 127.0.0.(`first` + i): each
+/// opens a connection with a tiny receive buffer, pipelines `GET /healthz` and never
+/// reads an answer, holds the connection once the server stops reading, and opens a
+/// new one when the server closes it. Returns the stop flag and the threads, which
+/// report how many connections they opened and how many the server closed.
+fn non_readers(
+    port: u16,
+    first: u8,
+    n: u8,
+) -> (std::sync::Arc<std::sync::atomic::AtomicBool>, Vec<std::thread::JoinHandle<(u64, u64)>>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let threads = (0..n)
+        .map(|i| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let source = std::net::Ipv4Addr::new(127, 0, 0, first + i);
+                let burst: Vec<u8> = (0..64).flat_map(|_| request_bytes("GET", "/healthz", &[], b"", false)).collect();
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+                let (mut opened, mut closed) = (0, 0);
+                while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                    let Ok(mut s) = connect_from(source, port, Some(4096)) else {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        continue;
+                    };
+                    opened += 1;
+                    s.set_write_timeout(Some(std::time::Duration::from_millis(100))).unwrap();
+                    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                        match s.write(&burst) {
+                            Ok(_) => {}
+                            // Our send buffer is full: the server stopped reading. Hold on.
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) => {}
+                            Err(_) => {
+                                closed += 1;
+                                break;
+                            }
+                        }
+                    }
+                }
+                (opened, closed)
+            })
+        })
+        .collect();
+    (stop, threads)
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn clients_that_pipeline_and_never_read_do_not_hold_the_connection_limit() {
+    // 12 non-reading clients from 12 addresses against a limit of 8 connections: the
+    // per-IP cap cannot help, only the write timeout frees the slots.
+    // The timeouts go through the environment so that the same test runs (and fails)
+    // against a server that predates them.
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(
+        &tmp.path().join("data"),
+        &["--max-connections", "8"],
+        &[("ONETRIP_WRITE_TIMEOUT_MS", "1000"), ("ONETRIP_IDLE_TIMEOUT_MS", "2000")],
+    )
+    .unwrap();
+    let (stop, attackers) = non_readers(server.port, 10, 12);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let mut waits = Vec::new();
+    for _ in 0..5 {
+        // Each answer within 15 s (the slots free up every write timeout); before the
+        // fix the slots stayed taken and this read timed out.
+        let started = std::time::Instant::now();
+        let status = get_from(
+            std::net::Ipv4Addr::new(127, 0, 0, 2),
+            server.port,
+            "/healthz",
+            std::time::Duration::from_secs(15),
+        );
+        assert_eq!(status, Ok(200), "a normal client was starved by non-reading connections");
+        waits.push(started.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (opened, closed) =
+        attackers.into_iter().map(|t| t.join().unwrap()).fold((0, 0), |(o, c), (a, b)| (o + a, c + b));
+    let timed_out = server.metric("onetrip_connections_timed_out_total");
+    let answered = server.metric("onetrip_http_requests_total");
+    println!(
+        "non-readers: {opened} connections opened, {closed} closed by the server ({timed_out} by its timers); \
+         {answered} requests answered in all ({} per attacker connection); normal client waits {waits:?}",
+        answered / opened.max(1)
+    );
+    assert!(
+        closed >= 12 && timed_out >= 12,
+        "the server closed {closed} non-reading connections ({timed_out} timed out)"
+    );
+    // What one non-reading connection gets computed for it is bounded by the socket
+    // buffers (a few hundred 130-byte answers), not by how much it pipelines.
+    assert!(answered / opened < 5_000, "{answered} answers for {opened} connections");
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn connections_over_the_per_ip_cap_are_closed_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(
+        &tmp.path().join("data"),
+        &["--header-timeout-ms", "30000"],
+        &[("ONETRIP_MAX_CONNECTIONS_PER_IP", "3")],
+    )
+    .unwrap();
+    let me = std::net::Ipv4Addr::new(127, 0, 0, 3);
+    let held: Vec<_> = (0..3).map(|_| connect_from(me, server.port, None).unwrap()).collect();
+    // The server accepts in order: once it answers a later connection (this metrics
+    // request), it has accepted the three.
+    assert_eq!(server.metric("onetrip_connections_open"), 4);
+    // A fourth from the same address is closed before any HTTP: no answer, EOF or reset.
+    let mut fourth = connect_from(me, server.port, None).unwrap();
+    fourth.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let _ = fourth.write_all(&request_bytes("GET", "/healthz", &[], b"", true));
+    let mut buf = [0u8; 64];
+    match fourth.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the fourth connection from one address was served: {other:?}"),
+    }
+    assert_eq!(server.metric("onetrip_connections_refused_per_ip_total"), 1);
+    // Other addresses are not affected, and a freed slot can be used again.
+    let other = std::net::Ipv4Addr::new(127, 0, 0, 4);
+    assert_eq!(get_from(other, server.port, "/healthz", std::time::Duration::from_secs(10)), Ok(200));
+    drop(held);
+    let mut again = Err(String::new());
+    for _ in 0..100 {
+        again = get_from(me, server.port, "/healthz", std::time::Duration::from_secs(10));
+        if again.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(again, Ok(200), "slots are freed when connections close");
 }

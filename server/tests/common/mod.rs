@@ -351,3 +351,41 @@ pub fn https(
     tls.write_all(&msg).unwrap();
     read_response(&mut tls)
 }
+
+/// A connection to 127.0.0.1:`port` from the loopback address `source` (Linux routes
+/// all of 127.0.0.0/8 to `lo`), so a test can play several clients that per-IP limits
+/// tell apart. `recv_buffer` shrinks the socket's receive buffer before connecting.
+pub fn connect_from(source: std::net::Ipv4Addr, port: u16, recv_buffer: Option<u32>) -> std::io::Result<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        if let Some(n) = recv_buffer {
+            socket.set_recv_buffer_size(n)?;
+        }
+        socket.bind((source, 0).into())?;
+        let connect = socket.connect(([127, 0, 0, 1], port).into());
+        let stream = tokio::time::timeout(Duration::from_secs(5), connect).await??;
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        Ok(stream)
+    })
+}
+
+/// `GET path` on a fresh connection from `source`; the status, or why there was none
+/// within `limit` (connect, write and read together).
+pub fn get_from(source: std::net::Ipv4Addr, port: u16, path: &str, limit: Duration) -> Result<u16, String> {
+    let started = Instant::now();
+    let mut s = connect_from(source, port, None).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(limit)).map_err(|e| e.to_string())?;
+    s.write_all(&request_bytes("GET", path, &[], b"", true)).map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) => return Err(format!("closed after {} bytes", raw.len())),
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(format!("no answer after {:?}: {e}", started.elapsed())),
+        }
+    }
+    Ok(parse_response(&raw).status)
+}
