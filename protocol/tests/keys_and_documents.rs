@@ -190,6 +190,19 @@ fn the_expiry_is_signed() {
 }
 
 #[test]
+fn no_handshake_is_prepared_from_an_expired_document() {
+    let fx = Fixture::<DefaultBackend>::new(13);
+    let key = ApiKey::generate(&mut TestRng::new(14));
+    let expires_at = fx.document.expires_at();
+    assert!(onetrip_protocol::ClientHandshake::new(fx.backend, &key, &fx.document, expires_at).is_ok());
+    let err = onetrip_protocol::ClientHandshake::new(fx.backend, &key, &fx.document, expires_at + 1).unwrap_err();
+    assert!(
+        matches!(err, onetrip_protocol::HandshakeError::Document(DocumentError::Expired { .. })),
+        "a stale document steers no client: {err}"
+    );
+}
+
+#[test]
 fn a_version_1_document_without_expiry_is_refused_with_a_clear_error() {
     // A genuine version 1 document (no expires_at; identity at 16, entries at 48),
     // signed as version 1 servers did: it verifies, and is still refused.
