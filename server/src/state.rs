@@ -347,7 +347,7 @@ fn build_handshake(store: &Store, now: u64, document_ttl: u64) -> Result<Handsha
     let expires_at = onetrip_protocol::ServerKeyDocument::parse(&document)
         .map_err(|e| StoreError::Record(format!("server key document: {e}")))?
         .expires_at();
-    Ok(Handshake { responder, document: Bytes::from(document), resign_at: now + (expires_at - now) / 2 })
+    Ok(Handshake { responder, document: Bytes::from(document), resign_at: now + expires_at.saturating_sub(now) / 2 })
 }
 
 #[cfg(test)]
