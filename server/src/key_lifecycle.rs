@@ -111,6 +111,20 @@ mod tests {
         task.abort();
     }
 
+    #[test]
+    fn a_store_whose_key_is_valid_until_9999_is_fitted_to_the_policy_at_start() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let start = unix_now();
+        let (store, _) = Store::open_or_init(dir.path(), None, start).expect("store");
+        // What stores made before keys had a lifetime hold: a key valid until 9999.
+        let legacy = store.rotate_server_key(start, start, 253_402_300_799 - start).expect("legacy key");
+        let state = AppState::new(Settings::defaults(dir.path().into()), store, MemoryShared::new(16)).expect("state");
+        let keys = state.store.server_key_validity().expect("keys");
+        let (_, not_before, not_after) = *keys.iter().find(|k| k.0 == legacy).expect("still there");
+        assert_eq!(not_after, not_before + 30 * 86_400, "cut back to the default lifetime");
+        assert!(keys.iter().all(|k| k.2 < 253_402_300_799));
+    }
+
     #[tokio::test]
     async fn the_document_is_re_signed_before_it_expires() {
         let dir = tempfile::tempdir().expect("temp dir");
