@@ -368,7 +368,7 @@ impl Client {
     async fn handshake(&self, second_factor: Option<SecondFactor<'_>>) -> Result<AccessToken, Error> {
         let mut flight = Flight::default();
         loop {
-            if self.core().needs_document() {
+            if self.core().needs_document(self.now()) {
                 self.fetch_document().await?;
             }
             let (pending, response) = self.post_auth(second_factor).await?;

@@ -8,7 +8,7 @@
 //! ```text
 //! let mut flight = Flight::default();
 //! loop {
-//!     if core.needs_document() { let d = core.check_document(GET /v1/server-key)?;
+//!     if core.needs_document(now) { let d = core.check_document(GET /v1/server-key)?;
 //!                                /* persist d.first_use() */ core.accept_document(d, now)?; }
 //!     let (request, pending) = core.begin(now, rng, second_factor)?;
 //!     match core.complete(&mut flight, pending, POST /v1/auth (request), now)? {
@@ -19,6 +19,8 @@
 //! ```
 
 use onetrip_protocol::handshake::{ClientRequest, SecondFactor, REQUEST_LEN};
+#[cfg(doc)]
+use onetrip_protocol::DocumentError;
 use onetrip_protocol::{
     ApiKey, AwaitingResponse, ClientHandshake, CryptoBackend, DefaultBackend, Fingerprint, Outcome, ServerKeyDocument,
 };
@@ -128,9 +130,15 @@ impl<B: CryptoBackend> ClientCore<B> {
         }
     }
 
-    /// True until a document has been accepted, and again after `server_key_changed`.
-    pub fn needs_document(&self) -> bool {
-        self.handshake.is_none()
+    /// True until a document has been accepted, again after `server_key_changed`,
+    /// and once the document is past its signed `expires_at` (PROTOCOL.md §3): a
+    /// stale document is never used, it is fetched again.
+    pub fn needs_document(&self, local_now: u64) -> bool {
+        self.handshake.is_none() || self.document_is_stale(local_now)
+    }
+
+    fn document_is_stale(&self, local_now: u64) -> bool {
+        self.document.as_ref().is_none_or(|d| d.check_fresh(self.server_now(local_now)).is_err())
     }
 
     /// Seconds to add to the local clock to get server time.
@@ -186,17 +194,32 @@ impl<B: CryptoBackend> ClientCore<B> {
     /// handshake for the key current at server time.
     ///
     /// # Errors
-    /// [`Error::Document`] when no handshake key is valid at the estimated server
-    /// time; [`Error::Protocol`] for an unusable server key.
+    /// [`Error::Document`] with [`DocumentError::Expired`] when the document is past
+    /// its `expires_at` at the estimated server time (the cached document and
+    /// handshake are dropped, so the next call fetches again), or when no handshake
+    /// key is valid then; [`Error::Protocol`] for an unusable server key.
     pub fn accept_document(&mut self, checked: CheckedDocument, local_now: u64) -> Result<(), Error> {
         let CheckedDocument { document, first_use } = checked;
         if first_use {
             self.trust = TrustAnchor::FirstUse(Some(document.fingerprint()));
         }
-        if document.current(self.server_now(local_now)).is_err() && document.current(document.issued_at()).is_ok() {
-            // Our clock is far off (no key is valid at our idea of now). The signed
-            // document's issue time is a good first estimate of server time; an
-            // authenticated clock_skew answer then corrects it exactly.
+        // Expiry is checked against the time learnt from authenticated answers only,
+        // before the guess below: a replayed old document must not be able to wind
+        // our clock back to its own issue time and so look fresh.
+        if let Err(e) = document.check_fresh(self.server_now(local_now)) {
+            self.document = None;
+            self.handshake = None;
+            return Err(e.into());
+        }
+        let server_now = self.server_now(local_now);
+        if document.issued_at() > server_now
+            && document.current(server_now).is_err()
+            && document.current(document.issued_at()).is_ok()
+        {
+            // Our clock is far behind (no key is valid yet at our idea of now). The
+            // signed document's issue time is a good first estimate of server time;
+            // an authenticated clock_skew answer then corrects it exactly. The guess
+            // only ever moves our clock forward, towards expiry, never back.
             self.clock_offset = offset(document.issued_at(), local_now);
         }
         let handshake =
@@ -222,6 +245,11 @@ impl<B: CryptoBackend> ClientCore<B> {
             .handshake
             .as_ref()
             .ok_or_else(|| Error::Config("no server key document accepted yet (call accept_document first)".into()))?;
+        if let Some(document) = &self.document {
+            // The shells refetch when needs_document says so; this keeps a stale
+            // document from being used by a caller that skipped that check.
+            document.check_fresh(self.server_now(local_now))?;
+        }
         let request = ClientRequest { audience: &self.audience, scopes: &self.scopes, second_factor };
         let mut out = [0u8; REQUEST_LEN];
         let awaiting = handshake.start(&request, self.server_now(local_now), rng, &mut out)?;

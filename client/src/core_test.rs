@@ -61,7 +61,7 @@ fn a_grant_yields_a_token_the_resource_server_accepts() {
     let key = api_key();
     let mut server = FakeServer::new(&key, NOW);
     let mut core = core_for(&server, &key);
-    assert!(core.needs_document());
+    assert!(core.needs_document(NOW));
     load_document(&mut core, &server, NOW);
     let token = granted(round(&mut core, &mut Flight::default(), &mut server, NOW));
     assert_eq!((token.issued_at(), token.expires_at()), (NOW, NOW + 900));
@@ -188,7 +188,7 @@ fn server_key_changed_means_one_refetch_per_flight() {
     server.rotate(NOW);
     let mut flight = Flight::default();
     assert!(matches!(round(&mut core, &mut flight, &mut server, NOW), Ok(Step::RefetchDocument)));
-    assert!(core.needs_document());
+    assert!(core.needs_document(NOW));
     assert!(matches!(core.begin(NOW, &mut OsRng, None), Err(Error::Config(_))));
     load_document(&mut core, &server, NOW);
     granted(round(&mut core, &mut flight, &mut server, NOW));
@@ -212,7 +212,7 @@ fn a_key_changed_answer_from_another_identity_is_refused() {
     let response = impostor.answer(&request, NOW);
     let err = core.complete(&mut Flight::default(), pending, &response, NOW).unwrap_err();
     assert!(matches!(err, Error::Protocol(HandshakeError::KeyChangedSignature)), "{err}");
-    assert!(!core.needs_document(), "a forged answer changes nothing");
+    assert!(!core.needs_document(NOW), "a forged answer changes nothing");
 }
 
 #[test]
@@ -297,4 +297,58 @@ fn debug_output_holds_no_secret() {
     assert!(!shown.contains(&encoded[4..]), "{shown}");
     assert!(!shown.contains(token.token().to_base64().as_str()), "{shown}");
     assert!(!shown.contains(signed.pop()), "{shown}");
+}
+
+#[test]
+fn a_document_past_its_expiry_is_refetched_and_a_stale_copy_refused() {
+    let key = api_key();
+    let mut server = FakeServer::new(&key, NOW);
+    server.document_lifetime = 600;
+    let mut core = core_for(&server, &key);
+    load_document(&mut core, &server, NOW);
+    assert!(!core.needs_document(NOW + 600), "usable up to and including expires_at");
+    let later = NOW + 601;
+    assert!(core.needs_document(later), "past expires_at the document is fetched again");
+    let err = core.begin(later, &mut OsRng, None).unwrap_err();
+    assert!(
+        matches!(err, Error::Document(DocumentError::Expired { expires_at, now }) if expires_at == NOW + 600 && now == later),
+        "{err}"
+    );
+    // The server (or someone replaying it) answers the refetch with the same copy.
+    let stale = core.check_document(&server.document(NOW)).unwrap();
+    let err = core.accept_document(stale, later).unwrap_err();
+    assert!(matches!(err, Error::Document(DocumentError::Expired { .. })), "{err}");
+    assert!(core.needs_document(later), "nothing of the stale copy is kept");
+    // A freshly signed document works.
+    let fresh = core.check_document(&server.document(later)).unwrap();
+    core.accept_document(fresh, later).unwrap();
+    let (request, pending) = core.begin(later, &mut OsRng, None).unwrap();
+    let response = server.answer(&request, later);
+    granted(core.complete(&mut Flight::default(), pending, &response, later));
+}
+
+#[test]
+fn a_document_captured_before_a_rotation_cannot_steer_the_client_after_it_expires() {
+    let key = api_key();
+    let mut server = FakeServer::new(&key, NOW);
+    // Captured before the rotation: it names the old key, valid (in the document)
+    // until NOW + 86_400. The server then rotates; the old private key is what an
+    // attacker holds from a backup, and the attacker replays the old document.
+    let captured = server.document(NOW);
+    let old_key_id = ServerKeyDocument::parse(&captured).unwrap().entries()[0].key_id;
+    let later = NOW + onetrip_protocol::server_key::DEFAULT_DOCUMENT_LIFETIME_SECS + 1;
+    server.rotate(later);
+    let mut core = core_for(&server, &key);
+    let err = core.accept_document(core.check_document(&captured).unwrap(), later).unwrap_err();
+    assert!(matches!(err, Error::Document(DocumentError::Expired { .. })), "{err}");
+    assert!(matches!(core.begin(later, &mut OsRng, None), Err(Error::Config(_))), "no handshake was prepared");
+    // Even a client whose clock is far off cannot be wound back to the copy's issue
+    // time by it: the issue-time guess only ever moves the clock forward.
+    let err = core.accept_document(core.check_document(&captured).unwrap(), NOW + 3 * 86_400).unwrap_err();
+    assert!(matches!(err, Error::Document(DocumentError::Expired { .. })), "{err}");
+    assert_eq!(core.clock_offset(), 0);
+    // The current document steers to the new key.
+    core.accept_document(core.check_document(&server.document(later)).unwrap(), later).unwrap();
+    let (request, _) = core.begin(later, &mut OsRng, None).unwrap();
+    assert_ne!(request[2..10], old_key_id);
 }

@@ -178,10 +178,13 @@ impl Genuine {
     fn answer(&self, path: &str, body: &[u8]) -> Vec<u8> {
         let now = unix_now();
         match path {
-            "/v1/server-key" => match self.responder.signed_document(now) {
-                Ok(doc) => http_answer("200 OK", "application/octet-stream", &doc),
-                Err(_) => http_answer("503 Service Unavailable", "text/plain", b"no document"),
-            },
+            "/v1/server-key" => {
+                match self.responder.signed_document(now, onetrip_protocol::server_key::DEFAULT_DOCUMENT_LIFETIME_SECS)
+                {
+                    Ok(doc) => http_answer("200 OK", "application/octet-stream", &doc),
+                    Err(_) => http_answer("503 Service Unavailable", "text/plain", b"no document"),
+                }
+            }
             "/v1/auth" if body.len() == REQUEST_LEN => {
                 http_answer("200 OK", "application/octet-stream", &self.handshake(body, now))
             }

@@ -48,8 +48,8 @@ pub use blocking::BlockingClient;
 pub use client::{Client, ClientBuilder, Clock, IntoApiKey};
 pub use error::Error;
 pub use onetrip_protocol::{
-    ApiKey, ApiKeyError, Channel, Claims, DefaultBackend, Fingerprint, KeyId, PopError, PopProof, Secret, Token,
-    TokenError, TokenVerifier,
+    ApiKey, ApiKeyError, Channel, Claims, DefaultBackend, DocumentError, Fingerprint, KeyId, PopError, PopProof,
+    Secret, Token, TokenError, TokenVerifier,
 };
 pub use otp::{CheckResult, NewVerification, OtpChannel, Verification, VerificationStatus};
 pub use token::{AccessToken, SignedRequest, AUTHORIZATION_SCHEME, POP_HEADER};

@@ -109,6 +109,27 @@ async fn server_key_changed_costs_exactly_one_refetch() {
 }
 
 #[tokio::test]
+async fn an_expired_document_is_fetched_again_and_a_replayed_stale_copy_is_refused() {
+    let (key, key_str) = new_key();
+    let server = TestServer::start(&key).await;
+    server.state.fake.lock().unwrap().document_lifetime = 600;
+    let (shift, clock) = shared_clock(&server);
+    let client = server.client(&key_str).clock(clock).build().unwrap();
+    client.token().await.unwrap();
+    let captured = server.state.fake.lock().unwrap().document(now());
+    // Past both the token's lifetime (900 s) and the document's (600 s).
+    shift.store(1_000, Ordering::SeqCst);
+    client.token().await.unwrap();
+    assert_eq!((server.documents(), server.auths()), (2, 2), "the expired document was fetched again");
+    // Someone answers the next fetch with the copy captured earlier: refused, typed.
+    server.state.fake.lock().unwrap().replayed_document = Some(captured);
+    shift.store(2_000, Ordering::SeqCst);
+    let err = client.token().await.unwrap_err();
+    assert!(matches!(err, Error::Document(onetrip_client::DocumentError::Expired { .. })), "{err}");
+    assert_eq!((server.documents(), server.auths()), (3, 2), "refetched once, and no handshake on the stale copy");
+}
+
+#[tokio::test]
 async fn a_server_that_keeps_changing_keys_is_reported_after_one_refetch() {
     let (key, key_str) = new_key();
     let server = TestServer::start(&key).await;

@@ -63,7 +63,10 @@ fn bench_backend<B: CryptoBackend>(c: &mut Criterion) {
 
     let mut responder = Responder::new(b.clone(), IdentityKey::generate(&mut rng), Secret::random(&mut rng));
     let entry = responder.add_key(*b"benchkey", &Secret::random(&mut rng), 0, u64::MAX).unwrap();
-    let doc = ServerKeyDocument::parse(&responder.signed_document(NOW).unwrap()).unwrap();
+    let doc = ServerKeyDocument::parse(
+        &responder.signed_document(NOW, onetrip_protocol::server_key::DEFAULT_DOCUMENT_LIFETIME_SECS).unwrap(),
+    )
+    .unwrap();
     let api_key = ApiKey::generate(&mut rng);
     let client = ClientHandshake::new(b.clone(), &api_key, &doc, NOW).unwrap();
     let ss = responder.static_static(&entry.key_id, &api_key.verifier(&b).unwrap()).unwrap();

@@ -50,8 +50,8 @@ pub use secret::Secret;
 pub use server_key::{DocumentError, Fingerprint, IdentityKey, ServerKeyDocument, ServerKeyEntry};
 pub use token::{Claims, Token, TokenError, TokenKeyring, TokenVerifier, TOKEN_LEN};
 
-/// Protocol version: the first byte of every message, token and proof, and byte 4 of
-/// the server key document (after the `OTSK` magic).
+/// Protocol version: the first byte of every message, token and proof. The server key
+/// document has its own version, [`server_key::DOCUMENT_VERSION`].
 pub const VERSION: u8 = 1;
 
 /// Default accepted clock difference between client and server, in seconds.

@@ -3,8 +3,11 @@
 //! server's long-term Ed25519 identity key. Clients pin the identity's fingerprint.
 //!
 //! Layout (all integers big-endian), see PROTOCOL.md §3:
-//! `magic "OTSK" ‖ version ‖ count ‖ reserved(2) ‖ issued_at(8) ‖ identity(32) ‖
-//! count × entry(56) ‖ signature(64)`.
+//! `magic "OTSK" ‖ version(2) ‖ count ‖ reserved(2) ‖ issued_at(8) ‖ expires_at(8) ‖
+//! identity(32) ‖ count × entry(56) ‖ signature(64)`.
+//!
+//! The signed `expires_at` is what keeps a captured document from steering clients to
+//! a handshake key the server has retired: a client refuses a document past it.
 
 use core::fmt;
 use core::str::FromStr;
@@ -18,10 +21,17 @@ use subtle::ConstantTimeEq;
 
 use crate::kdf::SIGN_CONTEXT_DOCUMENT;
 use crate::secret::Secret;
-use crate::VERSION;
 
 /// First four bytes of a document.
 pub const DOCUMENT_MAGIC: [u8; 4] = *b"OTSK";
+/// Document format version (byte 4). Version 2 added the signed `expires_at`; it
+/// evolves separately from the handshake's [`crate::VERSION`].
+pub const DOCUMENT_VERSION: u8 = 2;
+/// The format before `expires_at`, refused with [`DocumentError::NoExpiry`].
+pub const LEGACY_DOCUMENT_VERSION: u8 = 1;
+/// Default document lifetime (4 hours): the longest a copy captured before a key
+/// rotation can steer a client. The reference server re-signs at half of it.
+pub const DEFAULT_DOCUMENT_LIFETIME_SECS: u64 = 4 * 3600;
 /// Length of a server handshake key id.
 pub const SERVER_KEY_ID_LEN: usize = 8;
 /// Most handshake keys one document lists (current + previous + room for staging).
@@ -36,14 +46,16 @@ const OFF_VERSION: usize = 4;
 const OFF_COUNT: usize = 5;
 const OFF_RESERVED: usize = 6;
 const OFF_ISSUED_AT: usize = 8;
-const OFF_IDENTITY: usize = 16;
+const OFF_EXPIRES_AT: usize = 16;
+const OFF_IDENTITY: usize = 24;
 /// Offset of the first entry.
-pub const OFF_ENTRIES: usize = 48;
+pub const OFF_ENTRIES: usize = 56;
 const ENTRY_OFF_ID: usize = 0;
 const ENTRY_OFF_PUBLIC: usize = 8;
 const ENTRY_OFF_NOT_BEFORE: usize = 40;
 const ENTRY_OFF_NOT_AFTER: usize = 48;
 const _: () = assert!(ENTRY_OFF_NOT_AFTER + 8 == ENTRY_LEN);
+const _: () = assert!(OFF_ISSUED_AT + 8 == OFF_EXPIRES_AT && OFF_EXPIRES_AT + 8 == OFF_IDENTITY);
 const _: () = assert!(OFF_IDENTITY + 32 == OFF_ENTRIES);
 
 /// Length of a document with `count` entries.
@@ -71,7 +83,12 @@ pub enum DocumentError {
     /// A version this library does not speak.
     #[error("unsupported server key document version {0}")]
     Version(u8),
-    /// Zero entries, more than [`MAX_ENTRIES`], or non-zero reserved bytes.
+    /// A version 1 document: it carries no expiry, so a copy captured before a key
+    /// rotation would stay usable forever. Refused; the server must be upgraded.
+    #[error("server key document version 1 has no expiry and is no longer accepted: upgrade the onetrip server to one that serves version 2")]
+    NoExpiry,
+    /// Zero entries, more than [`MAX_ENTRIES`], non-zero reserved bytes, or an
+    /// `expires_at` before `issued_at`.
     #[error("server key document header is invalid: {0}")]
     Header(&'static str),
     /// An entry ends before it starts, or two entries share a key id.
@@ -96,6 +113,15 @@ pub enum DocumentError {
     /// No entry is valid at the given time.
     #[error("server key document has no handshake key valid now (server clock or document stale)")]
     NoCurrentKey,
+    /// The document is past its signed `expires_at`: fetch a fresh one. A server
+    /// that keeps serving it is stale, or someone replays an old copy.
+    #[error("server key document expired at {expires_at} (now {now}): fetch it again; if the server keeps serving an expired document it is replayed or this machine's clock is fast")]
+    Expired {
+        /// The document's `expires_at`.
+        expires_at: u64,
+        /// The time it was checked at.
+        now: u64,
+    },
 }
 
 /// The server's long-term Ed25519 identity key. Signs documents and
@@ -225,6 +251,7 @@ impl ServerKeyEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerKeyDocument {
     issued_at: u64,
+    expires_at: u64,
     identity: [u8; 32],
     count: usize,
     entries: [ServerKeyEntry; MAX_ENTRIES],
@@ -234,23 +261,32 @@ const EMPTY_ENTRY: ServerKeyEntry =
     ServerKeyEntry { key_id: [0; SERVER_KEY_ID_LEN], public: [0; 32], not_before: 0, not_after: 0 };
 
 impl ServerKeyDocument {
-    /// Builds and checks a document for `identity`'s public key.
+    /// Builds and checks a document for `identity`'s public key, usable by clients
+    /// from `issued_at` to `expires_at` inclusive.
     ///
     /// # Errors
     /// [`DocumentError::Header`] / [`DocumentError::Entry`] for an empty or oversized
-    /// list, an inverted validity or a duplicate key id.
-    pub fn new(issued_at: u64, identity: [u8; 32], list: &[ServerKeyEntry]) -> Result<Self, DocumentError> {
+    /// list, `expires_at < issued_at`, an inverted validity or a duplicate key id.
+    pub fn new(
+        issued_at: u64,
+        expires_at: u64,
+        identity: [u8; 32],
+        list: &[ServerKeyEntry],
+    ) -> Result<Self, DocumentError> {
         if list.is_empty() || list.len() > MAX_ENTRIES {
             return Err(DocumentError::Header("entry count must be 1 to 4"));
         }
         let mut entries = [EMPTY_ENTRY; MAX_ENTRIES];
         entries[..list.len()].copy_from_slice(list);
-        let doc = Self { issued_at, identity, count: list.len(), entries };
+        let doc = Self { issued_at, expires_at, identity, count: list.len(), entries };
         doc.check_entries()?;
         Ok(doc)
     }
 
     fn check_entries(&self) -> Result<(), DocumentError> {
+        if self.expires_at < self.issued_at {
+            return Err(DocumentError::Header("expires_at is before issued_at"));
+        }
         for (index, e) in self.entries().iter().enumerate() {
             if e.not_before > e.not_after {
                 return Err(DocumentError::Entry { index, reason: "not_after is before not_before" });
@@ -265,6 +301,20 @@ impl ServerKeyDocument {
     /// When the server produced this document.
     pub fn issued_at(&self) -> u64 {
         self.issued_at
+    }
+    /// The last second at which clients may use this document (signed).
+    pub fn expires_at(&self) -> u64 {
+        self.expires_at
+    }
+    /// Refuses the document once `now` is past its `expires_at`.
+    ///
+    /// # Errors
+    /// [`DocumentError::Expired`] naming both times.
+    pub fn check_fresh(&self, now: u64) -> Result<(), DocumentError> {
+        if now > self.expires_at {
+            return Err(DocumentError::Expired { expires_at: self.expires_at, now });
+        }
+        Ok(())
     }
     /// The Ed25519 identity public key that signed it.
     pub fn identity(&self) -> &[u8; 32] {
@@ -282,8 +332,11 @@ impl ServerKeyDocument {
     /// `not_before`; on a tie, the one valid longest, i.e. the rotation successor).
     ///
     /// # Errors
-    /// [`DocumentError::NoCurrentKey`] if none is valid at `now`.
+    /// [`DocumentError::Expired`] when the document itself is past `expires_at` (a
+    /// stale document names no key at all); [`DocumentError::NoCurrentKey`] if no
+    /// entry is valid at `now`.
     pub fn current(&self, now: u64) -> Result<&ServerKeyEntry, DocumentError> {
+        self.check_fresh(now)?;
         self.entries()
             .iter()
             .filter(|e| e.is_valid_at(now))
@@ -318,9 +371,10 @@ impl ServerKeyDocument {
         }
         let mut out = [0u8; MAX_DOCUMENT_LEN];
         out[OFF_MAGIC..OFF_VERSION].copy_from_slice(&DOCUMENT_MAGIC);
-        out[OFF_VERSION] = VERSION;
+        out[OFF_VERSION] = DOCUMENT_VERSION;
         out[OFF_COUNT] = self.count as u8;
-        out[OFF_ISSUED_AT..OFF_IDENTITY].copy_from_slice(&self.issued_at.to_be_bytes());
+        out[OFF_ISSUED_AT..OFF_EXPIRES_AT].copy_from_slice(&self.issued_at.to_be_bytes());
+        out[OFF_EXPIRES_AT..OFF_IDENTITY].copy_from_slice(&self.expires_at.to_be_bytes());
         out[OFF_IDENTITY..OFF_ENTRIES].copy_from_slice(&self.identity);
         for (i, e) in self.entries().iter().enumerate() {
             let at = OFF_ENTRIES + i * ENTRY_LEN;
@@ -347,8 +401,10 @@ impl ServerKeyDocument {
         if header[OFF_MAGIC..OFF_VERSION] != DOCUMENT_MAGIC {
             return Err(DocumentError::Magic);
         }
-        if header[OFF_VERSION] != VERSION {
-            return Err(DocumentError::Version(header[OFF_VERSION]));
+        match header[OFF_VERSION] {
+            DOCUMENT_VERSION => {}
+            LEGACY_DOCUMENT_VERSION => return Err(DocumentError::NoExpiry),
+            other => return Err(DocumentError::Version(other)),
         }
         let count = usize::from(header[OFF_COUNT]);
         if count == 0 || count > MAX_ENTRIES {
@@ -379,8 +435,13 @@ impl ServerKeyDocument {
                 not_after: crate::codec::read_u64::<ENTRY_OFF_NOT_AFTER, ENTRY_LEN>(raw),
             };
         }
-        let doc =
-            Self { issued_at: crate::codec::read_u64::<OFF_ISSUED_AT, OFF_ENTRIES>(header), identity, count, entries };
+        let doc = Self {
+            issued_at: crate::codec::read_u64::<OFF_ISSUED_AT, OFF_ENTRIES>(header),
+            expires_at: crate::codec::read_u64::<OFF_EXPIRES_AT, OFF_ENTRIES>(header),
+            identity,
+            count,
+            entries,
+        };
         doc.check_entries()?;
         Ok(doc)
     }

@@ -103,8 +103,8 @@ fn seeds() -> BTreeMap<(&'static str, String), Vec<u8>> {
         add("request_parse", name, Seed::default().raw(&request));
         add("request_process", &format!("raw-{name}"), Seed::new(0).raw(&request));
         add("response_open", &format!("raw-{name}"), Seed::new(0).raw(&response));
-        if case.get("audience").is_none() {
-            continue; // server_key_changed: no payload fields
+        if name == "server_key_changed" {
+            continue; // made for a retired server key id: request_mutate builds for the current one
         }
         let (id, secret) = match case["api_key"].as_str() {
             Some("unknown") => (v.input("unknown_key_id"), v.input("unknown_key_secret")),
@@ -229,13 +229,18 @@ fn seeds() -> BTreeMap<(&'static str, String), Vec<u8>> {
             .u64(v.0["inputs"]["server_key_not_before"].as_u64().expect("nb"))
             .u64(v.0["inputs"]["server_key_not_after"].as_u64().expect("na"))
     };
-    let head = |count: u8| Seed::new(1).raw(&v.input("identity_seed")).u64(now).u64(now).byte(count);
+    let expires_at = derived["server_key_document_expires_at"].as_u64().expect("expires_at");
+    let head = |count: u8| Seed::new(1).raw(&v.input("identity_seed")).u64(now).u64(expires_at).u64(now).byte(count);
     let one = entry(head(1), &v.input("server_key_id"));
     add("server_key_document", "signed-one-entry", one.clone());
     add("server_key_document", "signed-one-entry-mutated", one.mutation(0, false, 60, 1));
     add("server_key_document", "signed-two-entries", entry(entry(head(2), &v.input("server_key_id")), b"retired0"));
     add("server_key_document", "signed-same-validity", entry(entry(head(2), &v.input("server_key_id")), b"successr"));
     add("server_key_document", "signed-duplicate-ids", entry(entry(head(2), b"samekey0"), b"samekey0"));
+    let expired = Seed::new(1).raw(&v.input("identity_seed")).u64(now).u64(now).u64(now + 1).byte(1);
+    add("server_key_document", "signed-expired", entry(expired, &v.input("server_key_id")));
+    let small_order = v.hex(&v.0["ed25519_small_order"]["server_key_document"]);
+    add("server_key_document", "raw-small-order-identity", Seed::new(0).raw(&small_order));
     let api_key = str_of(&derived["api_key_string"]);
     add("api_key_string", "vector", Seed::default().raw(api_key));
     add("api_key_string", "vector-pasted", Seed::default().raw(b"  ").raw(api_key).raw(b"\r\n"));
@@ -359,7 +364,7 @@ fn dicts() -> BTreeMap<&'static str, String> {
     );
     out.insert(
         "server_key_document",
-        format!("{header}magic=\"OTSK\"\nheader=\"OTSK\\x01\\x01\\x00\\x00\"\nfingerprint=\"SHA256:\"\n"),
+        format!("{header}magic=\"OTSK\"\nheader=\"OTSK\\x02\\x01\\x00\\x00\"\nfingerprint=\"SHA256:\"\n"),
     );
     out.insert("api_key_string", format!("{header}prefix=\"otk_\"\nnewline=\"\\x0a\"\ndash=\"-\"\nunderscore=\"_\"\n"));
     out

@@ -129,6 +129,11 @@ fn no_exported_audience_key_opens_or_mints_the_servers_own_tokens() {
     assert_eq!(resource.verify(genuine.as_bytes(), NOW).unwrap_err(), TokenError::Invalid);
     let forged = resource.seal(&own_claims(SERVER_AUDIENCE), &mut rng).unwrap();
     assert_eq!(own.verify(forged.as_bytes(), NOW).unwrap_err(), TokenError::Invalid);
+    // The server's key is PROTOCOL.md §7.1's K_server = KDF(label, master ‖ key id).
+    let spec = blake3::derive_key("onetrip v1 token server key", &[&master.expose()[..], b"kid1"].concat());
+    let by_spec =
+        TokenVerifier::new(DefaultBackend::default(), SERVER_AUDIENCE, &[(*b"kid1", Secret::new(spec))]).unwrap();
+    assert_eq!(by_spec.verify(genuine.as_bytes(), NOW).unwrap().audience(), SERVER_AUDIENCE);
     // Another audience's key cannot either (different tag, different key).
     let db = fx.tokens.seal(&claims(&Secret::new([6; 32])), &mut rng).unwrap();
     assert_eq!(

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 
 const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/v1.json");
 const NOW: u64 = 1_790_000_000;
+const DOCUMENT_LIFETIME: u64 = onetrip_protocol::server_key::DEFAULT_DOCUMENT_LIFETIME_SECS;
 
 /// Input bytes named in the file: BLAKE3-derive_key("onetrip test vector input", name).
 fn input<const N: usize>(name: &str) -> [u8; N] {
@@ -85,6 +86,96 @@ const CASES: &[Case] = &[
     Case { name: "server_error", key: "registered", audience: "", scopes: "", code: None, timestamp: NOW },
 ];
 
+/// Every intermediate of a request, recomputed from PROTOCOL.md §4.3 alone.
+struct SpecRequest {
+    e_pub: [u8; 32],
+    dh_es: Secret<32>,
+    k1: Secret<32>,
+    dh_ss: Secret<32>,
+    k2: Secret<32>,
+    payload: [u8; PAYLOAD_LEN],
+    request: [u8; REQUEST_LEN],
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spec_request<B: CryptoBackend>(
+    b: &B,
+    key: &ApiKey,
+    server_key_id: &[u8; 8],
+    server_public: &[u8; 32],
+    case: &Case,
+    ephemeral: &Secret<32>,
+    nonce: &[u8; 16],
+    operation: &[u8; 16],
+) -> SpecRequest {
+    let e = b.static_key(ephemeral).unwrap();
+    let e_pub = b.public_key(&e);
+    let dh_es = b.x25519(&e, server_public).unwrap();
+    let mut expect = [0u8; REQUEST_LEN];
+    expect[0] = 1;
+    expect[1] = MSG_AUTH_REQUEST;
+    expect[2..10].copy_from_slice(server_key_id);
+    expect[10..42].copy_from_slice(&e_pub);
+    let k1 = kdf::derive(kdf::LABEL_KEY_ID_KEY, &[server_public, dh_es.expose(), &expect[..42]]);
+    let c = b.static_key(&key.client_static_private()).unwrap();
+    let c_pub = b.public_key(&c);
+    let dh_ss = b.x25519(&c, server_public).unwrap();
+    {
+        let (head, rest) = expect.split_at_mut(42);
+        let (sealed, rest) = rest.split_at_mut(16);
+        sealed.copy_from_slice(key.id().as_bytes());
+        let tag: &mut [u8; TAG_LEN] = (&mut rest[..16]).try_into().unwrap();
+        b.seal(&b.aead_key(&k1), &[0; 12], head, sealed, tag);
+    }
+    let k2 = kdf::derive(kdf::LABEL_PAYLOAD_KEY, &[k1.expose(), dh_ss.expose(), &c_pub, &expect[..74]]);
+    let mut payload = [0u8; PAYLOAD_LEN];
+    payload[0..8].copy_from_slice(&case.timestamp.to_be_bytes());
+    payload[8..24].copy_from_slice(nonce);
+    payload[25] = case.audience.len() as u8;
+    payload[26..26 + case.audience.len()].copy_from_slice(case.audience.as_bytes());
+    payload[90] = case.scopes.len() as u8;
+    payload[91..91 + case.scopes.len()].copy_from_slice(case.scopes.as_bytes());
+    if let Some(code) = case.code {
+        payload[24] = FLAG_SECOND_FACTOR;
+        payload[219..235].copy_from_slice(operation);
+        payload[235] = code.len() as u8;
+        payload[236..236 + code.len()].copy_from_slice(code.as_bytes());
+    }
+    {
+        let (head, rest) = expect.split_at_mut(74);
+        let (sealed, tag) = rest.split_at_mut(PAYLOAD_LEN);
+        sealed.copy_from_slice(&payload);
+        b.seal(&b.aead_key(&k2), &[0; 12], head, sealed, tag.try_into().unwrap());
+    }
+    SpecRequest { e_pub, dh_es, k1, dh_ss, k2, payload, request: expect }
+}
+
+/// The dummy static-static value and verifier of PROTOCOL.md §6.2 step 4.
+fn spec_dummy(dummy_secret: &Secret<32>, server_key_id: &[u8; 8], id: &[u8; 16]) -> (Value, Value) {
+    let dh = kdf::derive(kdf::LABEL_DUMMY_STATIC, &[dummy_secret.expose(), server_key_id, id]);
+    let verifier: [u8; 32] = kdf::derive_public(kdf::LABEL_DUMMY_STATIC, &[dh.expose()]);
+    (hx(dh.expose()), hx(&verifier))
+}
+
+/// A document "signed" by the Ed25519 identity point with `R` = identity and `S` = 0:
+/// `[S]B = R + [k]A` holds for every message, so a verifier that does not reject
+/// small-order `A` and `R` (PROTOCOL.md §1.1) accepts it.
+fn small_order_document(entry: &onetrip_protocol::ServerKeyEntry) -> (Vec<u8>, [u8; 32], [u8; 64]) {
+    let mut identity_point = [0u8; 32];
+    identity_point[0] = 1;
+    // Sign with any key, then swap in the forged identity and signature: the header
+    // and entries are exactly what `sign` lays out.
+    let throwaway = IdentityKey::from_seed(&Secret::new(input::<32>("small order throwaway")));
+    let mut bytes =
+        ServerKeyDocument::new(NOW, NOW + 3600, throwaway.public(), &[*entry]).unwrap().sign(&throwaway).unwrap();
+    bytes[24..56].copy_from_slice(&identity_point);
+    let mut signature = [0u8; 64];
+    signature[0] = 1; // R = the identity point; S = 0
+    let n = bytes.len();
+    bytes[n - 64..].copy_from_slice(&signature);
+    (bytes, identity_point, signature)
+}
+
 fn generate<B: CryptoBackend>() -> Value {
     let b = B::default();
     let identity_seed = Secret::new(input::<32>("identity seed"));
@@ -98,8 +189,9 @@ fn generate<B: CryptoBackend>() -> Value {
     let identity = IdentityKey::from_seed(&identity_seed);
     let mut responder = Responder::new(b.clone(), IdentityKey::from_seed(&identity_seed), dummy_secret.clone());
     let entry = responder.add_key(server_key_id, &server_private, NOW - 86_400, NOW + 86_400).unwrap();
-    let document = responder.signed_document(NOW).unwrap();
+    let document = responder.signed_document(NOW, DOCUMENT_LIFETIME).unwrap();
     let doc = ServerKeyDocument::parse(&document).unwrap();
+    assert_eq!(doc.expires_at(), NOW + DOCUMENT_LIFETIME, "min(now + lifetime, the current key's not_after)");
     let keyring = TokenKeyring::new(token_key_id, token_master.clone());
     let tokens = keyring.for_audience(b.clone(), "db.example").unwrap();
 
@@ -124,45 +216,8 @@ fn generate<B: CryptoBackend>() -> Value {
         let pending = client.start_with_ephemeral(&req, case.timestamp, &ephemeral, &nonce, &mut request).unwrap();
 
         // Independent recomputation per PROTOCOL.md §4.3.
-        let e = b.static_key(&ephemeral).unwrap();
-        let e_pub = b.public_key(&e);
-        let dh_es = b.x25519(&e, &entry.public).unwrap();
-        let mut expect = [0u8; REQUEST_LEN];
-        expect[0] = 1;
-        expect[1] = MSG_AUTH_REQUEST;
-        expect[2..10].copy_from_slice(&server_key_id);
-        expect[10..42].copy_from_slice(&e_pub);
-        let k1 = kdf::derive(kdf::LABEL_KEY_ID_KEY, &[&entry.public, dh_es.expose(), &expect[..42]]);
-        let c = b.static_key(&key.client_static_private()).unwrap();
-        let c_pub = b.public_key(&c);
-        let dh_ss = b.x25519(&c, &entry.public).unwrap();
-        {
-            let (head, rest) = expect.split_at_mut(42);
-            let (sealed, rest) = rest.split_at_mut(16);
-            sealed.copy_from_slice(key.id().as_bytes());
-            let tag: &mut [u8; TAG_LEN] = (&mut rest[..16]).try_into().unwrap();
-            b.seal(&b.aead_key(&k1), &[0; 12], head, sealed, tag);
-        }
-        let k2 = kdf::derive(kdf::LABEL_PAYLOAD_KEY, &[k1.expose(), dh_ss.expose(), &c_pub, &expect[..74]]);
-        let mut payload = [0u8; PAYLOAD_LEN];
-        payload[0..8].copy_from_slice(&case.timestamp.to_be_bytes());
-        payload[8..24].copy_from_slice(&nonce);
-        payload[25] = case.audience.len() as u8;
-        payload[26..26 + case.audience.len()].copy_from_slice(case.audience.as_bytes());
-        payload[90] = case.scopes.len() as u8;
-        payload[91..91 + case.scopes.len()].copy_from_slice(case.scopes.as_bytes());
-        if let Some(code) = case.code {
-            payload[24] = FLAG_SECOND_FACTOR;
-            payload[219..235].copy_from_slice(&operation);
-            payload[235] = code.len() as u8;
-            payload[236..236 + code.len()].copy_from_slice(code.as_bytes());
-        }
-        {
-            let (head, rest) = expect.split_at_mut(74);
-            let (sealed, tag) = rest.split_at_mut(PAYLOAD_LEN);
-            sealed.copy_from_slice(&payload);
-            b.seal(&b.aead_key(&k2), &[0; 12], head, sealed, tag.try_into().unwrap());
-        }
+        let spec = spec_request(&b, key, &server_key_id, &entry.public, case, &ephemeral, &nonce, &operation);
+        let SpecRequest { e_pub, dh_es, k1, dh_ss, k2, payload, request: expect } = spec;
         assert_eq!(hex::encode(expect), hex::encode(request), "{}: library request differs from the spec", case.name);
         let response_key = kdf::derive(kdf::LABEL_RESPONSE_KEY, &[k2.expose(), &request]);
         let failure_key = kdf::derive(kdf::LABEL_FAILURE_RESPONSE_KEY, &[k1.expose(), &request]);
@@ -251,32 +306,67 @@ fn generate<B: CryptoBackend>() -> Value {
         cases.push(v);
     }
 
-    // Server key changed: a request to a retired key id.
+    // Server key changed: a request to a retired key id (the public key is S, as the
+    // client still had it cached; only the id is unknown to the server).
+    let retired = *b"retired0";
     let stale = ClientHandshake::with_server_key(
         b.clone(),
         &registered,
-        onetrip_protocol::ServerKeyEntry { key_id: *b"retired0", ..entry },
+        onetrip_protocol::ServerKeyEntry { key_id: retired, ..entry },
         identity.public(),
     )
     .unwrap();
+    let skc =
+        Case { name: "server_key_changed", key: "registered", audience: "", scopes: "", code: None, timestamp: NOW };
     let ephemeral = Secret::new(input::<32>("server_key_changed ephemeral"));
     let nonce: [u8; 16] = input("server_key_changed request nonce");
     let mut request = [0u8; REQUEST_LEN];
     let pending = stale.start_with_ephemeral(&ClientRequest::default(), NOW, &ephemeral, &nonce, &mut request).unwrap();
+    let spec = spec_request(&b, &registered, &retired, &entry.public, &skc, &ephemeral, &nonce, &operation);
+    assert_eq!(hex::encode(spec.request), hex::encode(request), "server_key_changed: request differs from the spec");
     let mut response = [0u8; RESPONSE_LEN];
     responder.server_key_changed(&request, NOW, &mut response).unwrap();
     assert!(matches!(pending.finish(&response).unwrap(), Outcome::ServerKeyChanged { .. }));
+    // PROTOCOL.md §5.3, recomputed: the signed message and its Ed25519 signature.
+    let mut expect = [0u8; RESPONSE_LEN];
+    expect[0] = 1;
+    expect[1] = MSG_SERVER_KEY_CHANGED;
+    expect[2..10].copy_from_slice(&server_key_id);
+    expect[10..18].copy_from_slice(&NOW.to_be_bytes());
+    let signed_message = [kdf::SIGN_CONTEXT_KEY_CHANGED, &request[..42], &expect[..18]].concat();
+    let signature = {
+        use ed25519_dalek::Signer;
+        ed25519_dalek::SigningKey::from_bytes(identity_seed.expose()).sign(&signed_message).to_bytes()
+    };
+    expect[18..82].copy_from_slice(&signature);
+    assert_eq!(hex::encode(expect), hex::encode(response), "server_key_changed: answer differs from the spec");
     cases.push(json!({
         "name": "server_key_changed",
         "api_key": "registered",
-        "server_key_id_used": hx(b"retired0"),
+        "server_key_id_used": hx(&retired),
         "ephemeral_private": hx(ephemeral.expose()),
         "request_nonce": hx(&nonce),
         "timestamp": NOW,
+        "audience": skc.audience,
+        "scopes": skc.scopes,
+        "second_factor_code": skc.code,
+        "ephemeral_public": hx(&spec.e_pub),
+        "dh_es": hx(spec.dh_es.expose()),
+        "k1": hx(spec.k1.expose()),
+        "dh_ss": hx(spec.dh_ss.expose()),
+        "k2": hx(spec.k2.expose()),
+        "payload": hx(&spec.payload),
         "request": hx(&request),
+        "current_key_id": hx(&server_key_id),
+        "server_time": NOW,
+        "signed_message": hx(&signed_message),
+        "signature": hx(&signature),
         "status": "server_key_changed",
         "response": hx(&response),
     }));
+    let (small_order_doc, small_order_identity, small_order_signature) = small_order_document(&entry);
+    let (dummy_ss_unknown, dummy_verifier_unknown) = spec_dummy(&dummy_secret, &server_key_id, unknown.id().as_bytes());
+    let (dummy_ss_unreadable, dummy_verifier_unreadable) = spec_dummy(&dummy_secret, &server_key_id, &[0; 16]);
 
     // Proof of possession for the "ok" token.
     let pop_session = Secret::new(input::<32>("ok session key"));
@@ -296,6 +386,7 @@ fn generate<B: CryptoBackend>() -> Value {
             "server_key_id": hx(&server_key_id),
             "server_key_not_before": NOW - 86_400,
             "server_key_not_after": NOW + 86_400,
+            "document_lifetime": DOCUMENT_LIFETIME,
             "dummy_secret": hx(dummy_secret.expose()),
             "token_master_key": hx(token_master.expose()),
             "token_key_id": hx(&token_key_id),
@@ -316,12 +407,27 @@ fn generate<B: CryptoBackend>() -> Value {
             "server_static_public": hx(&entry.public),
             "server_key_document": hx(&document),
             "token_audience_key": hx(keyring.audience_secrets("db.example").expect("audience")[0].1.expose()),
-            "audience_tag": hx(&onetrip_protocol::token::audience_tag("db.example")),
-            "dummy_static_static_for_unknown_key": hx(&{
-                let mut out = [0u8; 32];
-                out.copy_from_slice(kdf::derive(kdf::LABEL_DUMMY_STATIC, &[dummy_secret.expose(), &server_key_id, unknown.id().as_bytes()]).expose());
-                out
+            // PROTOCOL.md §7.1, from the spec's formula (the tokens tests tie it to the code).
+            "token_server_key": hx(&{
+                let mut h = blake3::Hasher::new_derive_key("onetrip v1 token server key");
+                h.update(token_master.expose());
+                h.update(&token_key_id);
+                *h.finalize().as_bytes()
             }),
+            "audience_tag": hx(&onetrip_protocol::token::audience_tag("db.example")),
+            "server_key_document_issued_at": doc.issued_at(),
+            "server_key_document_expires_at": doc.expires_at(),
+            "dummy_static_static_for_unknown_key": dummy_ss_unknown,
+            "dummy_verifier_for_unknown_key": dummy_verifier_unknown,
+            "dummy_static_static_for_unreadable_key_id": dummy_ss_unreadable,
+            "dummy_verifier_for_unreadable_key_id": dummy_verifier_unreadable,
+        },
+        "ed25519_small_order": {
+            "comment": "MUST be refused (Signature): identity A and R are the identity point (small order), S = 0. A verifier without the small-order checks of PROTOCOL.md section 1.1 accepts it for any message.",
+            "identity_public": hx(&small_order_identity),
+            "signature": hx(&small_order_signature),
+            "server_key_document": hx(&small_order_doc),
+            "expected_error": "Signature",
         },
         "handshakes": cases,
         "pop": {
@@ -416,4 +522,24 @@ fn protocol_md_worked_example_matches_the_vectors() {
         checked += 1;
     }
     assert!(checked >= 30, "worked example too short ({checked} values)");
+}
+
+#[test]
+fn the_small_order_signature_vector_is_refused_though_a_lax_verifier_accepts_it() {
+    let committed: Value = serde_json::from_str(&std::fs::read_to_string(VECTORS).unwrap()).unwrap();
+    let v = &committed["ed25519_small_order"];
+    let unhex = |f: &str| hex::decode(v[f].as_str().unwrap()).unwrap();
+    let document = unhex("server_key_document");
+    // The reference implementation refuses it (PROTOCOL.md §1.1: small-order A and R).
+    assert_eq!(ServerKeyDocument::parse(&document), Err(onetrip_protocol::DocumentError::Signature));
+    // The vector is a real trap: plain RFC 8032 verification (cofactorless, no
+    // small-order checks) accepts this signature over the document.
+    let identity: [u8; 32] = unhex("identity_public").try_into().unwrap();
+    let signature: [u8; 64] = unhex("signature").try_into().unwrap();
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&identity).unwrap();
+    let signed = [onetrip_protocol::kdf::SIGN_CONTEXT_DOCUMENT, &document[..document.len() - 64]].concat();
+    let signature = ed25519_dalek::Signature::from_bytes(&signature);
+    assert!(ed25519_dalek::Verifier::verify(&key, &signed, &signature).is_ok(), "a lax verifier accepts the forgery");
+    assert!(key.verify_strict(&signed, &signature).is_err());
+    assert!(key.is_weak(), "the identity is of small order");
 }

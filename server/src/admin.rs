@@ -97,6 +97,10 @@ pub trait Live {
     fn key_changed(&self, id: KeyId, record: &ApiKeyRecord);
     /// Handshake keys changed in the store.
     fn server_keys_changed(&self) -> Result<(), String>;
+    /// Validity of new handshake keys (the server's configured lifetime).
+    fn server_key_lifetime_secs(&self) -> u64 {
+        crate::store::DEFAULT_SERVER_KEY_LIFETIME_SECS
+    }
 }
 
 impl<S: SharedState> Live for AppState<S> {
@@ -108,6 +112,9 @@ impl<S: SharedState> Live for AppState<S> {
     }
     fn server_keys_changed(&self) -> Result<(), String> {
         self.reload_handshake_keys().map_err(|e| e.to_string())
+    }
+    fn server_key_lifetime_secs(&self) -> u64 {
+        self.settings.server_key_lifetime_secs
     }
 }
 
@@ -342,7 +349,9 @@ pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Res
         }
         AdminRequest::ServerKeyShow => server_key_json(store, now),
         AdminRequest::ServerKeyRotate { overlap_secs } => {
-            let new_id = store.rotate_server_key(now, now + overlap_secs).map_err(e)?;
+            let lifetime =
+                live.map_or(crate::store::DEFAULT_SERVER_KEY_LIFETIME_SECS, |l| l.server_key_lifetime_secs());
+            let new_id = store.rotate_server_key(now, now + overlap_secs, lifetime).map_err(e)?;
             if let Some(live) = live {
                 live.server_keys_changed()?;
             }

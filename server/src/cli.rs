@@ -124,6 +124,15 @@ pub struct ServeArgs {
     /// Authenticated handshakes per second per API key, per replica [default: 1000].
     #[arg(long, env = "ONETRIP_AUTH_RATE_PER_KEY")]
     pub auth_rate_per_key: Option<u64>,
+    /// Validity of a handshake key in seconds; rotated automatically [default: 2592000, 30 days].
+    #[arg(long, env = "ONETRIP_SERVER_KEY_LIFETIME_SECS")]
+    pub server_key_lifetime_secs: Option<u64>,
+    /// Seconds an old handshake key is still accepted after rotation, then destroyed [default: 86400].
+    #[arg(long, env = "ONETRIP_SERVER_KEY_OVERLAP_SECS")]
+    pub server_key_overlap_secs: Option<u64>,
+    /// Lifetime of the signed server key document in seconds [default: 14400].
+    #[arg(long, env = "ONETRIP_SERVER_KEY_DOCUMENT_TTL_SECS")]
+    pub server_key_document_ttl_secs: Option<u64>,
     /// Admin Unix socket [default: DATA_DIR/admin.sock].
     #[arg(long, env = "ONETRIP_ADMIN_SOCKET")]
     pub admin_socket: Option<PathBuf>,
@@ -426,6 +435,9 @@ fn settings(cli: &Cli, args: Option<&ServeArgs>) -> Result<Settings, String> {
         overrides.replay_cache_capacity = a.replay_cache_capacity;
         overrides.auth_rate_per_ip = a.auth_rate_per_ip;
         overrides.auth_rate_per_key = a.auth_rate_per_key;
+        overrides.server_key_lifetime_secs = a.server_key_lifetime_secs;
+        overrides.server_key_overlap_secs = a.server_key_overlap_secs;
+        overrides.server_key_document_ttl_secs = a.server_key_document_ttl_secs;
         overrides.admin_socket = a.admin_socket.clone();
         overrides.tls_cert = a.tls_cert.clone();
         overrides.tls_key = a.tls_key.clone();
@@ -537,6 +549,11 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
         })
     };
     let maintenance = tokio::spawn(maintenance(state.clone()));
+    let key_lifecycle = tokio::spawn(crate::key_lifecycle::run(
+        state.clone(),
+        std::sync::Arc::new(unix_now),
+        std::time::Duration::from_secs(1),
+    ));
     {
         // Set before the listener runs: no handshake can see a half-warm cache without
         // the equal-work rule (keys::KeyDirectory::static_static).
@@ -552,6 +569,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
     crate::listener::run(listener, tls, state.clone(), shutdown).await;
     admin.abort();
     maintenance.abort();
+    key_lifecycle.abort();
     let st = state.clone();
     // The last flush is the only copy of the uses queued since the previous one.
     match tokio::task::spawn_blocking(move || st.flush_last_used()).await {
@@ -564,8 +582,8 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Once a second: expire replay ids and rate windows, retire expired handshake keys;
-/// every ten seconds, persist `last_used_at`.
+/// Once a second: expire replay ids and rate windows; every ten seconds, persist
+/// `last_used_at`. (Handshake keys have their own task, [`crate::key_lifecycle`].)
 async fn maintenance<S: SharedState>(state: AppState<S>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut ticks: u64 = 0;
@@ -576,9 +594,6 @@ async fn maintenance<S: SharedState>(state: AppState<S>) {
         state.shared.sweep(now);
         let st = state.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            if let Err(e) = st.expire_handshake_keys(now) {
-                tracing::error!(error = %e, "cannot retire expired handshake keys");
-            }
             if ticks % 10 == 0 {
                 if let Err(e) = st.flush_last_used() {
                     tracing::warn!(error = %e, "cannot record key last-use times");

@@ -47,6 +47,12 @@ pub struct FileConfig {
     pub auth_rate_per_ip: Option<u64>,
     /// See [`Settings::auth_rate_per_key`].
     pub auth_rate_per_key: Option<u64>,
+    /// See [`Settings::server_key_lifetime_secs`].
+    pub server_key_lifetime_secs: Option<u64>,
+    /// See [`Settings::server_key_overlap_secs`].
+    pub server_key_overlap_secs: Option<u64>,
+    /// See [`Settings::server_key_document_ttl_secs`].
+    pub server_key_document_ttl_secs: Option<u64>,
     /// See [`Settings::tls_cert`].
     pub tls_cert: Option<PathBuf>,
     /// See [`Settings::tls_key`].
@@ -331,6 +337,15 @@ pub struct Settings {
     /// Authenticated handshakes per second per API key (per replica): one tenant
     /// cannot take everyone's share of the CPU or the replay cache.
     pub auth_rate_per_key: u64,
+    /// Validity of a handshake key; a successor is made automatically.
+    pub server_key_lifetime_secs: u64,
+    /// How long a handshake key is still accepted after its successor appears; its
+    /// private key is destroyed when this ends.
+    pub server_key_overlap_secs: u64,
+    /// Lifetime of a signed server key document (clients refuse it afterwards); the
+    /// server re-signs at half of it. At most the overlap, so a copy captured before
+    /// a rotation dies before the key it names is destroyed.
+    pub server_key_document_ttl_secs: u64,
     /// TLS certificate chain (PEM).
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
@@ -366,6 +381,9 @@ impl Settings {
             replay_cache_capacity: DEFAULT_REPLAY_CACHE_CAPACITY,
             auth_rate_per_ip: 10_000,
             auth_rate_per_key: 1_000,
+            server_key_lifetime_secs: crate::store::DEFAULT_SERVER_KEY_LIFETIME_SECS,
+            server_key_overlap_secs: crate::store::DEFAULT_SERVER_KEY_OVERLAP_SECS,
+            server_key_document_ttl_secs: onetrip_protocol::server_key::DEFAULT_DOCUMENT_LIFETIME_SECS,
             tls_cert: None,
             tls_key: None,
             log: "info".into(),
@@ -406,6 +424,9 @@ impl Settings {
             replay_cache_capacity: pick!(replay_cache_capacity),
             auth_rate_per_ip: pick!(auth_rate_per_ip),
             auth_rate_per_key: pick!(auth_rate_per_key),
+            server_key_lifetime_secs: pick!(server_key_lifetime_secs),
+            server_key_overlap_secs: pick!(server_key_overlap_secs),
+            server_key_document_ttl_secs: pick!(server_key_document_ttl_secs),
             tls_cert: overrides.tls_cert.or(file.tls_cert),
             tls_key: overrides.tls_key.or(file.tls_key),
             log: pick!(log),
@@ -453,10 +474,41 @@ impl Settings {
         if self.metrics_token.as_ref().is_some_and(|t| t.0.len() < 16) {
             return Err("ONETRIP_METRICS_TOKEN must be at least 16 characters".into());
         }
+        self.validate_server_keys()?;
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("TLS needs both tls_cert and tls_key".into());
         }
         log_filter(&self.log)?;
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// The handshake key policy these settings give.
+    pub fn key_policy(&self) -> crate::store::KeyPolicy {
+        crate::store::KeyPolicy {
+            lifetime_secs: self.server_key_lifetime_secs,
+            overlap_secs: self.server_key_overlap_secs,
+        }
+    }
+
+    fn validate_server_keys(&self) -> Result<(), String> {
+        let (lifetime, overlap, ttl) =
+            (self.server_key_lifetime_secs, self.server_key_overlap_secs, self.server_key_document_ttl_secs);
+        if !(3_600..=366 * 86_400).contains(&lifetime) {
+            return Err("server_key_lifetime_secs must be between 3600 (1 hour) and 31622400 (366 days)".into());
+        }
+        if overlap < 2 * self.clock_window_secs || overlap.saturating_mul(2) > lifetime {
+            return Err(format!(
+                "server_key_overlap_secs must be at least twice clock_window_secs ({}) and at most half of server_key_lifetime_secs ({lifetime})",
+                2 * self.clock_window_secs
+            ));
+        }
+        if ttl < 60 || ttl > overlap {
+            return Err(format!(
+                "server_key_document_ttl_secs must be between 60 and server_key_overlap_secs ({overlap}): a document must not outlive the overlap of the key it names"
+            ));
+        }
         Ok(())
     }
 }
@@ -607,6 +659,28 @@ mod tests {
         }
         assert!(OtpSettings::resolve(smtp("smtp.example.com", "starttls"), None, None).is_ok());
         assert!(OtpSettings::resolve(smtp("smtp.example.com", "tls"), None, None).is_ok());
+    }
+
+    #[test]
+    fn handshake_keys_have_a_finite_default_lifetime_and_the_limits_are_explained() {
+        let s = Settings::merge(FileConfig::default(), FileConfig::default(), "/tmp".into()).unwrap();
+        assert_eq!(
+            (s.server_key_lifetime_secs, s.server_key_overlap_secs, s.server_key_document_ttl_secs),
+            (30 * 86_400, 86_400, 4 * 3_600)
+        );
+        let file: FileConfig = toml::from_str(
+            "server_key_lifetime_secs = 604800\nserver_key_overlap_secs = 7200\nserver_key_document_ttl_secs = 3600\n",
+        )
+        .unwrap();
+        let s = Settings::merge(FileConfig::default(), file, "/tmp".into()).unwrap();
+        assert_eq!(s.key_policy(), crate::store::KeyPolicy { lifetime_secs: 604_800, overlap_secs: 7_200 });
+        let merge = |f: FileConfig| Settings::merge(f, FileConfig::default(), "/tmp".into()).unwrap_err();
+        let e = merge(FileConfig { server_key_lifetime_secs: Some(253_402_300_799), ..Default::default() });
+        assert!(e.contains("server_key_lifetime_secs"), "{e}");
+        let e = merge(FileConfig { server_key_overlap_secs: Some(30 * 86_400), ..Default::default() });
+        assert!(e.contains("at most half"), "{e}");
+        let e = merge(FileConfig { server_key_document_ttl_secs: Some(2 * 86_400), ..Default::default() });
+        assert!(e.contains("must not outlive the overlap"), "{e}");
     }
 
     #[test]

@@ -201,6 +201,7 @@ fn server_key<S: SharedState>(state: &AppState<S>, query: Option<&str>) -> Respo
                 "fingerprint": doc.fingerprint().to_string(),
                 "identity_public": hex::encode(doc.identity()),
                 "issued_at": doc.issued_at(),
+                "expires_at": doc.expires_at(),
                 "keys": keys,
             }),
         );

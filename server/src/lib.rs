@@ -12,6 +12,7 @@
 //! | [`replay_cache`] | single-node replay cache: ids by expiry second, dropped a second at a time |
 //! | [`shared`] | state shared between replicas (replay cache, limits, revocations) behind one trait |
 //! | [`state`] | `AppState`: everything a request handler needs, cheap to clone |
+//! | [`key_lifecycle`] | background task: handshake key rotation, destruction of retired keys, document re-signing |
 //! | [`handshake`] | `POST /v1/auth`: request bytes → response bytes |
 //! | [`http`] | routing, endpoints, problem+json errors |
 //! | [`listener`] | accept loop, connection limits (total and per client), timeouts, TLS, graceful shutdown |
@@ -39,6 +40,7 @@ pub mod delivery;
 pub mod fuzzing;
 pub mod handshake;
 pub mod http;
+pub mod key_lifecycle;
 pub mod keys;
 pub mod limits;
 pub mod listener;

@@ -29,6 +29,9 @@ pub struct Handshake {
     pub responder: Responder,
     /// Signed server key document, served at `/v1/server-key`.
     pub document: Bytes,
+    /// When to sign a fresh document: half-way to this one's `expires_at`, so a
+    /// client always fetches one with at least half its lifetime left.
+    pub resign_at: u64,
 }
 
 /// Shared server state.
@@ -105,7 +108,10 @@ impl<S: SharedState> AppState<S> {
         let delivery = crate::delivery::Deliverer::new(delivery_config(&settings))
             .map_err(|e| StoreError::Config(format!("OTP delivery: {e}")))?;
         let secrets = store.server_secrets()?;
-        let handshake = build_handshake(&store, now)?;
+        // A server that was down past its key's end, or a store from before keys had
+        // a lifetime, gets its keys fitted to the policy before the first document.
+        store.maintain_server_keys(now, settings.key_policy())?;
+        let handshake = build_handshake(&store, now, settings.server_key_document_ttl_secs)?;
         let mut token_keys = secrets.token_keys.into_iter();
         let (id, master) = token_keys.next().ok_or_else(|| StoreError::Record("token_keys (empty)".into()))?;
         let mut keyring = TokenKeyring::new(id, master);
@@ -155,9 +161,14 @@ impl<S: SharedState> AppState<S> {
     /// Re-reads handshake keys from the store (after rotation), re-signs the document
     /// and precomputes the new key's static-static values (blocking).
     pub fn reload_handshake_keys(&self) -> Result<(), StoreError> {
-        let hs = Arc::new(build_handshake(&self.store, unix_now())?);
+        self.reload_handshake_keys_at(unix_now())
+    }
+
+    /// [`Self::reload_handshake_keys`] at `now`.
+    pub fn reload_handshake_keys_at(&self, now: u64) -> Result<(), StoreError> {
+        let hs = Arc::new(build_handshake(&self.store, now, self.settings.server_key_document_ttl_secs)?);
         let live: Vec<[u8; 8]> = hs.responder.entries().map(|e| e.key_id).collect();
-        self.keys.warm(&hs.responder, unix_now());
+        self.keys.warm(&hs.responder, now);
         self.handshake.store(Arc::clone(&hs));
         self.keys.retain_server_keys(&live);
         Ok(())
@@ -177,13 +188,18 @@ impl<S: SharedState> AppState<S> {
         self.keys.warm(&self.handshake.load().responder, unix_now())
     }
 
-    /// Drops expired handshake keys from the responder; re-signs when one went.
-    pub fn expire_handshake_keys(&self, now: u64) -> Result<(), StoreError> {
+    /// The handshake key lifecycle at `now` (blocking; the `serve` loop runs it every
+    /// second): in the store, destroys keys past their `not_after` and makes a
+    /// successor when the newest key is within its overlap of the end
+    /// ([`Store::maintain_server_keys`]); in memory, drops expired keys and re-signs
+    /// the document when keys changed or it is half-way to its expiry.
+    pub fn maintain_handshake_keys(&self, now: u64) -> Result<crate::store::KeyChanges, StoreError> {
+        let changes = self.store.maintain_server_keys(now, self.settings.key_policy())?;
         let current = self.handshake.load();
-        if current.responder.entries().any(|e| e.not_after < now) {
-            self.reload_handshake_keys()?;
+        if !changes.is_empty() || now >= current.resign_at || current.responder.entries().any(|e| e.not_after < now) {
+            self.reload_handshake_keys_at(now)?;
         }
-        Ok(())
+        Ok(changes)
     }
 
     /// Writes pending `last_used_at` times to the store (blocking).
@@ -316,7 +332,7 @@ fn delivery_config(settings: &Settings) -> crate::delivery::DeliveryConfig {
     }
 }
 
-fn build_handshake(store: &Store, now: u64) -> Result<Handshake, StoreError> {
+fn build_handshake(store: &Store, now: u64, document_ttl: u64) -> Result<Handshake, StoreError> {
     let secrets = store.server_secrets()?;
     let identity = IdentityKey::from_seed(&secrets.identity_seed);
     let mut responder = Responder::new(DefaultBackend::default(), identity, secrets.dummy_secret);
@@ -325,9 +341,13 @@ fn build_handshake(store: &Store, now: u64) -> Result<Handshake, StoreError> {
             .add_key(*id, private, *not_before, *not_after)
             .map_err(|e| StoreError::Record(format!("server key: {e}")))?;
     }
-    let document =
-        responder.signed_document(now).map_err(|e| StoreError::Record(format!("server key document: {e}")))?;
-    Ok(Handshake { responder, document: Bytes::from(document) })
+    let document = responder
+        .signed_document(now, document_ttl)
+        .map_err(|e| StoreError::Record(format!("server key document: {e}")))?;
+    let expires_at = onetrip_protocol::ServerKeyDocument::parse(&document)
+        .map_err(|e| StoreError::Record(format!("server key document: {e}")))?
+        .expires_at();
+    Ok(Handshake { responder, document: Bytes::from(document), resign_at: now + expires_at.saturating_sub(now) / 2 })
 }
 
 #[cfg(test)]

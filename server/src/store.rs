@@ -1,6 +1,8 @@
 //! The embedded store: one redb file holding API key verifiers and metadata, the
 //! server's identity, handshake and token keys (sealed at rest), and an audit log.
 //! Every write is one durable transaction; an existing store is never recreated.
+//! The handshake key lifecycle (rotation, destruction of retired keys) is in
+//! `store/server_keys.rs`.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +16,11 @@ use crate::seal::{SealError, SealParams, Sealer};
 
 mod second_factor;
 pub use second_factor::{CheckView, StepUpStart, TotpEnrolment, TotpRecord};
+mod server_keys;
+pub use server_keys::{
+    plan as plan_server_keys, KeyChanges, KeyPolicy, KeyValidity, DEFAULT_SERVER_KEY_LIFETIME_SECS,
+    DEFAULT_SERVER_KEY_OVERLAP_SECS,
+};
 
 const API_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("api_keys");
 const SERVER_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("server_keys");
@@ -207,9 +214,6 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// A long validity for the first handshake key; rotation shortens it.
-pub const FAR_FUTURE: u64 = 253_402_300_799; // 9999-12-31
-
 impl Store {
     /// Opens the store in `data_dir`, creating the directory, identity, handshake and
     /// token keys on first use. Returns the store and whether it was just created.
@@ -283,9 +287,9 @@ impl Store {
         let token_master = Secret::<32>::random(&mut rng);
         let mut token_id = [0u8; 4];
         rng.fill_bytes(&mut token_id);
-        let mut server_key_id = [0u8; 8];
-        rng.fill_bytes(&mut server_key_id);
-        let server_private = Secret::<32>::random(&mut rng);
+        // The first handshake key gets the default lifetime; `maintain_server_keys`
+        // (run at every start) fits it to the configured policy.
+        let (server_key_id, server_key) = self.new_key_record(now, now + DEFAULT_SERVER_KEY_LIFETIME_SECS);
         let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
         {
             let mut meta = w.open_table(META).map_err(|e| damaged(&self.path, e))?;
@@ -307,12 +311,7 @@ impl Store {
             w.open_table(API_KEYS).map_err(|e| damaged(&self.path, e))?;
             w.open_table(AUDIT).map_err(|e| damaged(&self.path, e))?;
             let mut sk = w.open_table(SERVER_KEYS).map_err(|e| damaged(&self.path, e))?;
-            let record = ServerKeyRecord {
-                private: hex::encode(self.sealer.seal("server_key", server_private.expose())),
-                not_before: now,
-                not_after: FAR_FUTURE,
-            };
-            let record = serde_json::to_vec(&record).map_err(|_| StoreError::Record("server key".into()))?;
+            let record = serde_json::to_vec(&server_key).map_err(|_| StoreError::Record("server key".into()))?;
             sk.insert(&server_key_id[..], &record[..]).map_err(|e| damaged(&self.path, e))?;
         }
         w.commit().map_err(|e| damaged(&self.path, e))?;
@@ -333,55 +332,6 @@ impl Store {
     /// Loads and unseals the server's private material.
     pub fn server_secrets(&self) -> Result<ServerSecrets, StoreError> {
         read_server_secrets(&*self.db, &self.path, &self.sealer)
-    }
-
-    /// Adds a handshake key valid from `now` and ends every other key's validity at
-    /// `old_not_after` (if earlier than it was). Returns the new key id.
-    pub fn rotate_server_key(&self, now: u64, old_not_after: u64) -> Result<[u8; 8], StoreError> {
-        let mut id = [0u8; 8];
-        OsRng.fill_bytes(&mut id);
-        let private = Secret::<32>::random(&mut OsRng);
-        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
-        {
-            let mut table = w.open_table(SERVER_KEYS).map_err(|e| damaged(&self.path, e))?;
-            let mut updates = Vec::new();
-            for row in table.iter().map_err(|e| damaged(&self.path, e))? {
-                let (k, v) = row.map_err(|e| damaged(&self.path, e))?;
-                let mut r: ServerKeyRecord =
-                    serde_json::from_slice(v.value()).map_err(|_| StoreError::Record("server key".into()))?;
-                if r.not_after < now {
-                    updates.push((k.value().to_vec(), None));
-                } else if r.not_after > old_not_after {
-                    r.not_after = old_not_after.max(r.not_before);
-                    updates.push((k.value().to_vec(), Some(r)));
-                }
-            }
-            for (k, r) in updates {
-                match r {
-                    Some(r) => {
-                        let v = serde_json::to_vec(&r).map_err(|_| StoreError::Record("server key".into()))?;
-                        table.insert(&k[..], &v[..]).map_err(|e| damaged(&self.path, e))?;
-                    }
-                    None => {
-                        table.remove(&k[..]).map_err(|e| damaged(&self.path, e))?;
-                    }
-                }
-            }
-            let record = ServerKeyRecord {
-                private: hex::encode(self.sealer.seal("server_key", private.expose())),
-                not_before: now,
-                not_after: FAR_FUTURE,
-            };
-            let v = serde_json::to_vec(&record).map_err(|_| StoreError::Record("server key".into()))?;
-            table.insert(&id[..], &v[..]).map_err(|e| damaged(&self.path, e))?;
-        }
-        w.commit().map_err(|e| damaged(&self.path, e))?;
-        self.audit(
-            now,
-            "server_key.rotated",
-            serde_json::json!({ "new_key_id": hex::encode(id), "old_not_after": old_not_after }),
-        )?;
-        Ok(id)
     }
 
     /// Inserts or replaces API key records in one durable transaction.

@@ -42,6 +42,10 @@ pub struct FakeServer {
     pub always_key_changed: bool,
     /// Grants made so far.
     pub grants: usize,
+    /// Lifetime of the documents it signs (seconds).
+    pub document_lifetime: u64,
+    /// Serve this document instead of a fresh one (a captured, replayed copy).
+    pub replayed_document: Option<Vec<u8>>,
 }
 
 impl FakeServer {
@@ -64,6 +68,8 @@ impl FakeServer {
             force: None,
             always_key_changed: false,
             grants: 0,
+            document_lifetime: onetrip_protocol::server_key::DEFAULT_DOCUMENT_LIFETIME_SECS,
+            replayed_document: None,
         };
         server.rotate(now);
         server
@@ -74,9 +80,12 @@ impl FakeServer {
         self.responder.identity().fingerprint()
     }
 
-    /// `GET /v1/server-key`.
+    /// `GET /v1/server-key`: signed at `now`, or the replayed copy if one is set.
     pub fn document(&self, now: u64) -> Vec<u8> {
-        self.responder.signed_document(now).expect("document")
+        match &self.replayed_document {
+            Some(doc) => doc.clone(),
+            None => self.responder.signed_document(now, self.document_lifetime).expect("document"),
+        }
     }
 
     /// A verifier for [`AUDIENCE`], as a resource server would hold it.

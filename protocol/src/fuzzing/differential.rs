@@ -173,7 +173,8 @@ fn transcript<B: CryptoBackend>(s: &Seeds) -> Transcript {
     responder
         .add_key(s.server_key_id, &Secret::new(s.server_private), NOW - 86_400, NOW + 86_400)
         .expect("one valid handshake key");
-    let document = responder.signed_document(NOW).expect("a key is held");
+    let document =
+        responder.signed_document(NOW, crate::server_key::DEFAULT_DOCUMENT_LIFETIME_SECS).expect("a key is held");
     let doc = ServerKeyDocument::parse(&document).expect("a signed document parses");
     let key = ApiKey::from_parts(KeyId::from_bytes(s.api_key_id), Secret::new(s.api_secret));
     let client = ClientHandshake::new(b.clone(), &key, &doc, NOW).expect("the document's key is current");

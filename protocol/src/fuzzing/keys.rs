@@ -8,7 +8,7 @@ use crate::api_key::{ApiKey, ApiKeyError, KeyId, API_KEY_BASE64_LEN, API_KEY_PRE
 use crate::secret::Secret;
 use crate::server_key::{
     document_len, DocumentError, Fingerprint, IdentityKey, ServerKeyDocument, ServerKeyEntry, DOCUMENT_MAGIC,
-    ENTRY_LEN, MAX_ENTRIES, OFF_ENTRIES,
+    DOCUMENT_VERSION, ENTRY_LEN, LEGACY_DOCUMENT_VERSION, MAX_ENTRIES, OFF_ENTRIES,
 };
 
 /// The document checks that come before the signature, in PROTOCOL.md §3's order:
@@ -20,7 +20,10 @@ fn header_error(b: &[u8]) -> Option<DocumentError> {
     if b[..4] != DOCUMENT_MAGIC {
         return Some(DocumentError::Magic);
     }
-    if b[4] != crate::VERSION {
+    if b[4] == LEGACY_DOCUMENT_VERSION {
+        return Some(DocumentError::NoExpiry);
+    }
+    if b[4] != DOCUMENT_VERSION {
         return Some(DocumentError::Version(b[4]));
     }
     let count = usize::from(b[5]);
@@ -50,13 +53,23 @@ fn check_parsed(doc: &ServerKeyDocument, b: &[u8], now: u64) {
     assert_eq!(b.len(), document_len(count));
     assert_eq!(doc.entries().len(), count);
     assert_eq!(doc.issued_at(), be64(&b[8..16]));
-    assert_eq!(&doc.identity()[..], &b[16..OFF_ENTRIES]);
+    assert_eq!(doc.expires_at(), be64(&b[16..24]));
+    assert!(doc.issued_at() <= doc.expires_at(), "a document expiring before its issue was accepted");
+    assert_eq!(&doc.identity()[..], &b[24..OFF_ENTRIES]);
     for (e, raw) in doc.entries().iter().zip(b[OFF_ENTRIES..].chunks_exact(ENTRY_LEN)) {
         assert_eq!((&e.key_id[..], &e.public[..]), (&raw[..8], &raw[8..40]));
         assert_eq!((e.not_before, e.not_after), (be64(&raw[40..48]), be64(&raw[48..56])));
     }
-    assert_eq!(ServerKeyDocument::new(doc.issued_at(), *doc.identity(), doc.entries()).as_ref(), Ok(doc));
+    assert_eq!(
+        ServerKeyDocument::new(doc.issued_at(), doc.expires_at(), *doc.identity(), doc.entries()).as_ref(),
+        Ok(doc)
+    );
     assert_eq!(doc.check_pin(&doc.fingerprint()), Ok(()));
+    // §3 "Expiry": past expires_at the document names no key at all.
+    if now > doc.expires_at() {
+        assert_eq!(doc.current(now), Err(DocumentError::Expired { expires_at: doc.expires_at(), now }));
+        return;
+    }
     // §3 "Current key": greatest not_before, then greatest not_after, then the later
     // entry in the document.
     let mut best: Option<&ServerKeyEntry> = None;
@@ -80,12 +93,13 @@ fn other_identity() -> &'static IdentityKey {
 /// `server_key_document`: parsing and verifying signed server key documents.
 ///
 /// Layout: `mode`. Even: the rest is a document. Odd: `identity seed[32]`,
-/// `issued_at u64`, `now u64`, `count` (taken mod 6, so 0 and 5 are tried), `count` ×
+/// `issued_at u64`, `expires_at u64`, `now u64`, `count` (taken mod 6, so 0 and 5 are tried), `count` ×
 /// (`key id[8]`, `public[32]`, `not_before u64`, `not_after u64`), then mutations.
 ///
 /// Property: the pre-signature checks answer exactly as specified; a document that
 /// parses matches its bytes and round-trips through `ServerKeyDocument::new`;
-/// `new` accepts exactly 1 to 4 entries with ordered validity and distinct ids;
+/// `new` accepts exactly 1 to 4 entries with ordered validity and distinct ids, and
+/// `issued_at <= expires_at`; past `expires_at` no key is current;
 /// a signed document parses back equal, only its own identity signs or pins it,
 /// and it parses iff unmutated. Fingerprint strings parse iff canonical.
 pub fn server_key_document(data: &[u8]) {
@@ -108,6 +122,7 @@ pub fn server_key_document(data: &[u8]) {
 
     let identity = IdentityKey::from_seed(&Secret::new(input.array()));
     let issued_at = input.u64();
+    let expires_at = input.u64();
     let now = input.u64();
     let count = usize::from(input.byte() % 6);
     let entries: Vec<ServerKeyEntry> = (0..count)
@@ -119,9 +134,10 @@ pub fn server_key_document(data: &[u8]) {
         })
         .collect();
     let valid = (1..=MAX_ENTRIES).contains(&count)
+        && issued_at <= expires_at
         && entries.iter().all(|e| e.not_before <= e.not_after)
         && entries.iter().enumerate().all(|(i, e)| entries[..i].iter().all(|p| p.key_id != e.key_id));
-    let doc = match ServerKeyDocument::new(issued_at, identity.public(), &entries) {
+    let doc = match ServerKeyDocument::new(issued_at, expires_at, identity.public(), &entries) {
         Ok(doc) => doc,
         Err(e) => {
             assert!(!valid, "new refused valid entries: {e}");

@@ -142,13 +142,18 @@ impl<B: CryptoBackend> Responder<B> {
         self.keys.iter().map(|k| &k.entry)
     }
 
-    /// The signed server key document listing every held key.
+    /// The signed server key document listing every held key, issued at `now`.
+    /// It expires (PROTOCOL.md §3) at `now + lifetime`, or earlier at the `not_after`
+    /// of the key clients pick from it at `now`: a document never outlives the key it
+    /// steers clients to.
     ///
     /// # Errors
-    /// [`crate::DocumentError`] when no key is held.
-    pub fn signed_document(&self, now: u64) -> Result<Vec<u8>, crate::DocumentError> {
+    /// [`crate::DocumentError`] when no key is held, or none is valid at `now`.
+    pub fn signed_document(&self, now: u64, lifetime: u64) -> Result<Vec<u8>, crate::DocumentError> {
         let entries: Vec<ServerKeyEntry> = self.entries().copied().collect();
-        ServerKeyDocument::new(now, self.identity.public(), &entries)?.sign(&self.identity)
+        let unbounded = ServerKeyDocument::new(now, u64::MAX, self.identity.public(), &entries)?;
+        let expires_at = now.saturating_add(lifetime).min(unbounded.current(now)?.not_after);
+        ServerKeyDocument::new(now, expires_at, self.identity.public(), &entries)?.sign(&self.identity)
     }
 
     fn key(&self, server_key_id: &[u8; 8], now: u64) -> Option<&HandshakeKey<B>> {

@@ -65,7 +65,8 @@ impl<B: CryptoBackend> Fixture<B> {
         let identity = IdentityKey::generate(&mut rng);
         let mut responder = Responder::new(backend.clone(), identity, Secret::random(&mut rng));
         responder.add_key(SERVER_KEY_ID, &Secret::random(&mut rng), NOW - 3600, NOW + 86_400).unwrap();
-        let document_bytes = responder.signed_document(NOW).unwrap();
+        let document_bytes =
+            responder.signed_document(NOW, onetrip_protocol::server_key::DEFAULT_DOCUMENT_LIFETIME_SECS).unwrap();
         let document = ServerKeyDocument::parse(&document_bytes).unwrap();
         let api_key = ApiKey::generate(&mut rng);
         let keyring = TokenKeyring::new(*b"tk01", Secret::random(&mut rng));

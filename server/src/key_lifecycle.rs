@@ -1,0 +1,147 @@
+//! The background task that keeps handshake keys short-lived without an operator:
+//! `onetrip serve` runs [`run`], which every period makes a successor for a key near
+//! its end, destroys retired private keys from the store once their overlap ends,
+//! and re-signs the server key document before it expires
+//! ([`AppState::maintain_handshake_keys`]). The clock is injected so tests can
+//! move time instead of waiting for it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::shared::SharedState;
+use crate::state::AppState;
+
+/// Unix seconds; [`crate::state::unix_now`] in production.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Runs the handshake key lifecycle every `period` until the task is aborted.
+/// Errors are logged and retried at the next tick: the store may be briefly busy.
+pub async fn run<S: SharedState>(state: AppState<S>, clock: Clock, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = clock();
+        let st = state.clone();
+        let done = tokio::task::spawn_blocking(move || st.maintain_handshake_keys(now)).await;
+        match done {
+            Ok(Ok(changes)) => {
+                for id in &changes.destroyed {
+                    tracing::info!(key_id = %hex::encode(id), "retired handshake key destroyed");
+                }
+                if let Some(id) = changes.new_key_id {
+                    tracing::info!(key_id = %hex::encode(id), "handshake key rotated automatically");
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "handshake key maintenance failed; retrying"),
+            Err(e) => tracing::error!(error = %e, "handshake key maintenance stopped unexpectedly; retrying"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use onetrip_protocol::ServerKeyDocument;
+
+    use super::*;
+    use crate::config::Settings;
+    use crate::shared::MemoryShared;
+    use crate::state::unix_now;
+    use crate::store::Store;
+
+    fn stored_ids(state: &AppState<MemoryShared>) -> Vec<[u8; 8]> {
+        state.store.server_secrets().expect("secrets").server_keys.iter().map(|k| k.0).collect()
+    }
+
+    /// Polls `done` while the task runs (bounded: 10 s).
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..1_000 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting until {what}");
+    }
+
+    #[tokio::test]
+    async fn the_task_rotates_and_destroys_the_retired_key_without_any_rotate_command() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let start = unix_now();
+        let (store, _) = Store::open_or_init(dir.path(), None, start).expect("store");
+        let mut settings = Settings::defaults(dir.path().into());
+        settings.server_key_lifetime_secs = 100;
+        settings.server_key_overlap_secs = 20;
+        settings.server_key_document_ttl_secs = 10;
+        let state = AppState::new(settings, store, MemoryShared::new(16)).expect("state");
+        // The first key was fitted to the policy at start: valid start ..= start + 100.
+        let first = stored_ids(&state);
+        assert_eq!(first.len(), 1);
+        let doc = ServerKeyDocument::parse(&state.handshake.load().document).expect("document");
+        assert_eq!(doc.entries()[0].not_after, start + 100, "no more year-9999 keys");
+        assert_eq!(doc.expires_at() - doc.issued_at(), 10, "documents live server_key_document_ttl_secs");
+
+        let clock_now = Arc::new(AtomicU64::new(start));
+        let c = clock_now.clone();
+        let clock: Clock = Arc::new(move || c.load(Ordering::SeqCst));
+        let task = tokio::spawn(run(state.clone(), clock, Duration::from_millis(5)));
+
+        // 20 s before the end: a successor appears, and the document names it.
+        clock_now.store(start + 80, Ordering::SeqCst);
+        until("a successor is made", || stored_ids(&state).len() == 2).await;
+        until("the document names it", || {
+            let doc = ServerKeyDocument::parse(&state.handshake.load().document).expect("document");
+            doc.current(start + 80).is_ok_and(|k| k.key_id != first[0])
+        })
+        .await;
+        // The old key is still accepted for its overlap.
+        assert!(state.handshake.load().responder.entries().any(|e| e.key_id == first[0]));
+        assert!(stored_ids(&state).contains(&first[0]));
+
+        // One second after its overlap: the retired private key leaves the store.
+        clock_now.store(start + 101, Ordering::SeqCst);
+        until("the retired key is destroyed", || !stored_ids(&state).contains(&first[0])).await;
+        until("and leaves the responder", || state.handshake.load().responder.entries().all(|e| e.key_id != first[0]))
+            .await;
+        let audit = state.store.audit_since(0, 100).expect("audit");
+        let events: Vec<&str> = audit.iter().filter_map(|e| e["event"].as_str()).collect();
+        assert!(events.contains(&"server_key.rotated") && events.contains(&"server_key.destroyed"), "{events:?}");
+        task.abort();
+    }
+
+    #[test]
+    fn a_store_whose_key_is_valid_until_9999_is_fitted_to_the_policy_at_start() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let start = unix_now();
+        let (store, _) = Store::open_or_init(dir.path(), None, start).expect("store");
+        // What stores made before keys had a lifetime hold: a key valid until 9999.
+        let legacy = store.rotate_server_key(start, start, 253_402_300_799 - start).expect("legacy key");
+        let state = AppState::new(Settings::defaults(dir.path().into()), store, MemoryShared::new(16)).expect("state");
+        let keys = state.store.server_key_validity().expect("keys");
+        let (_, not_before, not_after) = *keys.iter().find(|k| k.0 == legacy).expect("still there");
+        assert_eq!(not_after, not_before + 30 * 86_400, "cut back to the default lifetime");
+        assert!(keys.iter().all(|k| k.2 < 253_402_300_799));
+    }
+
+    #[tokio::test]
+    async fn the_document_is_re_signed_before_it_expires() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let start = unix_now();
+        let (store, _) = Store::open_or_init(dir.path(), None, start).expect("store");
+        let mut settings = Settings::defaults(dir.path().into());
+        settings.server_key_document_ttl_secs = 600;
+        let state = AppState::new(settings, store, MemoryShared::new(16)).expect("state");
+        let clock_now = Arc::new(AtomicU64::new(start + 299));
+        let c = clock_now.clone();
+        let task =
+            tokio::spawn(run(state.clone(), Arc::new(move || c.load(Ordering::SeqCst)), Duration::from_millis(5)));
+        let expires = || ServerKeyDocument::parse(&state.handshake.load().document).expect("document").expires_at();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(expires(), start + 600, "not yet half-way");
+        clock_now.store(start + 300, Ordering::SeqCst);
+        until("a fresh document is signed", || expires() == start + 900).await;
+        task.abort();
+    }
+}
