@@ -124,6 +124,9 @@ pub struct ServeArgs {
     /// Authenticated handshakes per second per API key, per replica [default: 1000].
     #[arg(long, env = "ONETRIP_AUTH_RATE_PER_KEY")]
     pub auth_rate_per_key: Option<u64>,
+    /// Days audit events are kept before a background task deletes them [default: 90].
+    #[arg(long, env = "ONETRIP_AUDIT_RETENTION_DAYS")]
+    pub audit_retention_days: Option<u64>,
     /// Admin Unix socket [default: DATA_DIR/admin.sock].
     #[arg(long, env = "ONETRIP_ADMIN_SOCKET")]
     pub admin_socket: Option<PathBuf>,
@@ -426,6 +429,7 @@ fn settings(cli: &Cli, args: Option<&ServeArgs>) -> Result<Settings, String> {
         overrides.replay_cache_capacity = a.replay_cache_capacity;
         overrides.auth_rate_per_ip = a.auth_rate_per_ip;
         overrides.auth_rate_per_key = a.auth_rate_per_key;
+        overrides.audit_retention_days = a.audit_retention_days;
         overrides.admin_socket = a.admin_socket.clone();
         overrides.tls_cert = a.tls_cert.clone();
         overrides.tls_key = a.tls_key.clone();
@@ -515,11 +519,16 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
     let data_dir = settings.data_dir.clone();
     let shared = MemoryShared::with_window(settings.clock_window_secs, settings.replay_cache_capacity);
     let state = AppState::new(settings, store, shared).map_err(|e| e.to_string())?;
+    let restored = crate::replay_guard::restore(&state).await.map_err(|e| e.to_string())?;
+    tracing::debug!(restored, "replay ids stamped ahead by the previous run loaded");
     let admin_listener = admin::bind_socket(&admin_socket)
         .map_err(|e| format!("cannot create the admin socket {}: {e}", admin_socket.display()))?;
     // Before the announcement below: a SIGTERM sent as soon as we are "up" must stop
     // us gracefully, not by the default action.
     let shutdown = crate::listener::shutdown_signal();
+    // Stamps in the start second are refused (crate::replay_guard): answer nobody
+    // before the clock has left it, so no client in sync is refused.
+    crate::replay_guard::wait_past_start(&state).await;
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("onetrip {} listening on {scheme}://{local}", env!("CARGO_PKG_VERSION"));
     println!("identity fingerprint: {}", state.fingerprint());
@@ -537,6 +546,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
         })
     };
     let maintenance = tokio::spawn(maintenance(state.clone()));
+    let retention = tokio::spawn(crate::retention::run(state.clone()));
     {
         // Set before the listener runs: no handshake can see a half-warm cache without
         // the equal-work rule (keys::KeyDirectory::static_static).
@@ -552,6 +562,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
     crate::listener::run(listener, tls, state.clone(), shutdown).await;
     admin.abort();
     maintenance.abort();
+    retention.abort();
     let st = state.clone();
     // The last flush is the only copy of the uses queued since the previous one.
     match tokio::task::spawn_blocking(move || st.flush_last_used()).await {

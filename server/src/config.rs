@@ -12,6 +12,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
 /// machine's measured maximum) for their whole lifetime, at most ~19 bytes each
 /// (`server::replay_cache`), so at most ~150 MB under that load and nothing idle.
 pub const DEFAULT_REPLAY_CACHE_CAPACITY: usize = 8_000_000;
+/// Audit events are kept 90 days by default.
+pub const DEFAULT_AUDIT_RETENTION_DAYS: u64 = 90;
+/// Longest audit retention accepted: 100 years is "forever" without overflow.
+pub const MAX_AUDIT_RETENTION_DAYS: u64 = 36_500;
 
 /// Settings as read from the TOML file; every field optional.
 #[derive(Debug, Default, Deserialize)]
@@ -47,6 +51,8 @@ pub struct FileConfig {
     pub auth_rate_per_ip: Option<u64>,
     /// See [`Settings::auth_rate_per_key`].
     pub auth_rate_per_key: Option<u64>,
+    /// See [`Settings::audit_retention_days`].
+    pub audit_retention_days: Option<u64>,
     /// See [`Settings::tls_cert`].
     pub tls_cert: Option<PathBuf>,
     /// See [`Settings::tls_key`].
@@ -331,6 +337,9 @@ pub struct Settings {
     /// Authenticated handshakes per second per API key (per replica): one tenant
     /// cannot take everyone's share of the CPU or the replay cache.
     pub auth_rate_per_key: u64,
+    /// Audit events older than this many days are deleted (in bounded batches, by a
+    /// background task), so the audit log cannot grow without end.
+    pub audit_retention_days: u64,
     /// TLS certificate chain (PEM).
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
@@ -366,6 +375,7 @@ impl Settings {
             replay_cache_capacity: DEFAULT_REPLAY_CACHE_CAPACITY,
             auth_rate_per_ip: 10_000,
             auth_rate_per_key: 1_000,
+            audit_retention_days: DEFAULT_AUDIT_RETENTION_DAYS,
             tls_cert: None,
             tls_key: None,
             log: "info".into(),
@@ -406,6 +416,7 @@ impl Settings {
             replay_cache_capacity: pick!(replay_cache_capacity),
             auth_rate_per_ip: pick!(auth_rate_per_ip),
             auth_rate_per_key: pick!(auth_rate_per_key),
+            audit_retention_days: pick!(audit_retention_days),
             tls_cert: overrides.tls_cert.or(file.tls_cert),
             tls_key: overrides.tls_key.or(file.tls_key),
             log: pick!(log),
@@ -452,6 +463,9 @@ impl Settings {
         }
         if self.metrics_token.as_ref().is_some_and(|t| t.0.len() < 16) {
             return Err("ONETRIP_METRICS_TOKEN must be at least 16 characters".into());
+        }
+        if !(1..=MAX_AUDIT_RETENTION_DAYS).contains(&self.audit_retention_days) {
+            return Err(format!("audit_retention_days must be between 1 and {MAX_AUDIT_RETENTION_DAYS}"));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("TLS needs both tls_cert and tls_key".into());
