@@ -2,7 +2,7 @@
 //! busy key cannot grow the store without end and no single transaction (or the
 //! write lock it holds) grows with the backlog.
 
-use redb::ReadableTable;
+use redb::{ReadableDatabase, ReadableTable};
 
 use super::{damaged, Store, StoreError, AUDIT};
 
@@ -11,6 +11,10 @@ impl Store {
     /// oldest first, in one transaction; returns how many went. Rows are appended in
     /// time order, so the scan stops at the first row at or after `cutoff`.
     pub fn delete_audit_before(&self, cutoff: u64, max: usize) -> Result<usize, StoreError> {
+        // Read first: an idle pass costs no write transaction (no fsync, no file change).
+        if !self.oldest_audit_before(cutoff)? {
+            return Ok(0);
+        }
         let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
         let removed = {
             let mut table = w.open_table(AUDIT).map_err(|e| damaged(&self.path, e))?;
@@ -33,6 +37,20 @@ impl Store {
         };
         w.commit().map_err(|e| damaged(&self.path, e))?;
         Ok(removed)
+    }
+
+    /// True when the oldest audit row was recorded before `cutoff`.
+    fn oldest_audit_before(&self, cutoff: u64) -> Result<bool, StoreError> {
+        let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
+        let table = match read.open_table(AUDIT) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(damaged(&self.path, e)),
+        };
+        let Some((_, v)) = table.first().map_err(|e| damaged(&self.path, e))? else { return Ok(false) };
+        let event: serde_json::Value =
+            serde_json::from_slice(v.value()).map_err(|_| StoreError::Record("audit".into()))?;
+        Ok(event["at"].as_u64().unwrap_or(0) < cutoff)
     }
 }
 
