@@ -133,6 +133,9 @@ pub struct ServeArgs {
     /// Lifetime of the signed server key document in seconds [default: 14400].
     #[arg(long, env = "ONETRIP_SERVER_KEY_DOCUMENT_TTL_SECS")]
     pub server_key_document_ttl_secs: Option<u64>,
+    /// Days audit events are kept before a background task deletes them [default: 90].
+    #[arg(long, env = "ONETRIP_AUDIT_RETENTION_DAYS")]
+    pub audit_retention_days: Option<u64>,
     /// Admin Unix socket [default: DATA_DIR/admin.sock].
     #[arg(long, env = "ONETRIP_ADMIN_SOCKET")]
     pub admin_socket: Option<PathBuf>,
@@ -438,6 +441,7 @@ fn settings(cli: &Cli, args: Option<&ServeArgs>) -> Result<Settings, String> {
         overrides.server_key_lifetime_secs = a.server_key_lifetime_secs;
         overrides.server_key_overlap_secs = a.server_key_overlap_secs;
         overrides.server_key_document_ttl_secs = a.server_key_document_ttl_secs;
+        overrides.audit_retention_days = a.audit_retention_days;
         overrides.admin_socket = a.admin_socket.clone();
         overrides.tls_cert = a.tls_cert.clone();
         overrides.tls_key = a.tls_key.clone();
@@ -527,11 +531,16 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
     let data_dir = settings.data_dir.clone();
     let shared = MemoryShared::with_window(settings.clock_window_secs, settings.replay_cache_capacity);
     let state = AppState::new(settings, store, shared).map_err(|e| e.to_string())?;
+    let restored = crate::replay_guard::restore(&state).await.map_err(|e| e.to_string())?;
+    tracing::debug!(restored, "replay ids stamped ahead by the previous run loaded");
     let admin_listener = admin::bind_socket(&admin_socket)
         .map_err(|e| format!("cannot create the admin socket {}: {e}", admin_socket.display()))?;
     // Before the announcement below: a SIGTERM sent as soon as we are "up" must stop
     // us gracefully, not by the default action.
     let shutdown = crate::listener::shutdown_signal();
+    // Stamps in the start second are refused (crate::replay_guard): answer nobody
+    // before the clock has left it, so no client in sync is refused.
+    crate::replay_guard::wait_past_start(&state).await;
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("onetrip {} listening on {scheme}://{local}", env!("CARGO_PKG_VERSION"));
     println!("identity fingerprint: {}", state.fingerprint());
@@ -554,6 +563,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
         std::sync::Arc::new(unix_now),
         std::time::Duration::from_secs(1),
     ));
+    let retention = tokio::spawn(crate::retention::run(state.clone()));
     {
         // Set before the listener runs: no handshake can see a half-warm cache without
         // the equal-work rule (keys::KeyDirectory::static_static).
@@ -570,6 +580,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
     admin.abort();
     maintenance.abort();
     key_lifecycle.abort();
+    retention.abort();
     let st = state.clone();
     // The last flush is the only copy of the uses queued since the previous one.
     match tokio::task::spawn_blocking(move || st.flush_last_used()).await {

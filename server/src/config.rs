@@ -12,6 +12,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
 /// machine's measured maximum) for their whole lifetime, at most ~19 bytes each
 /// (`server::replay_cache`), so at most ~150 MB under that load and nothing idle.
 pub const DEFAULT_REPLAY_CACHE_CAPACITY: usize = 8_000_000;
+/// Audit events are kept 90 days by default.
+pub const DEFAULT_AUDIT_RETENTION_DAYS: u64 = 90;
+/// Longest audit retention accepted: 100 years is "forever" without overflow.
+pub const MAX_AUDIT_RETENTION_DAYS: u64 = 36_500;
 
 /// Settings as read from the TOML file; every field optional.
 #[derive(Debug, Default, Deserialize)]
@@ -53,6 +57,8 @@ pub struct FileConfig {
     pub server_key_overlap_secs: Option<u64>,
     /// See [`Settings::server_key_document_ttl_secs`].
     pub server_key_document_ttl_secs: Option<u64>,
+    /// See [`Settings::audit_retention_days`].
+    pub audit_retention_days: Option<u64>,
     /// See [`Settings::tls_cert`].
     pub tls_cert: Option<PathBuf>,
     /// See [`Settings::tls_key`].
@@ -346,6 +352,9 @@ pub struct Settings {
     /// server re-signs at half of it. At most the overlap, so a copy captured before
     /// a rotation dies before the key it names is destroyed.
     pub server_key_document_ttl_secs: u64,
+    /// Audit events older than this many days are deleted (in bounded batches, by a
+    /// background task), so the audit log cannot grow without end.
+    pub audit_retention_days: u64,
     /// TLS certificate chain (PEM).
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
@@ -384,6 +393,7 @@ impl Settings {
             server_key_lifetime_secs: crate::store::DEFAULT_SERVER_KEY_LIFETIME_SECS,
             server_key_overlap_secs: crate::store::DEFAULT_SERVER_KEY_OVERLAP_SECS,
             server_key_document_ttl_secs: onetrip_protocol::server_key::DEFAULT_DOCUMENT_LIFETIME_SECS,
+            audit_retention_days: DEFAULT_AUDIT_RETENTION_DAYS,
             tls_cert: None,
             tls_key: None,
             log: "info".into(),
@@ -427,6 +437,7 @@ impl Settings {
             server_key_lifetime_secs: pick!(server_key_lifetime_secs),
             server_key_overlap_secs: pick!(server_key_overlap_secs),
             server_key_document_ttl_secs: pick!(server_key_document_ttl_secs),
+            audit_retention_days: pick!(audit_retention_days),
             tls_cert: overrides.tls_cert.or(file.tls_cert),
             tls_key: overrides.tls_key.or(file.tls_key),
             log: pick!(log),
@@ -475,6 +486,9 @@ impl Settings {
             return Err("ONETRIP_METRICS_TOKEN must be at least 16 characters".into());
         }
         self.validate_server_keys()?;
+        if !(1..=MAX_AUDIT_RETENTION_DAYS).contains(&self.audit_retention_days) {
+            return Err(format!("audit_retention_days must be between 1 and {MAX_AUDIT_RETENTION_DAYS}"));
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("TLS needs both tls_cert and tls_key".into());
         }

@@ -56,9 +56,10 @@ fn harness() -> &'static Harness {
             let _guard = runtime.enter();
             AppState::new(settings, store, MemoryShared::new(100_000)).expect("state")
         };
-        // The server refuses requests stamped before it started (its replay cache is
-        // new); building the state can cross a second boundary, so stamp from it.
-        let now = state.started_at.max(unix_now());
+        // The server refuses stamps in its start second (an earlier run may have
+        // accepted them): like `serve`, answer nothing until the clock has left it.
+        runtime.block_on(crate::replay_guard::wait_past_start(&state));
+        let now = unix_now();
         let created = admin::execute(
             &state.store,
             Some(&state),

@@ -71,7 +71,9 @@ async fn answer<S: SharedState>(
         return Ok(Status::AuthFailed);
     };
     let window = state.settings.clock_window_secs;
-    if !auth.timestamp_acceptable(now, window, state.started_at) {
+    // Strictly after the start second: an earlier run may have accepted any stamp up
+    // to its last second without persisting it (crate::replay_guard).
+    if !auth.timestamp_acceptable(now, window, state.started_at.saturating_add(1)) {
         auth.respond(&Reply::ClockSkew, now, &mut rand::thread_rng(), out);
         return Ok(Status::ClockSkew);
     }
@@ -81,9 +83,9 @@ async fn answer<S: SharedState>(
         auth.respond(&Reply::RateLimited { retry_after_secs: 1 }, now, &mut rand::thread_rng(), out);
         return Ok(Status::RateLimited);
     }
-    // Kept until the stamp leaves the window: a request is only acceptable within
-    // ±window of its stamp, so after stamp + window it is refused without the cache.
-    match state.shared.remember_once(auth.replay_id(), now, auth.timestamp() + window).await {
+    // Durable before any answer for ids stamped ahead of the clock: no restart can
+    // accept them again.
+    match crate::replay_guard::remember_once(state, auth.replay_id(), auth.timestamp(), now).await {
         Ok(true) => {}
         Ok(false) => {
             tracing::debug!(key_id = %entry.id, "replayed handshake refused");

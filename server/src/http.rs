@@ -352,11 +352,43 @@ pub(crate) async fn authenticate<S: SharedState>(
     conn: ConnInfo,
     now: u64,
 ) -> Result<onetrip_protocol::Claims, Response<Body>> {
+    authenticate_with(state, parts, body, conn, now, false).await
+}
+
+/// [`authenticate`] for writes: the proof of possession is also accepted only once
+/// (PROTOCOL.md §8), so a captured request cannot be sent again within its window,
+/// nor after a restart. Bearer calls carry no proof: TLS is what keeps them from
+/// being captured and replayed.
+pub(crate) async fn authenticate_once<S: SharedState>(
+    state: &AppState<S>,
+    parts: &http::request::Parts,
+    body: &[u8],
+    conn: ConnInfo,
+    now: u64,
+) -> Result<onetrip_protocol::Claims, Response<Body>> {
+    authenticate_with(state, parts, body, conn, now, true).await
+}
+
+async fn authenticate_with<S: SharedState>(
+    state: &AppState<S>,
+    parts: &http::request::Parts,
+    body: &[u8],
+    conn: ConnInfo,
+    now: u64,
+    once: bool,
+) -> Result<onetrip_protocol::Claims, Response<Body>> {
     let checked = match crate::otp_api::presented_token(parts, conn.tls) {
         Ok((token, proof)) => {
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             let pop = proof.as_ref().map(|p| (p, parts.method.as_str(), path, body));
-            state.check_own_token(&token, pop, conn.tls, now).await.map_err(crate::otp_api::token_error)
+            match state.check_own_token(&token, pop, conn.tls, now).await.map_err(crate::otp_api::token_error) {
+                // Only a proof that verified is recorded: nobody else can fill the cache.
+                Ok(claims) => match proof.filter(|_| once) {
+                    Some(proof) => proof_used_once(state, &proof, token.binding(), now).await.map(|()| claims),
+                    None => Ok(claims),
+                },
+                Err(resp) => Err(resp),
+            }
         }
         Err((code, detail)) => Err(unauthorized(code, detail)),
     };
@@ -366,6 +398,36 @@ pub(crate) async fn authenticate<S: SharedState>(
         state.otp_ip_limiter.record_failure(conn.peer, state.settings.otp.api_rate_per_ip, now);
     }
     checked
+}
+
+/// 401 `pop_replayed` for a proof seen before (or older than the server's start),
+/// 503 when the replay cache or the store cannot record it.
+async fn proof_used_once<S: SharedState>(
+    state: &AppState<S>,
+    proof: &PopProof,
+    binding: &[u8; onetrip_protocol::pop::TOKEN_BINDING_LEN],
+    now: u64,
+) -> Result<(), Response<Body>> {
+    use crate::replay_guard::ProofUse;
+    match crate::replay_guard::accept_proof(state, proof, binding, now).await {
+        Ok(ProofUse::Fresh) => Ok(()),
+        Ok(ProofUse::Replayed) => {
+            Err(unauthorized("pop_replayed", "this proof of possession was used already: sign each request anew"))
+        }
+        Ok(ProofUse::BeforeStart) => Err(unauthorized(
+            "pop_replayed",
+            "this proof of possession is stamped before the server started: sign the request anew",
+        )),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot record a proof of possession; refusing the request");
+            Err(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+                "cannot record the request's proof of possession; retry later",
+            ))
+        }
+    }
 }
 
 async fn whoami<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {

@@ -10,6 +10,8 @@
 //! | [`seal`] | argon2id passphrase sealing of private keys at rest |
 //! | [`keys`] | in-memory key directory with the cached static-static DH per key |
 //! | [`replay_cache`] | single-node replay cache: ids by expiry second, dropped a second at a time |
+//! | [`replay_guard`] | accepted once across restarts: start-time rule, ids stamped ahead persisted before answering |
+//! | [`retention`] | background deletion of old audit events and passed replay ids, in bounded batches |
 //! | [`shared`] | state shared between replicas (replay cache, limits, revocations) behind one trait |
 //! | [`state`] | `AppState`: everything a request handler needs, cheap to clone |
 //! | [`key_lifecycle`] | background task: handshake key rotation, destruction of retired keys, document re-signing |
@@ -51,6 +53,8 @@ pub mod otp_api;
 pub mod otp_service;
 pub mod problem;
 pub mod replay_cache;
+pub mod replay_guard;
+pub mod retention;
 pub mod seal;
 pub mod shared;
 pub mod state;

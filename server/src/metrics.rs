@@ -32,6 +32,10 @@ pub struct Metrics {
     pub connections_refused_per_ip: AtomicU64,
     /// Connections closed by the write or idle timeout.
     pub connections_timed_out: AtomicU64,
+    /// Replay ids stamped ahead of the clock, written to the store ([`crate::replay_guard`]).
+    pub replay_ids_persisted: AtomicU64,
+    /// Store transactions (fsyncs) that wrote them.
+    pub replay_id_writes: AtomicU64,
 }
 
 impl Metrics {
@@ -111,6 +115,16 @@ impl Metrics {
                 "onetrip_connections_timed_out_total",
                 "Connections closed because an answer went unread (write timeout) or nothing moved (idle timeout).",
                 self.connections_timed_out.load(Ordering::Relaxed),
+            ),
+            (
+                "onetrip_replay_ids_persisted_total",
+                "Replay ids of requests stamped ahead of the server clock, written to the store.",
+                self.replay_ids_persisted.load(Ordering::Relaxed),
+            ),
+            (
+                "onetrip_replay_id_writes_total",
+                "Store transactions that persisted replay ids (one per batch).",
+                self.replay_id_writes.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, value) in counters {

@@ -138,7 +138,11 @@ pub async fn route<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, 
         Ok(b) => b,
         Err(resp) => return resp,
     };
-    let claims = match authorize(state, &parts, &body, conn, now).await {
+    // Every OTP route that changes state is a POST; its proof is accepted once, so a
+    // captured create, check or resend cannot be sent again (and a replayed check
+    // costs no attempt: it never reaches the store).
+    let once = parts.method == Method::POST;
+    let claims = match authorize(state, &parts, &body, conn, now, once).await {
         Ok(c) => c,
         Err(resp) => return resp,
     };
@@ -166,16 +170,21 @@ pub async fn route<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, 
     result.unwrap_or_else(|e| error_response(&e))
 }
 
-/// Verifies the presented token (PoP over the method, path and body; bearer only on
-/// TLS) and that it carries the `otp` scope.
+/// Verifies the presented token (PoP over the method, path and body, accepted `once`
+/// for writes; bearer only on TLS) and that it carries the `otp` scope.
 async fn authorize<S: SharedState>(
     state: &AppState<S>,
     parts: &Parts,
     body: &[u8],
     conn: ConnInfo,
     now: u64,
+    once: bool,
 ) -> Result<Claims, Response<Body>> {
-    let claims = crate::http::authenticate(state, parts, body, conn, now).await?;
+    let claims = if once {
+        crate::http::authenticate_once(state, parts, body, conn, now).await?
+    } else {
+        crate::http::authenticate(state, parts, body, conn, now).await?
+    };
     if !claims.has_scope(OTP_SCOPE) {
         return Err(problem(
             StatusCode::FORBIDDEN,

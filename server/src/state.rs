@@ -48,8 +48,11 @@ pub struct Inner<S> {
     pub shared: S,
     /// Counters.
     pub metrics: Metrics,
-    /// Server start time; requests stamped earlier are refused (replay safety across restarts).
+    /// Server start second; stamps at or before it are refused, so nothing an earlier
+    /// run accepted can be accepted again ([`crate::replay_guard`]).
     pub started_at: u64,
+    /// Writes the replay ids of requests stamped ahead of the clock to the store.
+    pub ahead_ids: crate::replay_guard::AheadWriter,
     /// Per-IP limiter for `/v1/auth`, checked before any cryptography.
     pub ip_limiter: IpLimiter,
     /// Failed authentications per client address on the token routes (`/v1/otp/*`,
@@ -140,6 +143,7 @@ impl<S: SharedState> AppState<S> {
             shared,
             metrics: Metrics::default(),
             started_at: now,
+            ahead_ids: Default::default(),
             ip_limiter: IpLimiter::default(),
             otp_ip_limiter: Default::default(),
             delivery,

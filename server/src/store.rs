@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::seal::{SealError, SealParams, Sealer};
 
+mod audit_retention;
+mod replay_ids;
 mod second_factor;
 pub use second_factor::{CheckView, StepUpStart, TotpEnrolment, TotpRecord};
 mod server_keys;

@@ -1,0 +1,96 @@
+//! Disk retention, run by `serve` at start and then every minute: audit events older
+//! than `audit_retention_days`, and persisted replay ids whose stamp the clock has
+//! passed ([`crate::replay_guard`]). Deletions go in bounded batches, each its own
+//! transaction, so a large backlog never becomes one huge transaction that holds the
+//! store's write lock while requests wait.
+
+use std::time::Duration;
+
+use crate::shared::SharedState;
+use crate::state::{unix_now, AppState};
+use crate::store::{Store, StoreError};
+
+/// Rows deleted per transaction.
+pub const BATCH: usize = 1_000;
+/// Time between two passes.
+const PERIOD: Duration = Duration::from_secs(60);
+
+/// What one pass deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Audit events.
+    pub audit: usize,
+    /// Replay ids.
+    pub replay_ids: usize,
+}
+
+/// One pass: deletes audit events from before `now − retention_days` and replay ids
+/// stamped at or before `now`, `batch` rows per transaction, until none is left.
+pub fn sweep(store: &Store, now: u64, retention_days: u64, batch: usize) -> Result<Swept, StoreError> {
+    let cutoff = now.saturating_sub(retention_days.saturating_mul(86_400));
+    let batch = batch.max(1);
+    let mut swept = Swept::default();
+    loop {
+        let n = store.delete_audit_before(cutoff, batch)?;
+        swept.audit += n;
+        if n < batch {
+            break;
+        }
+    }
+    loop {
+        let n = store.sweep_replay_ids(now, batch)?;
+        swept.replay_ids += n;
+        if n < batch {
+            break;
+        }
+    }
+    Ok(swept)
+}
+
+/// The background task: one [`sweep`] at start, then one a minute.
+pub async fn run<S: SharedState>(state: AppState<S>) {
+    let mut tick = tokio::time::interval(PERIOD);
+    loop {
+        tick.tick().await;
+        let st = state.clone();
+        let pass =
+            tokio::task::spawn_blocking(move || sweep(&st.store, unix_now(), st.settings.audit_retention_days, BATCH))
+                .await;
+        match pass {
+            Ok(Ok(swept)) if swept != Swept::default() => {
+                tracing::info!(audit = swept.audit, replay_ids = swept.replay_ids, "expired rows deleted");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot delete expired audit events or replay ids"),
+            Err(e) => tracing::warn!(error = %e, "the retention pass did not finish"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pass_deletes_old_audit_events_and_passed_replay_ids_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let day = 86_400;
+        let now = 1_000 * day;
+        let (store, _) = Store::open_or_init(dir.path(), None, now - 100 * day).expect("store");
+        // 25 events from 91 to 67 days ago, one a day, in the order they were written.
+        for age in (67..=91).rev() {
+            store.audit(now - age * day, "test.event", serde_json::json!({ "age": age })).expect("audit");
+        }
+        store.put_replay_ids(&[(now - 1, [1; 16]), (now, [2; 16]), (now + 30, [3; 16])]).expect("ids");
+
+        let swept = sweep(&store, now, 90, 4).expect("sweep");
+        // The store's own creation events (100 days old) go too.
+        let left = store.audit_since(0, usize::MAX).expect("read");
+        assert_eq!(left.len(), 90 - 67 + 1, "events of the last 90 days stay");
+        assert!(left.iter().all(|e| e["at"].as_u64().is_some_and(|at| at >= now - 90 * day)));
+        assert!(swept.audit >= 2, "{swept:?}");
+        assert_eq!(swept.replay_ids, 2);
+        assert_eq!(store.replay_ids_after(0).expect("ids"), vec![(now + 30, [3; 16])]);
+        assert_eq!(sweep(&store, now, 90, 4).expect("again"), Swept::default());
+    }
+}
