@@ -82,6 +82,12 @@ pub enum AdminRequest {
         /// Audience name.
         audience: String,
     },
+    /// Revoke one token (by the `token_id` whoami or introspection shows) until it
+    /// would have expired; persisted, so a restart keeps it.
+    TokensRevoke {
+        /// Token id (32 hex characters).
+        token_id: String,
+    },
     /// Audit events since a time.
     Audit {
         /// Unix seconds.
@@ -101,6 +107,10 @@ pub trait Live {
     fn server_key_lifetime_secs(&self) -> u64 {
         crate::store::DEFAULT_SERVER_KEY_LIFETIME_SECS
     }
+    /// A token was revoked until `until`.
+    fn token_revoked(&self, _token_id: [u8; 16], _until: u64) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl<S: SharedState> Live for AppState<S> {
@@ -115,6 +125,10 @@ impl<S: SharedState> Live for AppState<S> {
     }
     fn server_key_lifetime_secs(&self) -> u64 {
         self.settings.server_key_lifetime_secs
+    }
+    fn token_revoked(&self, token_id: [u8; 16], until: u64) -> Result<(), String> {
+        // Called from the admin socket's blocking task, inside the server's runtime.
+        tokio::runtime::Handle::current().block_on(self.shared.revoke_token(token_id, until)).map_err(|e| e.to_string())
     }
 }
 
@@ -358,6 +372,25 @@ pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Res
             let mut out = server_key_json(store, now)?;
             out["new_key_id"] = serde_json::Value::String(hex::encode(new_id));
             Ok(out)
+        }
+        AdminRequest::TokensRevoke { token_id } => {
+            let token: [u8; 16] =
+                hex::decode(token_id.trim()).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| {
+                    format!("`{token_id}` is not a token id (32 hex characters, as whoami and introspection show it)")
+                })?;
+            // The token's own expiry is inside it, sealed: keep the revocation for the
+            // longest lifetime a token can have.
+            let until = now + crate::config::MAX_TOKEN_TTL_SECS;
+            let audit = crate::store::AuditEntry {
+                at: now,
+                event: "token.revoked",
+                detail: serde_json::json!({ "token_id": hex::encode(token), "until": until }),
+            };
+            let until = store.revoke_token(&token, until, &audit).map_err(e)?;
+            if let Some(live) = live {
+                live.token_revoked(token, until)?;
+            }
+            Ok(serde_json::json!({ "token_id": hex::encode(token), "revoked_until": until }))
         }
         AdminRequest::Audit { since, limit } => {
             Ok(serde_json::Value::Array(store.audit_since(since, limit).map_err(e)?))

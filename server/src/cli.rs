@@ -37,6 +37,22 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `onetrip tokens …`.
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Revoke one token now (its `token_id`, as whoami and introspection show it):
+    /// refused by the server's API and introspection at once, listed at
+    /// GET /v1/revocations for resource servers; kept across restarts until the token
+    /// would have expired. To revoke every token of a key, revoke the key.
+    Revoke {
+        /// Token id (32 hex characters).
+        token_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// Subcommands.
 // Parsed once per process: the size difference between variants costs nothing.
 #[allow(clippy::large_enum_variant)]
@@ -70,6 +86,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Revoke tokens.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Print the token key a resource server needs to verify tokens for AUDIENCE.
     AudienceKey {
         /// Audience (resource server name).
@@ -392,6 +411,17 @@ pub fn main_with(cli: Cli) -> i32 {
                 });
                 Ok(())
             }
+            Command::Tokens(TokensCommand::Revoke { ref token_id, json }) => {
+                let v = admin_call(&cli, AdminRequest::TokensRevoke { token_id: token_id.clone() }).await?;
+                print_value(&v, json, |v| {
+                    format!(
+                        "token {} revoked until {} (unix time)",
+                        v["token_id"].as_str().unwrap_or(""),
+                        v["revoked_until"]
+                    )
+                });
+                Ok(())
+            }
             Command::AudienceKey { ref audience, json } => {
                 let v = admin_call(&cli, AdminRequest::AudienceKey { audience: audience.clone() }).await?;
                 print_value(&v, json, |v| {
@@ -533,6 +563,8 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
     let state = AppState::new(settings, store, shared).map_err(|e| e.to_string())?;
     let restored = crate::replay_guard::restore(&state).await.map_err(|e| e.to_string())?;
     tracing::debug!(restored, "replay ids stamped ahead by the previous run loaded");
+    let revoked = crate::revocation::restore(&state).await.map_err(|e| e.to_string())?;
+    tracing::debug!(revoked, "token revocations loaded");
     let admin_listener = admin::bind_socket(&admin_socket)
         .map_err(|e| format!("cannot create the admin socket {}: {e}", admin_socket.display()))?;
     // Before the announcement below: a SIGTERM sent as soon as we are "up" must stop

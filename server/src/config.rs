@@ -8,6 +8,9 @@ use serde::Deserialize;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
+/// Longest token lifetime a server may be configured with; a revocation whose token's
+/// expiry is unknown (it is sealed inside the token) is kept this long.
+pub const MAX_TOKEN_TTL_SECS: u64 = 86_400;
 /// Replay ids held by default: 65,000 handshakes/s (about twice this 2-core
 /// machine's measured maximum) for their whole lifetime, at most ~19 bytes each
 /// (`server::replay_cache`), so at most ~150 MB under that load and nothing idle.
@@ -453,7 +456,7 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if !(60..=86_400).contains(&self.token_ttl_secs) {
+        if !(60..=MAX_TOKEN_TTL_SECS).contains(&self.token_ttl_secs) {
             return Err("token_ttl_secs must be between 60 and 86400".into());
         }
         if !(5..=3600).contains(&self.clock_window_secs) {

@@ -40,6 +40,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/server-key"),
     ("post", "/v1/introspect"),
     ("get", "/v1/whoami"),
+    ("get", "/v1/revocations"),
     ("get", "/v1/openapi.json"),
     ("get", "/healthz"),
     ("get", "/metrics"),
@@ -68,6 +69,10 @@ pub async fn route<S: SharedState>(
             Some(limited) => limited,
             None => introspect(&state, req, conn).await,
         },
+        (&Method::GET, "/v1/revocations") => match failed_auth_guard(&state, conn) {
+            Some(limited) => limited,
+            None => revocations(&state, req, conn).await,
+        },
         (&Method::GET, "/v1/whoami") => match failed_auth_guard(&state, conn) {
             Some(limited) => limited,
             None => whoami(&state, req, conn).await,
@@ -84,8 +89,8 @@ pub async fn route<S: SharedState>(
         ),
         (
             _,
-            "/v1/auth" | "/v1/server-key" | "/v1/introspect" | "/v1/whoami" | "/healthz" | "/metrics"
-            | "/v1/openapi.json",
+            "/v1/auth" | "/v1/server-key" | "/v1/introspect" | "/v1/whoami" | "/v1/revocations" | "/healthz"
+            | "/metrics" | "/v1/openapi.json",
         ) => problem(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -310,6 +315,38 @@ async fn introspect<S: SharedState>(state: &AppState<S>, req: Request<Incoming>,
             tracing::debug!(error = %e, "introspection: inactive");
             json(StatusCode::OK, &serde_json::json!({ "active": false }))
         }
+    }
+}
+
+/// `GET /v1/revocations`: the token revocations in force, for resource servers that
+/// verify tokens in-process (poll it; each entry lasts until the token would have
+/// expired). Authenticated like introspection (scope `introspect`).
+async fn revocations<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    let (parts, _) = req.into_parts();
+    let now = unix_now();
+    let caller = match authenticate(state, &parts, b"", conn, now).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    if !caller.has_scope(INTROSPECT_SCOPE) {
+        return problem(
+            StatusCode::FORBIDDEN,
+            "scope_required",
+            "Scope required",
+            "the revocation list needs a token for audience `onetrip` with the `introspect` scope",
+        );
+    }
+    let st = state.clone();
+    match tokio::task::spawn_blocking(move || st.store.revoked_tokens(now)).await {
+        Ok(Ok(revoked)) => {
+            let tokens: Vec<_> = revoked
+                .iter()
+                .map(|(id, until)| serde_json::json!({ "token_id": hex::encode(id), "until": until }))
+                .collect();
+            json(StatusCode::OK, &serde_json::json!({ "at": now, "tokens": tokens }))
+        }
+        Ok(Err(e)) => crate::problem::unavailable(&e),
+        Err(e) => crate::problem::unavailable(&e),
     }
 }
 

@@ -55,6 +55,7 @@ pub mod problem;
 pub mod replay_cache;
 pub mod replay_guard;
 pub mod retention;
+pub mod revocation;
 pub mod seal;
 pub mod shared;
 pub mod state;

@@ -22,6 +22,8 @@ pub struct Swept {
     pub audit: usize,
     /// Replay ids.
     pub replay_ids: usize,
+    /// Revocations of tokens that have expired anyway.
+    pub revocations: usize,
 }
 
 /// One pass: deletes audit events from before `now − retention_days` and replay ids
@@ -44,6 +46,13 @@ pub fn sweep(store: &Store, now: u64, retention_days: u64, batch: usize) -> Resu
             break;
         }
     }
+    loop {
+        let n = store.sweep_revoked_tokens(now, batch)?;
+        swept.revocations += n;
+        if n < batch {
+            break;
+        }
+    }
     Ok(swept)
 }
 
@@ -58,7 +67,12 @@ pub async fn run<S: SharedState>(state: AppState<S>) {
                 .await;
         match pass {
             Ok(Ok(swept)) if swept != Swept::default() => {
-                tracing::info!(audit = swept.audit, replay_ids = swept.replay_ids, "expired rows deleted");
+                tracing::info!(
+                    audit = swept.audit,
+                    replay_ids = swept.replay_ids,
+                    revocations = swept.revocations,
+                    "expired rows deleted"
+                );
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot delete expired audit events or replay ids"),

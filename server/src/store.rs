@@ -16,6 +16,7 @@ use crate::seal::{SealError, SealParams, Sealer};
 
 mod audit_retention;
 mod replay_ids;
+mod revocations;
 mod second_factor;
 pub use second_factor::{CheckView, StepUpStart, TotpEnrolment, TotpRecord};
 mod server_keys;

@@ -194,3 +194,48 @@ fn introspection_answers_only_the_callers_own_audience() {
     let r = server.post("/v1/introspect", &[], body.to_string().as_bytes());
     assert_eq!(r.status, 401, "a sniffed introspection body alone answers nothing");
 }
+
+#[test]
+fn a_revoked_token_is_refused_listed_for_resource_servers_and_stays_revoked_after_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut server = Server::start_in(&dir, &[]).unwrap();
+    let (key, _) = server.create_key(&["--name", "svc", "--scope", "otp"]);
+    let (rs, _) = server.create_key(&["--name", "db-server", "--audience", "db", "--scope", "introspect"]);
+    let grant = own_grant(&server, &key, "otp");
+    let other = own_grant(&server, &key, "otp");
+    let me = signed(server.port, &grant, "GET", "/v1/whoami", b"");
+    assert_eq!(me.status, 200);
+    let token_id = me.json()["token_id"].as_str().unwrap().to_owned();
+
+    let out = server.cli(&["tokens", "revoke", &token_id, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(signed(server.port, &grant, "GET", "/v1/whoami", b"").status, 401, "refused at once");
+    assert_eq!(signed(server.port, &other, "GET", "/v1/whoami", b"").status, 200, "only that token");
+    let list = |server: &Server| {
+        let caller = own_grant(server, &rs, "introspect");
+        let r = signed(server.port, &caller, "GET", "/v1/revocations", b"");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["token_id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(list(&server), std::slice::from_ref(&token_id));
+    // The list is for resource servers: another scope is refused.
+    let plain = signed(server.port, &other, "GET", "/v1/revocations", b"");
+    assert_eq!((plain.status, plain.json()["code"].as_str()), (403, Some("scope_required")));
+    // Bad ids are refused clearly.
+    let out = server.cli(&["tokens", "revoke", "not-hex"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("32 hex characters"));
+
+    server.kill9();
+    let server = Server::start_in(&dir, &[]).unwrap();
+    assert_eq!(signed(server.port, &grant, "GET", "/v1/whoami", b"").status, 401, "still revoked after kill -9");
+    assert_eq!(list(&server), [token_id]);
+    let audit: Vec<serde_json::Value> = serde_json::from_slice(&server.cli(&["audit", "--json"]).stdout).unwrap();
+    assert!(audit.iter().any(|e| e["event"] == "token.revoked"));
+}

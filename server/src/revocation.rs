@@ -1,0 +1,36 @@
+//! Token revocation across restarts and for resource servers: revocations are kept
+//! in the store (`store::revocations`) until the token would have expired, loaded
+//! into the shared state at start (which `AppState::check_own_token` and
+//! introspection consult), and listed at `GET /v1/revocations` so that a resource
+//! server verifying tokens in-process with its audience key can poll them cheaply.
+
+use crate::shared::{SharedError, SharedState};
+use crate::state::{unix_now, AppState};
+use crate::store::StoreError;
+
+/// Why the revocations could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RevocationError {
+    /// The store could not be read.
+    #[error("cannot read token revocations: {0}")]
+    Store(#[from] StoreError),
+    /// The shared state refused them.
+    #[error(transparent)]
+    Shared(#[from] SharedError),
+    /// The blocking read did not finish.
+    #[error("cannot read token revocations: {0}")]
+    Join(String),
+}
+
+/// Loads every revocation still in force into the shared state; returns how many.
+pub async fn restore<S: SharedState>(state: &AppState<S>) -> Result<usize, RevocationError> {
+    let st = state.clone();
+    let now = unix_now();
+    let revoked = tokio::task::spawn_blocking(move || st.store.revoked_tokens(now))
+        .await
+        .map_err(|e| RevocationError::Join(e.to_string()))??;
+    for (id, until) in &revoked {
+        state.shared.revoke_token(*id, *until).await?;
+    }
+    Ok(revoked.len())
+}
