@@ -82,6 +82,11 @@ pub enum AdminRequest {
         /// Audience name.
         audience: String,
     },
+    /// New token master key; older ones still open tokens for `overlap_secs`.
+    TokenKeyRotate {
+        /// How long tokens sealed under the older keys stay valid.
+        overlap_secs: u64,
+    },
     /// Revoke one token (by the `token_id` whoami or introspection shows) until it
     /// would have expired; persisted, so a restart keeps it.
     TokensRevoke {
@@ -111,6 +116,10 @@ pub trait Live {
     fn token_revoked(&self, _token_id: [u8; 16], _until: u64) -> Result<(), String> {
         Ok(())
     }
+    /// Token master keys changed in the store.
+    fn token_keys_changed(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl<S: SharedState> Live for AppState<S> {
@@ -125,6 +134,9 @@ impl<S: SharedState> Live for AppState<S> {
     }
     fn server_key_lifetime_secs(&self) -> u64 {
         self.settings.server_key_lifetime_secs
+    }
+    fn token_keys_changed(&self) -> Result<(), String> {
+        self.reload_token_keys().map_err(|e| e.to_string())
     }
     fn token_revoked(&self, token_id: [u8; 16], until: u64) -> Result<(), String> {
         // Called from the admin socket's blocking task, inside the server's runtime.
@@ -372,6 +384,19 @@ pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Res
             let mut out = server_key_json(store, now)?;
             out["new_key_id"] = serde_json::Value::String(hex::encode(new_id));
             Ok(out)
+        }
+        AdminRequest::TokenKeyRotate { overlap_secs } => {
+            let new = store.rotate_token_key(now, overlap_secs).map_err(e)?;
+            if let Some(live) = live {
+                live.token_keys_changed()?;
+            }
+            let ids: Vec<String> =
+                store.server_secrets().map_err(e)?.token_keys.iter().map(|(id, _)| hex::encode(id)).collect();
+            Ok(serde_json::json!({
+                "new_key_id": hex::encode(new),
+                "key_ids": ids,
+                "older_keys_retire_at": now + overlap_secs,
+            }))
         }
         AdminRequest::TokensRevoke { token_id } => {
             let token: [u8; 16] =

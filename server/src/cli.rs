@@ -37,6 +37,24 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `onetrip token-key …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenKeyCommand {
+    /// Make a new token master key; tokens sealed under the older ones stay valid for
+    /// the overlap, then those keys are deleted. Give resource servers the new
+    /// `onetrip audience-key` output during the overlap. `--overlap-secs 0` retires
+    /// every older key at once (a leaked key): every token in circulation stops working.
+    Rotate {
+        /// Seconds older keys still open tokens; at least the token lifetime keeps every
+        /// token working until it expires.
+        #[arg(long, default_value_t = crate::config::MAX_TOKEN_TTL_SECS)]
+        overlap_secs: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// `onetrip tokens …`.
 #[derive(Debug, Subcommand)]
 pub enum TokensCommand {
@@ -89,6 +107,9 @@ pub enum Command {
     /// Revoke tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Rotate the token master key (tokens are sealed with the new one at once).
+    #[command(subcommand, name = "token-key")]
+    TokenKey(TokenKeyCommand),
     /// Print the token key a resource server needs to verify tokens for AUDIENCE.
     AudienceKey {
         /// Audience (resource server name).
@@ -408,6 +429,17 @@ pub fn main_with(cli: Cli) -> i32 {
                                 .join("\n")
                         })
                         .unwrap_or_default()
+                });
+                Ok(())
+            }
+            Command::TokenKey(TokenKeyCommand::Rotate { overlap_secs, json }) => {
+                let v = admin_call(&cli, AdminRequest::TokenKeyRotate { overlap_secs }).await?;
+                print_value(&v, json, |v| {
+                    format!(
+                        "new token key {}; older keys open tokens until {} (unix time), then go.\nRun `onetrip audience-key <audience>` for each resource server now.",
+                        v["new_key_id"].as_str().unwrap_or(""),
+                        v["older_keys_retire_at"]
+                    )
                 });
                 Ok(())
             }

@@ -24,6 +24,8 @@ pub struct Swept {
     pub replay_ids: usize,
     /// Revocations of tokens that have expired anyway.
     pub revocations: usize,
+    /// Token master keys past their overlap.
+    pub token_keys: usize,
 }
 
 /// One pass: deletes audit events from before `now − retention_days` and replay ids
@@ -46,6 +48,7 @@ pub fn sweep(store: &Store, now: u64, retention_days: u64, batch: usize) -> Resu
             break;
         }
     }
+    swept.token_keys = store.drop_retired_token_keys(now)?;
     loop {
         let n = store.sweep_revoked_tokens(now, batch)?;
         swept.revocations += n;
@@ -71,8 +74,15 @@ pub async fn run<S: SharedState>(state: AppState<S>) {
                     audit = swept.audit,
                     replay_ids = swept.replay_ids,
                     revocations = swept.revocations,
+                    token_keys = swept.token_keys,
                     "expired rows deleted"
                 );
+                // A retired token key must stop opening tokens now, not at a restart.
+                if swept.token_keys > 0 {
+                    if let Err(e) = state.reload_token_keys() {
+                        tracing::error!(error = %e, "cannot reload the token keys after a retirement");
+                    }
+                }
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot delete expired audit events or replay ids"),

@@ -64,11 +64,35 @@ pub struct Inner<S> {
     /// Keys used since the last flush, with the time; written to the store in batches
     /// so a handshake never waits for a disk write.
     pub last_used: DashMap<onetrip_protocol::api_key::KeyId, u64>,
-    token_keys: TokenKeyring,
+    /// Token keys and the verifiers made from them, replaced whole on rotation.
+    tokens: ArcSwap<TokenKeys>,
+}
+
+/// The token master keys and what is prepared from them.
+pub struct TokenKeys {
+    keyring: TokenKeyring,
     /// Sealers/verifiers by audience name, made on first use.
     verifiers: DashMap<String, Arc<TokenVerifier>>,
     /// The server's own audience: the only tokens its API accepts.
     own_verifier: Arc<TokenVerifier>,
+}
+
+impl TokenKeys {
+    /// Prepares the keys the store holds (newest first).
+    fn from_store(store: &Store) -> Result<Self, StoreError> {
+        let mut token_keys = store.server_secrets()?.token_keys.into_iter();
+        let (id, master) = token_keys.next().ok_or_else(|| StoreError::Record("token_keys (empty)".into()))?;
+        let mut keyring = TokenKeyring::new(id, master);
+        for (id, master) in token_keys {
+            keyring.push_previous(id, master);
+        }
+        let own_verifier = Arc::new(
+            keyring
+                .for_audience(DefaultBackend::default(), SERVER_AUDIENCE)
+                .map_err(|e| StoreError::Record(format!("token keys: {e}")))?,
+        );
+        Ok(Self { keyring, verifiers: DashMap::new(), own_verifier })
+    }
 }
 
 /// Cheap handle to the shared state.
@@ -110,22 +134,12 @@ impl<S: SharedState> AppState<S> {
         let now = unix_now();
         let delivery = crate::delivery::Deliverer::new(delivery_config(&settings))
             .map_err(|e| StoreError::Config(format!("OTP delivery: {e}")))?;
-        let secrets = store.server_secrets()?;
         // A server that was down past its key's end, or a store from before keys had
         // a lifetime, gets its keys fitted to the policy before the first document.
         store.maintain_server_keys(now, settings.key_policy())?;
         let handshake = build_handshake(&store, now, settings.server_key_document_ttl_secs)?;
-        let mut token_keys = secrets.token_keys.into_iter();
-        let (id, master) = token_keys.next().ok_or_else(|| StoreError::Record("token_keys (empty)".into()))?;
-        let mut keyring = TokenKeyring::new(id, master);
-        for (id, master) in token_keys {
-            keyring.push_previous(id, master);
-        }
-        let own_verifier = Arc::new(
-            keyring
-                .for_audience(DefaultBackend::default(), SERVER_AUDIENCE)
-                .map_err(|e| StoreError::Record(format!("token keys: {e}")))?,
-        );
+        store.drop_retired_token_keys(now)?;
+        let tokens = TokenKeys::from_store(&store)?;
         let keys = KeyDirectory::default();
         let mut bad = None;
         store.for_each_api_key(|id, record| match KeyEntry::new(id, record) {
@@ -149,9 +163,7 @@ impl<S: SharedState> AppState<S> {
             delivery,
             otp_key: std::sync::OnceLock::new(),
             last_used: DashMap::new(),
-            token_keys: keyring,
-            verifiers: DashMap::new(),
-            own_verifier,
+            tokens: ArcSwap::from_pointee(tokens),
         }));
         state.token_verifier(&state.settings.default_audience.clone());
         Ok(state)
@@ -229,20 +241,23 @@ impl<S: SharedState> AppState<S> {
     /// The prepared token verifier/sealer for `audience` (the server's own key for
     /// [`SERVER_AUDIENCE`]).
     pub fn token_verifier(&self, audience: &str) -> Option<Arc<TokenVerifier>> {
+        let tokens = self.tokens.load();
         if audience == SERVER_AUDIENCE {
-            return Some(Arc::clone(&self.own_verifier));
+            return Some(Arc::clone(&tokens.own_verifier));
         }
-        if let Some(v) = self.verifiers.get(audience) {
+        if let Some(v) = tokens.verifiers.get(audience) {
             return Some(Arc::clone(&v));
         }
-        let v = Arc::new(self.token_keys.for_audience(DefaultBackend::default(), audience).ok()?);
-        self.verifiers.insert(audience.to_owned(), Arc::clone(&v));
+        let v = Arc::new(tokens.keyring.for_audience(DefaultBackend::default(), audience).ok()?);
+        tokens.verifiers.insert(audience.to_owned(), Arc::clone(&v));
         Some(v)
     }
 
-    /// The token keyring (to export audience keys to resource servers).
-    pub fn token_keys(&self) -> &TokenKeyring {
-        &self.token_keys
+    /// Re-reads the token keys from the store (after a rotation or a retirement):
+    /// tokens are sealed with the new first key from now on.
+    pub fn reload_token_keys(&self) -> Result<(), StoreError> {
+        self.tokens.store(Arc::new(TokenKeys::from_store(&self.store)?));
+        Ok(())
     }
 
     /// Checks a token presented to the server's own API: it must be sealed for
@@ -255,7 +270,8 @@ impl<S: SharedState> AppState<S> {
         tls: bool,
         now: u64,
     ) -> Result<Claims, TokenCheckError> {
-        self.check_token_with(&self.own_verifier, token, pop, tls, now).await
+        let own = Arc::clone(&self.tokens.load().own_verifier);
+        self.check_token_with(&own, token, pop, tls, now).await
     }
 
     /// Checks a token for one of `audiences` (the introspecting resource server's):

@@ -18,6 +18,7 @@ mod audit_retention;
 mod replay_ids;
 mod revocations;
 mod second_factor;
+mod token_keys;
 pub use second_factor::{CheckView, StepUpStart, TotpEnrolment, TotpRecord};
 mod server_keys;
 pub use server_keys::{
@@ -190,6 +191,9 @@ pub struct TokenKeyRecord {
     pub master: String,
     /// Creation time.
     pub created_at: u64,
+    /// After a rotation: when this (older) key stops opening tokens and is deleted.
+    #[serde(default)]
+    pub retire_at: Option<u64>,
 }
 
 /// Everything the server needs from the store at start.
@@ -308,6 +312,7 @@ impl Store {
                 id: hex::encode(token_id),
                 master: hex::encode(self.sealer.seal("token_key", token_master.expose())),
                 created_at: now,
+                retire_at: None,
             }];
             let tokens = serde_json::to_vec(&tokens).map_err(|_| StoreError::Record("token_keys".into()))?;
             put(&mut meta, "token_keys", &tokens).map_err(|e| damaged(&self.path, e))?;

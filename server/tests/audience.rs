@@ -239,3 +239,39 @@ fn a_revoked_token_is_refused_listed_for_resource_servers_and_stays_revoked_afte
     let audit: Vec<serde_json::Value> = serde_json::from_slice(&server.cli(&["audit", "--json"]).stdout).unwrap();
     assert!(audit.iter().any(|e| e["event"] == "token.revoked"));
 }
+
+#[test]
+fn token_key_rotation_keeps_tokens_working_for_the_overlap_and_an_emergency_rotation_ends_them() {
+    let server = Server::start(&[]);
+    let (key, _) = server.create_key(&["--name", "svc", "--scope", "otp"]);
+    let (db_client, _) = server.create_key(&["--name", "app", "--audience", "db"]);
+    let old = own_grant(&server, &key, "");
+    let out = server.cli(&["token-key", "rotate", "--overlap-secs", "3600", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rotated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rotated["key_ids"].as_array().unwrap().len(), 2);
+    // Tokens already out keep working; new ones are sealed with the new key.
+    assert_eq!(signed(server.port, &old, "GET", "/v1/whoami", b"").status, 200);
+    let new = own_grant(&server, &key, "");
+    assert_ne!(new.token.key_id(), old.token.key_id());
+    assert_eq!(hex::encode(new.token.key_id()), rotated["new_key_id"].as_str().unwrap());
+    // Resource servers get both audience keys during the overlap, and verify both.
+    let db = audience_verifier(&server, "db");
+    let db_token = match server.handshake(&db_client, &ClientRequest::default()) {
+        Outcome::Granted(g) => g,
+        other => panic!("{other:?}"),
+    };
+    assert!(db.verify(db_token.token.as_bytes(), now()).is_ok());
+    let lines = String::from_utf8(server.cli(&["audience-key", "db"]).stdout).unwrap();
+    assert_eq!(lines.lines().count(), 2, "{lines}");
+
+    // An emergency rotation (a leaked master key) ends every older token at once.
+    let out = server.cli(&["token-key", "rotate", "--overlap-secs", "0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for grant in [&old, &new] {
+        assert_eq!(signed(server.port, grant, "GET", "/v1/whoami", b"").status, 401);
+    }
+    assert_eq!(signed(server.port, &own_grant(&server, &key, ""), "GET", "/v1/whoami", b"").status, 200);
+    let audit: Vec<serde_json::Value> = serde_json::from_slice(&server.cli(&["audit", "--json"]).stdout).unwrap();
+    assert_eq!(audit.iter().filter(|e| e["event"] == "token_key.rotated").count(), 2);
+}
