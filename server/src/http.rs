@@ -336,6 +336,18 @@ async fn revocations<S: SharedState>(state: &AppState<S>, req: Request<Incoming>
             "the revocation list needs a token for audience `onetrip` with the `introspect` scope",
         );
     }
+    // API keys of the caller's audiences that stopped (revoked, or past a rotation's
+    // grace) within a token lifetime: their tokens may still be in circulation.
+    let audiences = state.keys.get(&caller.api_key_id).map(|k| k.record.audiences.clone()).unwrap_or_default();
+    let since = now.saturating_sub(crate::config::MAX_TOKEN_TTL_SECS);
+    let mut keys = Vec::new();
+    state.keys.for_each(|e| {
+        let r = &e.record;
+        let stopped = r.revoked_at.or(r.expires_at.filter(|x| *x < now));
+        if stopped.is_some_and(|at| at >= since) && r.audiences.iter().any(|a| audiences.contains(a)) {
+            keys.push(serde_json::json!({ "key_id": e.id.to_string(), "since": stopped }));
+        }
+    });
     let st = state.clone();
     match tokio::task::spawn_blocking(move || st.store.revoked_tokens(now)).await {
         Ok(Ok(revoked)) => {
@@ -343,7 +355,7 @@ async fn revocations<S: SharedState>(state: &AppState<S>, req: Request<Incoming>
                 .iter()
                 .map(|(id, until)| serde_json::json!({ "token_id": hex::encode(id), "until": until }))
                 .collect();
-            json(StatusCode::OK, &serde_json::json!({ "at": now, "tokens": tokens }))
+            json(StatusCode::OK, &serde_json::json!({ "at": now, "tokens": tokens, "keys": keys }))
         }
         Ok(Err(e)) => crate::problem::unavailable(&e),
         Err(e) => crate::problem::unavailable(&e),

@@ -224,6 +224,14 @@ fn a_revoked_token_is_refused_listed_for_resource_servers_and_stays_revoked_afte
             .collect::<Vec<_>>()
     };
     assert_eq!(list(&server), std::slice::from_ref(&token_id));
+    // A revoked API key of the caller's audience is listed too (its tokens may be out).
+    let (db_app, db_app_id) = server.create_key(&["--name", "db-app", "--audience", "db"]);
+    drop(db_app);
+    assert!(server.cli(&["keys", "revoke", &db_app_id]).status.success());
+    let caller = own_grant(&server, &rs, "introspect");
+    let r = signed(server.port, &caller, "GET", "/v1/revocations", b"").json();
+    let keys: Vec<&str> = r["keys"].as_array().unwrap().iter().map(|k| k["key_id"].as_str().unwrap()).collect();
+    assert_eq!(keys, [db_app_id.as_str()], "{r}");
     // The list is for resource servers: another scope is refused.
     let plain = signed(server.port, &other, "GET", "/v1/revocations", b"");
     assert_eq!((plain.status, plain.json()["code"].as_str()), (403, Some("scope_required")));
