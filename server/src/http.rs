@@ -263,19 +263,10 @@ async fn introspect<S: SharedState>(state: &AppState<S>, req: Request<Incoming>,
         Err(resp) => return resp,
     };
     let now = unix_now();
-    let caller = match authenticate(state, &parts, &body, conn, now).await {
+    let caller = match authenticate_resource_server(state, &parts, &body, conn, now).await {
         Ok(c) => c,
         Err(resp) => return resp,
     };
-    if !caller.has_scope(INTROSPECT_SCOPE) {
-        return problem(
-            StatusCode::FORBIDDEN,
-            "scope_required",
-            "Scope required",
-            "introspection needs a token for audience `onetrip` with the `introspect` scope: \
-             create the resource server's key with --scope introspect --audience <its audience>",
-        );
-    }
     let audiences = state.keys.get(&caller.api_key_id).map(|k| k.record.audiences.clone()).unwrap_or_default();
     let r: IntrospectRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -324,18 +315,10 @@ async fn introspect<S: SharedState>(state: &AppState<S>, req: Request<Incoming>,
 async fn revocations<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
     let (parts, _) = req.into_parts();
     let now = unix_now();
-    let caller = match authenticate(state, &parts, b"", conn, now).await {
+    let caller = match authenticate_resource_server(state, &parts, b"", conn, now).await {
         Ok(c) => c,
         Err(resp) => return resp,
     };
-    if !caller.has_scope(INTROSPECT_SCOPE) {
-        return problem(
-            StatusCode::FORBIDDEN,
-            "scope_required",
-            "Scope required",
-            "the revocation list needs a token for audience `onetrip` with the `introspect` scope",
-        );
-    }
     // API keys of the caller's audiences that stopped (revoked, or past a rotation's
     // grace) within a token lifetime: their tokens may still be in circulation.
     let audiences = state.keys.get(&caller.api_key_id).map(|k| k.record.audiences.clone()).unwrap_or_default();
@@ -360,6 +343,28 @@ async fn revocations<S: SharedState>(state: &AppState<S>, req: Request<Incoming>
         Ok(Err(e)) => crate::problem::unavailable(&e),
         Err(e) => crate::problem::unavailable(&e),
     }
+}
+
+/// [`authenticate`], then the `introspect` scope that `/v1/introspect` and
+/// `/v1/revocations` need (403 `scope_required` without it).
+async fn authenticate_resource_server<S: SharedState>(
+    state: &AppState<S>,
+    parts: &http::request::Parts,
+    body: &[u8],
+    conn: ConnInfo,
+    now: u64,
+) -> Result<onetrip_protocol::Claims, Response<Body>> {
+    let caller = authenticate(state, parts, body, conn, now).await?;
+    if !caller.has_scope(INTROSPECT_SCOPE) {
+        return Err(problem(
+            StatusCode::FORBIDDEN,
+            "scope_required",
+            "Scope required",
+            "this needs a token for audience `onetrip` with the `introspect` scope: create the resource \
+             server's key with --scope introspect --audience <its audience>",
+        ));
+    }
+    Ok(caller)
 }
 
 /// Scope a resource server's key needs for `/v1/introspect`.

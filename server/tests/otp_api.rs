@@ -33,17 +33,7 @@ impl Caller {
     }
 
     fn headers(&self, method: &str, path: &str, body: &[u8]) -> (String, String) {
-        let proof = PopProof::sign(
-            &self.grant.session_key,
-            self.grant.token.binding(),
-            method,
-            path,
-            body,
-            now(),
-            &mut rand_core::OsRng,
-        )
-        .unwrap();
-        (format!("Onetrip {}", &*self.grant.token.to_base64()), proof.to_header())
+        pop_headers(&self.grant, method, path, body)
     }
 
     fn call(&self, server: &Server, method: &str, path: &str, body: &serde_json::Value) -> HttpResponse {

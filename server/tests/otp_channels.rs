@@ -308,20 +308,9 @@ fn totp_step_up_accepts_each_code_once() {
 #[test]
 fn totp_through_the_api_over_https() {
     let tmp = tempfile::tempdir().unwrap();
-    let (cert, key_pem, ca) = self_signed(tmp.path());
-    let dir = tmp.path().join("data");
-    let server =
-        Server::start_in(&dir, &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key_pem.to_str().unwrap()])
-            .unwrap();
+    let (server, dir, ca) = start_tls(tmp.path());
     let (key, _) = create_key(&dir, &["--name", "app", "--scope", "otp"]);
-    let doc =
-        onetrip_protocol::ServerKeyDocument::parse(&https(server.port, &ca, "GET", "/v1/server-key", &[], b"").body)
-            .unwrap();
-    let client =
-        onetrip_protocol::ClientHandshake::new(onetrip_protocol::DefaultBackend::default(), &key, &doc, now()).unwrap();
-    let mut req = [0u8; onetrip_protocol::REQUEST_LEN];
-    let pending = client.start(&ClientRequest::default(), now(), &mut rand_core::OsRng, &mut req).unwrap();
-    let grant = granted(pending.finish(&https(server.port, &ca, "POST", "/v1/auth", &[], &req).body).unwrap());
+    let grant = grant_over_tls(&server, &ca, &key, &ClientRequest::default());
     let bearer = format!("Bearer {}", &*grant.token.to_base64());
     let post = |path: &str, body: serde_json::Value| {
         https(server.port, &ca, "POST", path, &[("authorization", &bearer)], body.to_string().as_bytes())

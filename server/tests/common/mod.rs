@@ -257,8 +257,9 @@ pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body:
     read_response(&mut s)
 }
 
-/// A request signed with `grant`'s session key (PoP over method, path and body).
-pub fn signed(port: u16, grant: &onetrip_protocol::TokenGrant, method: &str, path: &str, body: &[u8]) -> HttpResponse {
+/// The `Authorization` and `Onetrip-PoP` values for a request signed with `grant`'s
+/// session key (PoP over method, path and body).
+pub fn pop_headers(grant: &onetrip_protocol::TokenGrant, method: &str, path: &str, body: &[u8]) -> (String, String) {
     let proof = onetrip_protocol::PopProof::sign(
         &grant.session_key,
         grant.token.binding(),
@@ -269,8 +270,41 @@ pub fn signed(port: u16, grant: &onetrip_protocol::TokenGrant, method: &str, pat
         &mut rand_core::OsRng,
     )
     .unwrap();
-    let auth = format!("Onetrip {}", &*grant.token.to_base64());
-    http(port, method, path, &[("authorization", &auth), (onetrip_protocol::pop::POP_HEADER, &proof.to_header())], body)
+    (format!("Onetrip {}", &*grant.token.to_base64()), proof.to_header())
+}
+
+/// A request signed with `grant`'s session key (PoP over method, path and body).
+pub fn signed(port: u16, grant: &onetrip_protocol::TokenGrant, method: &str, path: &str, body: &[u8]) -> HttpResponse {
+    let (auth, pop) = pop_headers(grant, method, path, body);
+    http(port, method, path, &[("authorization", &auth), (onetrip_protocol::pop::POP_HEADER, &pop)], body)
+}
+
+/// A server on HTTPS (a fresh self-signed certificate) in `tmp/data`, and the CA to
+/// trust it with.
+pub fn start_tls(tmp: &Path) -> (Server, PathBuf, rustls_pki_types::CertificateDer<'static>) {
+    let (cert, key_pem, ca) = self_signed(tmp);
+    let dir = tmp.join("data");
+    let server =
+        Server::start_in(&dir, &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key_pem.to_str().unwrap()])
+            .unwrap();
+    (server, dir, ca)
+}
+
+/// One handshake over HTTPS; the token, or a panic naming the outcome.
+pub fn grant_over_tls(
+    server: &Server,
+    ca: &rustls_pki_types::CertificateDer<'static>,
+    key: &ApiKey,
+    request: &ClientRequest<'_>,
+) -> onetrip_protocol::TokenGrant {
+    let doc = ServerKeyDocument::parse(&https(server.port, ca, "GET", "/v1/server-key", &[], b"").body).unwrap();
+    let client = ClientHandshake::new(DefaultBackend::default(), key, &doc, now()).unwrap();
+    let mut req = [0u8; REQUEST_LEN];
+    let pending = client.start(request, now(), &mut rand_core::OsRng, &mut req).unwrap();
+    match pending.finish(&https(server.port, ca, "POST", "/v1/auth", &[], &req).body).unwrap() {
+        Outcome::Granted(g) => *g,
+        other => panic!("expected a token over TLS, got {other:?}"),
+    }
 }
 
 /// A token for the server's own audience (`/v1/*` calls) with `scopes`.
