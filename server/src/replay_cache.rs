@@ -40,10 +40,16 @@ struct Slot {
     ids: HashSet<u64>,
 }
 
+/// Each second's ids are split over this many locks (by a byte of the id that the
+/// set does not store), so concurrent handshakes of one second rarely wait.
+const SHARDS: usize = 16;
+
 /// Replay ids by expiry second; see the module documentation.
 #[derive(Debug)]
 pub struct ReplayCache {
+    /// `ring · SHARDS` slots: second `s`, shard `k` at `(s mod ring) · SHARDS + k`.
     slots: Vec<Mutex<Slot>>,
+    ring: u64,
     live: AtomicUsize,
     capacity: usize,
 }
@@ -52,8 +58,9 @@ impl ReplayCache {
     /// A cache for requests accepted within ±`window_secs`, holding at most
     /// `capacity` ids.
     pub fn new(window_secs: u64, capacity: usize) -> Self {
-        let ring = usize::try_from(window_secs.saturating_mul(2).saturating_add(2)).unwrap_or(usize::MAX).min(1 << 16);
-        Self { slots: (0..ring).map(|_| Mutex::new(Slot::default())).collect(), live: AtomicUsize::new(0), capacity }
+        let ring = window_secs.saturating_mul(2).saturating_add(2).min(1 << 16);
+        let slots = (0..ring as usize * SHARDS).map(|_| Mutex::new(Slot::default())).collect();
+        Self { slots, ring, live: AtomicUsize::new(0), capacity }
     }
 
     /// Records `id` until `expires_at`: `Ok(true)` when it was new, `Ok(false)` when
@@ -63,11 +70,11 @@ impl ReplayCache {
         if expires_at < now {
             return Ok(true);
         }
-        let ring = self.slots.len() as u64;
-        if expires_at - now >= ring {
+        if expires_at - now >= self.ring {
             return Err(ReplayCacheError::Horizon { expires_at, now });
         }
-        let index = usize::try_from(expires_at % ring).unwrap_or(0);
+        let second = usize::try_from(expires_at % self.ring).unwrap_or(0);
+        let index = second * SHARDS + usize::from(id[8]) % SHARDS;
         let mut slot = self.slots[index].lock().unwrap_or_else(|p| p.into_inner());
         if slot.expires_at != expires_at {
             if slot.expires_at >= now && !slot.ids.is_empty() {
