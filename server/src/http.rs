@@ -64,6 +64,9 @@ pub async fn route<S: SharedState>(
     state.metrics.http_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let resp = match (req.method(), req.uri().path()) {
         (&Method::POST, "/v1/auth") => auth(&state, req, conn).await,
+        (&Method::GET, "/v1/server-key" | "/v1/openapi.json") if over_public_limit(&state, conn) => {
+            rate_limited(1, "too many requests from this address")
+        }
         (&Method::GET, "/v1/server-key") => server_key(&state, req.uri().query()),
         (&Method::POST, "/v1/introspect") => match failed_auth_guard(&state, conn) {
             Some(limited) => limited,
@@ -100,6 +103,14 @@ pub async fn route<S: SharedState>(
         _ => problem(StatusCode::NOT_FOUND, "not_found", "Not found", "no such endpoint"),
     };
     Ok(resp)
+}
+
+/// The per-address limit of the public documents (`/v1/server-key`,
+/// `/v1/openapi.json`): cheap answers, but no route is open to an unbounded rate from
+/// one address. `/healthz` stays unlimited for load balancers' checks.
+fn over_public_limit<S>(state: &AppState<S>, conn: ConnInfo) -> bool {
+    let decision = state.public_ip_limiter.check(conn.peer, state.settings.auth_rate_per_ip, unix_now());
+    matches!(decision, RateDecision::Limited { .. })
 }
 
 /// The token-checking routes' per-address guard, before their body or token is read:

@@ -55,6 +55,8 @@ pub struct Inner<S> {
     pub ahead_ids: crate::replay_guard::AheadWriter,
     /// Per-IP limiter for `/v1/auth`, checked before any cryptography.
     pub ip_limiter: IpLimiter,
+    /// Per-IP limiter for the public documents (`/v1/server-key`, `/v1/openapi.json`).
+    pub public_ip_limiter: IpLimiter,
     /// Failed authentications per client address on the token routes (`/v1/otp/*`,
     /// `/v1/whoami`, `/v1/introspect`), checked before the token.
     pub otp_ip_limiter: crate::limits::AuthFailureGuard,
@@ -159,6 +161,7 @@ impl<S: SharedState> AppState<S> {
             started_at: now,
             ahead_ids: Default::default(),
             ip_limiter: IpLimiter::default(),
+            public_ip_limiter: IpLimiter::default(),
             otp_ip_limiter: Default::default(),
             delivery,
             otp_key: std::sync::OnceLock::new(),

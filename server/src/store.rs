@@ -310,7 +310,7 @@ impl Store {
                 .map_err(|e| damaged(&self.path, e))?;
             let tokens = vec![TokenKeyRecord {
                 id: hex::encode(token_id),
-                master: hex::encode(self.sealer.seal("token_key", token_master.expose())),
+                master: hex::encode(self.sealer.seal(&token_key_slot(&token_id), token_master.expose())),
                 created_at: now,
                 retire_at: None,
             }];
@@ -655,7 +655,7 @@ fn read_server_secrets(db: &impl ReadableDatabase, path: &Path, sealer: &Sealer)
     for t in token_records {
         let id: [u8; 4] = hex_array(&t.id).ok_or_else(|| StoreError::Record("token key id".into()))?;
         let blob = hex::decode(&t.master).map_err(|_| StoreError::Record("token key".into()))?;
-        token_keys.push((id, sealer.open_secret("token_key", &blob)?));
+        token_keys.push((id, open_bound(sealer, &token_key_slot(&id), "token_key", &blob)?));
     }
     let mut server_keys = Vec::new();
     let table = read.open_table(SERVER_KEYS).map_err(|e| damaged(path, e))?;
@@ -665,7 +665,12 @@ fn read_server_secrets(db: &impl ReadableDatabase, path: &Path, sealer: &Sealer)
         let r: ServerKeyRecord =
             serde_json::from_slice(v.value()).map_err(|_| StoreError::Record("server key".into()))?;
         let blob = hex::decode(&r.private).map_err(|_| StoreError::Record("server key".into()))?;
-        server_keys.push((id, sealer.open_secret("server_key", &blob)?, r.not_before, r.not_after));
+        server_keys.push((
+            id,
+            open_bound(sealer, &server_key_slot(&id), "server_key", &blob)?,
+            r.not_before,
+            r.not_after,
+        ));
     }
     Ok(ServerSecrets { identity_seed, dummy_secret, server_keys, token_keys })
 }
@@ -695,6 +700,27 @@ fn each_api_key(
         n += 1;
     }
     Ok(n)
+}
+
+/// Seal slot of a handshake private key, bound to its key id: a sealed key moved to
+/// another id (by someone who can write the store) no longer opens.
+pub(crate) fn server_key_slot(id: &[u8; 8]) -> String {
+    format!("server_key:{}", hex::encode(id))
+}
+
+/// Seal slot of a token master key, bound to its key id.
+pub(crate) fn token_key_slot(id: &[u8; 4]) -> String {
+    format!("token_key:{}", hex::encode(id))
+}
+
+/// Opens a key sealed under its id-bound `slot`, or under the unbound `legacy` slot
+/// that stores sealed before slots named the id used (those keys are re-sealed bound
+/// when they are rotated; handshake keys rotate on their own).
+fn open_bound(sealer: &Sealer, slot: &str, legacy: &str, blob: &[u8]) -> Result<Secret<32>, StoreError> {
+    match sealer.open_secret(slot, blob) {
+        Err(SealError::Damaged(_)) => Ok(sealer.open_secret(legacy, blob)?),
+        other => Ok(other?),
+    }
 }
 
 fn hex_array<const N: usize>(s: &str) -> Option<[u8; N]> {

@@ -54,3 +54,34 @@ fn one_key_at_full_speed_cannot_make_another_keys_handshake_fail() {
     assert!(granted <= 40 * (seconds + 1), "{granted} granted in about {seconds} s with a limit of 40/s");
     assert_eq!(server.metric("onetrip_handshakes_total{status=\"server_error\"}"), 0);
 }
+
+/// Sends `n` requests as fast as it can and counts the answers by status.
+fn burst(n: usize, send: impl Fn() -> HttpResponse) -> (usize, usize) {
+    let statuses: Vec<u16> = (0..n).map(|_| send().status).collect();
+    (statuses.iter().filter(|s| **s == 429).count(), statuses.len())
+}
+
+#[test]
+fn every_route_but_healthz_has_a_per_address_limit() {
+    // A budget of 5 per second per address: 40 requests in a burst (well under two
+    // seconds here) cannot all pass, whichever second boundaries they straddle.
+    let server = Server::start(&["--auth-rate-per-ip", "5", "--otp-api-rate-per-ip", "5"]);
+    let (key, _) = server.create_key(&["--name", "svc"]);
+    let forged = {
+        let mut g = own_grant(&server, &key, "");
+        g.session_key = onetrip_protocol::Secret::new([1; 32]);
+        g
+    };
+    for path in ["/v1/server-key", "/v1/openapi.json"] {
+        let (limited, sent) = burst(40, || server.get(path));
+        assert!(limited >= 20, "{path}: {limited} of {sent} limited");
+    }
+    // Token routes count failed authentications: bad proofs from one address are
+    // refused before their token is looked at.
+    for (method, path) in [("GET", "/v1/whoami"), ("POST", "/v1/introspect"), ("GET", "/v1/revocations")] {
+        let (limited, sent) = burst(40, || signed(server.port, &forged, method, path, b"{}"));
+        assert!(limited >= 20, "{method} {path}: {limited} of {sent} limited");
+    }
+    let (limited, _) = burst(40, || server.get("/healthz"));
+    assert_eq!(limited, 0, "health checks are never limited");
+}

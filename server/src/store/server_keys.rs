@@ -193,7 +193,7 @@ impl Store {
         let mut id = [0u8; 8];
         OsRng.fill_bytes(&mut id);
         let private = Secret::<32>::random(&mut OsRng);
-        let sealed = hex::encode(self.sealer.seal("server_key", private.expose()));
+        let sealed = hex::encode(self.sealer.seal(&super::server_key_slot(&id), private.expose()));
         (id, ServerKeyRecord { private: sealed, not_before, not_after })
     }
 }
@@ -250,5 +250,52 @@ mod tests {
         let changes = plan(&[expired], 500, POLICY);
         assert_eq!((changes.destroyed, changes.rotate), (vec![*b"expired1"], Some((500, 600))));
         assert_eq!(plan(&[], 500, POLICY).rotate, Some((500, 600)));
+    }
+
+    #[test]
+    fn a_sealed_key_moved_to_another_key_id_does_not_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open_or_init(dir.path(), Some("correct horse"), 1_000).unwrap();
+        store.rotate_server_key(1_000, 2_000, 10_000).unwrap();
+        assert_eq!(store.server_secrets().unwrap().server_keys.len(), 2);
+        // Someone who can write the store swaps the two sealed private keys.
+        let w = store.db.begin_write().unwrap();
+        {
+            let mut table = w.open_table(SERVER_KEYS).unwrap();
+            let rows: Vec<(Vec<u8>, ServerKeyRecord)> = table
+                .iter()
+                .unwrap()
+                .map(|r| {
+                    let (k, v) = r.unwrap();
+                    (k.value().to_vec(), serde_json::from_slice(v.value()).unwrap())
+                })
+                .collect();
+            let (a, b) = (&rows[0], &rows[1]);
+            for (key, from) in [(&a.0, &b.1), (&b.0, &a.1)] {
+                let mut moved = if key == &a.0 { a.1.clone() } else { b.1.clone() };
+                moved.private.clone_from(&from.private);
+                table.insert(&key[..], &serde_json::to_vec(&moved).unwrap()[..]).unwrap();
+            }
+        }
+        w.commit().unwrap();
+        assert!(matches!(store.server_secrets(), Err(StoreError::Seal(_))), "swapped blobs must not open");
+    }
+
+    #[test]
+    fn keys_sealed_before_slots_named_the_id_still_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open_or_init(dir.path(), Some("correct horse"), 1_000).unwrap();
+        let private = Secret::new([7; 32]);
+        let legacy = ServerKeyRecord {
+            private: hex::encode(store.sealer.seal("server_key", private.expose())),
+            not_before: 1_000,
+            not_after: 5_000,
+        };
+        let w = store.db.begin_write().unwrap();
+        w.open_table(SERVER_KEYS).unwrap().insert(&b"legacy01"[..], &serde_json::to_vec(&legacy).unwrap()[..]).unwrap();
+        w.commit().unwrap();
+        let keys = store.server_secrets().unwrap().server_keys;
+        let opened = keys.iter().find(|k| &k.0 == b"legacy01").unwrap();
+        assert!(opened.1.ct_eq(&private));
     }
 }

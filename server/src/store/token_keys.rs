@@ -43,7 +43,7 @@ impl Store {
                 0,
                 TokenKeyRecord {
                     id: hex::encode(id),
-                    master: hex::encode(self.sealer.seal("token_key", &master[..])),
+                    master: hex::encode(self.sealer.seal(&super::token_key_slot(&id), &master[..])),
                     created_at: now,
                     retire_at: None,
                 },
