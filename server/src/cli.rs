@@ -540,6 +540,9 @@ fn settings(cli: &Cli, args: Option<&ServeArgs>) -> Result<Settings, String> {
 
 /// The passphrase from ONETRIP_PASSPHRASE or the passphrase file, if any.
 fn passphrase(cli: &Cli) -> Result<Option<zeroize::Zeroizing<String>>, String> {
+    if let Some(p) = crate::environ::handed_over_passphrase().map_err(|e| e.to_string())? {
+        return Ok(Some(p));
+    }
     if let Ok(p) = std::env::var("ONETRIP_PASSPHRASE") {
         if !p.is_empty() {
             return Ok(Some(zeroize::Zeroizing::new(p)));

@@ -28,6 +28,7 @@
 //! | [`delivery`] | sending OTP codes: SMTP, signed webhook, console; retries with backoff |
 //! | [`totp`] | RFC 6238 authenticator codes: secrets, verification with replay rule, enrolment URI/QR |
 //! | [`metrics`] | Prometheus counters and histograms |
+//! | [`environ`] | keeps `ONETRIP_PASSPHRASE` out of the running server's `/proc/PID/environ` |
 //! | [`cli`] | the `onetrip` command line |
 //! | `fuzzing` | (feature `fuzzing`) the properties the server's `fuzz/` targets check |
 #![forbid(unsafe_code)]
@@ -38,6 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod deadline_io;
 pub mod delivery;
+pub mod environ;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod handshake;

@@ -105,3 +105,25 @@ fn a_server_with_a_custom_admin_socket_serves_it_with_mode_0600() {
     BufReader::new(s).read_line(&mut line).unwrap();
     assert!(line.starts_with("{\"data\":[]") || line.contains("\"ok\":true"), "{line}");
 }
+
+#[test]
+fn the_passphrase_variable_is_not_left_in_the_servers_environ() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sealed");
+    let passphrase = "a passphrase no one should read in /proc";
+    let server = Server::start_with_env(&dir, &[], &[("ONETRIP_PASSPHRASE", passphrase)]).unwrap();
+    // The server really got it: the store is sealed, and a handshake works.
+    let (key, _) = server.create_key(&["--name", "k"]);
+    assert!(matches!(
+        server.handshake(&key, &onetrip_protocol::handshake::ClientRequest::default()),
+        onetrip_protocol::Outcome::Granted(_)
+    ));
+    let environ = std::fs::read(format!("/proc/{}/environ", server.child.id())).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains(passphrase), "the passphrase is readable in /proc/PID/environ");
+    assert!(!environ.contains("ONETRIP_PASSPHRASE="), "{environ}");
+    drop(server);
+    // And the store needs it: without it, no start.
+    let err = Server::start_in(&dir, &[]).err().expect("a sealed store needs its passphrase");
+    assert!(err.contains("ONETRIP_PASSPHRASE"), "{err}");
+}
