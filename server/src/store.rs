@@ -15,10 +15,14 @@ use serde::{Deserialize, Serialize};
 use crate::seal::{SealError, SealParams, Sealer};
 
 mod audit_retention;
+pub mod ports;
+mod redb_backend;
 mod replay_ids;
 mod revocations;
 mod second_factor;
 mod token_keys;
+pub use ports::{Backend, KeyFilter, KeyRotation, StateStore};
+pub use redb_backend::RedbBackend;
 pub use second_factor::{CheckView, StepUpStart, TotpEnrolment, TotpRecord};
 mod server_keys;
 pub use server_keys::{
@@ -112,6 +116,10 @@ pub enum StoreError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The store cannot be reached now (a database down, a task that did not
+    /// finish); nothing was written, and the operation may be retried.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
     /// A record could not be decoded.
     #[error("store record {0} is damaged: restore it from backup (onetrip never rewrites a damaged store)")]
     Record(String),
@@ -344,13 +352,24 @@ impl Store {
 
     /// Inserts or replaces API key records in one durable transaction.
     pub fn put_api_keys(&self, records: &[(KeyId, ApiKeyRecord)]) -> Result<(), StoreError> {
+        self.put_api_keys_audited(records, None)
+    }
+
+    /// [`Store::put_api_keys`] with the audit event of the change in the same transaction.
+    pub fn put_api_keys_audited(
+        &self,
+        records: &[(KeyId, ApiKeyRecord)],
+        audit: Option<&AuditEntry>,
+    ) -> Result<(), StoreError> {
         let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
         {
             let mut table = w.open_table(API_KEYS).map_err(|e| damaged(&self.path, e))?;
             for (id, record) in records {
-                let v = serde_json::to_vec(record).map_err(|_| StoreError::Record(id.to_string()))?;
-                table.insert(&id.as_bytes()[..], &v[..]).map_err(|e| damaged(&self.path, e))?;
+                put_api_key(&mut table, &self.path, id, record)?;
             }
+        }
+        if let Some(entry) = audit {
+            append_audit(&w, &self.path, entry)?;
         }
         w.commit().map_err(|e| damaged(&self.path, e))
     }
@@ -361,27 +380,97 @@ impl Store {
     pub fn update_api_keys(
         &self,
         ids: &[KeyId],
+        update: impl FnMut(&KeyId, &mut ApiKeyRecord) -> bool,
+    ) -> Result<Vec<(KeyId, ApiKeyRecord)>, StoreError> {
+        self.update_api_keys_audited(ids, update, None)
+    }
+
+    /// [`Store::update_api_keys`], appending `audit` when a record was written.
+    pub fn update_api_keys_audited(
+        &self,
+        ids: &[KeyId],
         mut update: impl FnMut(&KeyId, &mut ApiKeyRecord) -> bool,
+        audit: Option<&AuditEntry>,
     ) -> Result<Vec<(KeyId, ApiKeyRecord)>, StoreError> {
         let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
         let mut written = Vec::new();
         {
             let mut table = w.open_table(API_KEYS).map_err(|e| damaged(&self.path, e))?;
             for id in ids {
-                let current =
-                    table.get(&id.as_bytes()[..]).map_err(|e| damaged(&self.path, e))?.map(|v| v.value().to_vec());
-                let Some(current) = current else { continue };
-                let mut record: ApiKeyRecord =
-                    serde_json::from_slice(&current).map_err(|_| StoreError::Record(id.to_string()))?;
+                let Some(mut record) = get_api_key_in(&table, &self.path, id)? else { continue };
                 if update(id, &mut record) {
-                    let v = serde_json::to_vec(&record).map_err(|_| StoreError::Record(id.to_string()))?;
-                    table.insert(&id.as_bytes()[..], &v[..]).map_err(|e| damaged(&self.path, e))?;
+                    put_api_key(&mut table, &self.path, id, &record)?;
                     written.push((*id, record));
                 }
             }
         }
+        if let (Some(entry), false) = (audit, written.is_empty()) {
+            append_audit(&w, &self.path, entry)?;
+        }
         w.commit().map_err(|e| damaged(&self.path, e))?;
         Ok(written)
+    }
+
+    /// Rotates a key in one transaction (new record, old record's end and successor,
+    /// audit event). `Ok(None)`, nothing written, when the old key does not exist.
+    pub fn rotate_api_key(&self, rotation: &KeyRotation) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        let old = {
+            let mut table = w.open_table(API_KEYS).map_err(|e| damaged(&self.path, e))?;
+            match get_api_key_in(&table, &self.path, &rotation.old)? {
+                None => None,
+                Some(mut old) => {
+                    let end = rotation.old_expires_at;
+                    old.expires_at = Some(old.expires_at.map_or(end, |x| x.min(end)));
+                    old.replaced_by = Some(rotation.new.0.to_string());
+                    put_api_key(&mut table, &self.path, &rotation.old, &old)?;
+                    put_api_key(&mut table, &self.path, &rotation.new.0, &rotation.new.1)?;
+                    Some(old)
+                }
+            }
+        };
+        if old.is_none() {
+            return Ok(None);
+        }
+        append_audit(&w, &self.path, &rotation.audit)?;
+        w.commit().map_err(|e| damaged(&self.path, e))?;
+        Ok(old)
+    }
+
+    /// Up to `limit` records matching `filter` with ids after `after`, in id order
+    /// (one range read: a page costs the same at the start and the end of a million keys).
+    pub fn api_keys_page(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+        filter: &KeyFilter,
+    ) -> Result<Vec<(KeyId, ApiKeyRecord)>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
+        let table = read.open_table(API_KEYS).map_err(|e| damaged(&self.path, e))?;
+        let rows = match after {
+            Some(after) => {
+                use std::ops::Bound;
+                let start: &[u8] = &after.as_bytes()[..];
+                table.range::<&[u8]>((Bound::Excluded(start), Bound::Unbounded))
+            }
+            None => table.iter(),
+        }
+        .map_err(|e| damaged(&self.path, e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = row.map_err(|e| damaged(&self.path, e))?;
+            let id: [u8; 16] = k.value().try_into().map_err(|_| StoreError::Record("api key id".into()))?;
+            let id = KeyId::from_bytes(id);
+            let record: ApiKeyRecord =
+                serde_json::from_slice(v.value()).map_err(|_| StoreError::Record(id.to_string()))?;
+            if filter.matches(&record) {
+                out.push((id, record));
+            }
+        }
+        Ok(out)
     }
 
     /// Stores a new OTP verification (durably, before its code is sent), with its
@@ -673,6 +762,26 @@ fn read_server_secrets(db: &impl ReadableDatabase, path: &Path, sealer: &Sealer)
         ));
     }
     Ok(ServerSecrets { identity_seed, dummy_secret, server_keys, token_keys })
+}
+
+fn put_api_key(
+    table: &mut redb::Table<&[u8], &[u8]>,
+    path: &Path,
+    id: &KeyId,
+    record: &ApiKeyRecord,
+) -> Result<(), StoreError> {
+    let v = serde_json::to_vec(record).map_err(|_| StoreError::Record(id.to_string()))?;
+    table.insert(&id.as_bytes()[..], &v[..]).map_err(|e| damaged(path, e))?;
+    Ok(())
+}
+
+fn get_api_key_in(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    path: &Path,
+    id: &KeyId,
+) -> Result<Option<ApiKeyRecord>, StoreError> {
+    let Some(v) = table.get(&id.as_bytes()[..]).map_err(|e| damaged(path, e))? else { return Ok(None) };
+    serde_json::from_slice(v.value()).map(Some).map_err(|_| StoreError::Record(id.to_string()))
 }
 
 fn read_api_keys(db: &impl ReadableDatabase, path: &Path) -> Result<Vec<(KeyId, ApiKeyRecord)>, StoreError> {
