@@ -15,7 +15,8 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::keys::KeyEntry;
 use crate::shared::SharedState;
 use crate::state::{unix_now, AppState};
-use crate::store::{ApiKeyRecord, Store};
+use crate::store::ports::KeyRotation;
+use crate::store::{ApiKeyRecord, AuditEntry, StateStore};
 
 /// Longest admin request line.
 const MAX_LINE: usize = 64 * 1024;
@@ -103,44 +104,47 @@ pub enum AdminRequest {
 }
 
 /// Hooks into a running server so changes apply without restart.
-pub trait Live {
+#[async_trait::async_trait]
+pub trait Live: Send + Sync {
     /// A key record was created or changed.
-    fn key_changed(&self, id: KeyId, record: &ApiKeyRecord);
+    async fn key_changed(&self, id: KeyId, record: &ApiKeyRecord);
     /// Handshake keys changed in the store.
-    fn server_keys_changed(&self) -> Result<(), String>;
+    async fn server_keys_changed(&self) -> Result<(), String>;
     /// Validity of new handshake keys (the server's configured lifetime).
     fn server_key_lifetime_secs(&self) -> u64 {
         crate::store::DEFAULT_SERVER_KEY_LIFETIME_SECS
     }
     /// A token was revoked until `until`.
-    fn token_revoked(&self, _token_id: [u8; 16], _until: u64) -> Result<(), String> {
+    async fn token_revoked(&self, _token_id: [u8; 16], _until: u64) -> Result<(), String> {
         Ok(())
     }
     /// Token master keys changed in the store.
-    fn token_keys_changed(&self) -> Result<(), String> {
+    async fn token_keys_changed(&self) -> Result<(), String> {
         Ok(())
     }
 }
 
+#[async_trait::async_trait]
 impl<S: SharedState> Live for AppState<S> {
-    fn key_changed(&self, id: KeyId, record: &ApiKeyRecord) {
+    async fn key_changed(&self, id: KeyId, record: &ApiKeyRecord) {
         if let Some(entry) = KeyEntry::new(id, record.clone()) {
             self.keys.upsert(entry);
-            self.warm_keys();
+            let st = self.clone();
+            // Precomputing static-static values is CPU work: off the request threads.
+            let _ = tokio::task::spawn_blocking(move || st.warm_keys()).await;
         }
     }
-    fn server_keys_changed(&self) -> Result<(), String> {
-        self.reload_handshake_keys().map_err(|e| e.to_string())
+    async fn server_keys_changed(&self) -> Result<(), String> {
+        self.reload_handshake_keys().await.map_err(|e| e.to_string())
     }
     fn server_key_lifetime_secs(&self) -> u64 {
         self.settings.server_key_lifetime_secs
     }
-    fn token_keys_changed(&self) -> Result<(), String> {
-        self.reload_token_keys().map_err(|e| e.to_string())
+    async fn token_keys_changed(&self) -> Result<(), String> {
+        self.reload_token_keys().await.map_err(|e| e.to_string())
     }
-    fn token_revoked(&self, token_id: [u8; 16], until: u64) -> Result<(), String> {
-        // Called from the admin socket's blocking task, inside the server's runtime.
-        tokio::runtime::Handle::current().block_on(self.shared.revoke_token(token_id, until)).map_err(|e| e.to_string())
+    async fn token_revoked(&self, token_id: [u8; 16], until: u64) -> Result<(), String> {
+        self.shared.revoke_token(token_id, until).await.map_err(|e| e.to_string())
     }
 }
 
@@ -215,8 +219,12 @@ fn validate_grants(scopes: &[String], audiences: &[String]) -> Result<(), String
 }
 
 /// Runs one admin operation against `store`, telling `live` (a running server) about
-/// changes. Blocking: call from `spawn_blocking` inside the server.
-pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Result<serde_json::Value, String> {
+/// changes.
+pub async fn execute(
+    store: &dyn StateStore,
+    live: Option<&dyn Live>,
+    req: AdminRequest,
+) -> Result<serde_json::Value, String> {
     let now = unix_now();
     let e = |e: crate::store::StoreError| e.to_string();
     match req {
@@ -245,67 +253,68 @@ pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Res
                 expires_at: None,
                 replaced_by: None,
             };
-            store.put_api_keys(&[(key.id(), record.clone())]).map_err(e)?;
-            store
-                .audit(now, "key.created", serde_json::json!({ "id": key.id().to_string(), "name": record.name }))
-                .map_err(e)?;
+            let audit = AuditEntry {
+                at: now,
+                event: "key.created",
+                detail: serde_json::json!({ "id": key.id().to_string(), "name": record.name }),
+            };
+            store.put_api_keys(vec![(key.id(), record.clone())], Some(audit)).await.map_err(e)?;
             if let Some(live) = live {
-                live.key_changed(key.id(), &record);
+                live.key_changed(key.id(), &record).await;
             }
             let mut out = record_json(&key.id(), &record, now);
             out["api_key"] = serde_json::Value::String(key.encode().to_string());
             Ok(out)
         }
         AdminRequest::KeysList => {
-            let keys = store.list_api_keys().map_err(e)?;
-            Ok(serde_json::Value::Array(keys.iter().map(|(id, r)| record_json(id, r, now)).collect()))
+            let mut keys = Vec::new();
+            crate::store::ports::for_each_api_key(store, 10_000, |id, r| keys.push(record_json(&id, &r, now)))
+                .await
+                .map_err(e)?;
+            Ok(serde_json::Value::Array(keys))
         }
         AdminRequest::KeysShow { id } => {
             let id = key_id(&id)?;
-            let r = store.get_api_key(&id).map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
-            let guard = store.get_guard(&crate::lockout::step_up_subject(id.as_bytes())).map_err(e)?;
+            let r = store.get_api_key(id).await.map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
+            let guard = store.get_guard(crate::lockout::step_up_subject(id.as_bytes())).await.map_err(e)?;
             let mut out = record_json(&id, &r, now);
             out["second_factor_lock"] = lock_json(&guard, now);
             Ok(out)
         }
         AdminRequest::KeysUnlock { id } => {
             let id = key_id(&id)?;
-            store.get_api_key(&id).map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
-            let guard = store
-                .update_guard(&crate::lockout::step_up_subject(id.as_bytes()), |g| {
-                    let was = lock_json(g, now);
-                    g.unlock();
-                    let entry = crate::store::AuditEntry {
-                        at: now,
-                        event: "otp.unlocked",
-                        detail: serde_json::json!({ "key_id": id.to_string(), "before": was, "by": "admin" }),
-                    };
-                    (g.clone(), Some(entry))
+            store.get_api_key(id).await.map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
+            let unlock = Box::new(move |g: &mut crate::lockout::Guard| {
+                let was = lock_json(g, now);
+                g.unlock();
+                Some(AuditEntry {
+                    at: now,
+                    event: "otp.unlocked",
+                    detail: serde_json::json!({ "key_id": id.to_string(), "before": was, "by": "admin" }),
                 })
-                .map_err(e)?;
+            });
+            let guard = store.update_guard(crate::lockout::step_up_subject(id.as_bytes()), unlock).await.map_err(e)?;
             Ok(serde_json::json!({ "id": id.to_string(), "second_factor_lock": lock_json(&guard, now) }))
         }
         AdminRequest::KeysRevoke { id } => {
             let id = key_id(&id)?;
-            let written = store
-                .update_api_keys(&[id], |_, r| {
-                    let fresh = r.revoked_at.is_none();
-                    r.revoked_at.get_or_insert(now);
-                    fresh
-                })
-                .map_err(e)?;
-            if !written.is_empty() {
-                store.audit(now, "key.revoked", serde_json::json!({ "id": id.to_string() })).map_err(e)?;
-            }
-            let r = store.get_api_key(&id).map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
+            let revoke = Box::new(move |_: &KeyId, r: &mut ApiKeyRecord| {
+                let fresh = r.revoked_at.is_none();
+                r.revoked_at.get_or_insert(now);
+                fresh
+            });
+            let audit =
+                AuditEntry { at: now, event: "key.revoked", detail: serde_json::json!({ "id": id.to_string() }) };
+            store.update_api_keys(vec![id], revoke, Some(audit)).await.map_err(e)?;
+            let r = store.get_api_key(id).await.map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
             if let Some(live) = live {
-                live.key_changed(id, &r);
+                live.key_changed(id, &r).await;
             }
             Ok(record_json(&id, &r, now))
         }
         AdminRequest::KeysRotate { id, grace_secs } => {
             let old_id = key_id(&id)?;
-            let current = store.get_api_key(&old_id).map_err(e)?.ok_or_else(|| format!("no key {old_id}"))?;
+            let current = store.get_api_key(old_id).await.map_err(e)?.ok_or_else(|| format!("no key {old_id}"))?;
             if !current.is_active(now) {
                 return Err(format!("key {old_id} is revoked or expired; create a new key instead"));
             }
@@ -320,24 +329,20 @@ pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Res
                 replaced_by: None,
                 ..current
             };
-            store.put_api_keys(&[(key.id(), new.clone())]).map_err(e)?;
-            let new_id = key.id().to_string();
-            let old = store
-                .update_api_keys(&[old_id], |_, r| {
-                    r.expires_at = Some(r.expires_at.map_or(now + grace_secs, |x| x.min(now + grace_secs)));
-                    r.replaced_by = Some(new_id.clone());
-                    true
-                })
-                .map_err(e)?
-                .pop()
-                .map(|(_, r)| r)
-                .ok_or_else(|| format!("no key {old_id}"))?;
-            store
-                .audit(now, "key.rotated", serde_json::json!({ "old": old_id.to_string(), "new": key.id().to_string(), "grace_secs": grace_secs }))
-                .map_err(e)?;
+            let rotation = KeyRotation {
+                old: old_id,
+                new: (key.id(), new.clone()),
+                old_expires_at: now + grace_secs,
+                audit: AuditEntry {
+                    at: now,
+                    event: "key.rotated",
+                    detail: serde_json::json!({ "old": old_id.to_string(), "new": key.id().to_string(), "grace_secs": grace_secs }),
+                },
+            };
+            let old = store.rotate_api_key(rotation).await.map_err(e)?.ok_or_else(|| format!("no key {old_id}"))?;
             if let Some(live) = live {
-                live.key_changed(old_id, &old);
-                live.key_changed(key.id(), &new);
+                live.key_changed(old_id, &old).await;
+                live.key_changed(key.id(), &new).await;
             }
             let mut out = record_json(&key.id(), &new, now);
             out["api_key"] = serde_json::Value::String(key.encode().to_string());
@@ -346,7 +351,7 @@ pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Res
         }
         AdminRequest::KeysTotpEnroll { id, replace } => {
             let id = key_id(&id)?;
-            let r = store.get_api_key(&id).map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
+            let r = store.get_api_key(id).await.map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
             if r.otp_to.as_deref() != Some("totp") {
                 return Err(format!(
                     "key {id} does not use TOTP (its codes go to {}): create a key with --otp-to totp",
@@ -354,13 +359,14 @@ pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Res
                 ));
             }
             let account = crate::otp_service::STEP_UP_ACCOUNT;
-            let secret =
-                crate::otp_service::enroll_totp(store, *id.as_bytes(), account, replace, now).map_err(|e| match e {
+            let secret = crate::otp_service::enroll_totp(store, *id.as_bytes(), account, replace, now).await.map_err(
+                |e| match e {
                     crate::otp_service::OtpError::TotpAlreadyEnrolled(_) => {
                         format!("key {id} is already enrolled: add --replace to replace its authenticator secret")
                     }
                     other => other.to_string(),
-                })?;
+                },
+            )?;
             let params = crate::totp::TotpParams::default();
             let uri = crate::totp::otpauth_uri(&secret, &params, "onetrip", &r.name);
             Ok(serde_json::json!({
@@ -373,25 +379,25 @@ pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Res
                 "period": 30,
             }))
         }
-        AdminRequest::ServerKeyShow => server_key_json(store, now),
+        AdminRequest::ServerKeyShow => server_key_json(store, now).await,
         AdminRequest::ServerKeyRotate { overlap_secs } => {
             let lifetime =
                 live.map_or(crate::store::DEFAULT_SERVER_KEY_LIFETIME_SECS, |l| l.server_key_lifetime_secs());
-            let new_id = store.rotate_server_key(now, now + overlap_secs, lifetime).map_err(e)?;
+            let new_id = store.rotate_server_key(now, now + overlap_secs, lifetime).await.map_err(e)?;
             if let Some(live) = live {
-                live.server_keys_changed()?;
+                live.server_keys_changed().await?;
             }
-            let mut out = server_key_json(store, now)?;
+            let mut out = server_key_json(store, now).await?;
             out["new_key_id"] = serde_json::Value::String(hex::encode(new_id));
             Ok(out)
         }
         AdminRequest::TokenKeyRotate { overlap_secs } => {
-            let new = store.rotate_token_key(now, overlap_secs).map_err(e)?;
+            let new = store.rotate_token_key(now, overlap_secs).await.map_err(e)?;
             if let Some(live) = live {
-                live.token_keys_changed()?;
+                live.token_keys_changed().await?;
             }
             let ids: Vec<String> =
-                store.server_secrets().map_err(e)?.token_keys.iter().map(|(id, _)| hex::encode(id)).collect();
+                store.server_secrets().await.map_err(e)?.token_keys.iter().map(|(id, _)| hex::encode(id)).collect();
             Ok(serde_json::json!({
                 "new_key_id": hex::encode(new),
                 "key_ids": ids,
@@ -411,18 +417,18 @@ pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Res
                 event: "token.revoked",
                 detail: serde_json::json!({ "token_id": hex::encode(token), "until": until }),
             };
-            let until = store.revoke_token(&token, until, &audit).map_err(e)?;
+            let until = store.revoke_token(token, until, audit).await.map_err(e)?;
             if let Some(live) = live {
-                live.token_revoked(token, until)?;
+                live.token_revoked(token, until).await?;
             }
             Ok(serde_json::json!({ "token_id": hex::encode(token), "revoked_until": until }))
         }
         AdminRequest::Audit { since, limit } => {
-            Ok(serde_json::Value::Array(store.audit_since(since, limit).map_err(e)?))
+            Ok(serde_json::Value::Array(store.audit_since(since, limit).await.map_err(e)?))
         }
         AdminRequest::AudienceKey { audience } => {
             validate_names("audience", std::slice::from_ref(&audience), 64)?;
-            let secrets = store.server_secrets().map_err(e)?;
+            let secrets = store.server_secrets().await.map_err(e)?;
             let mut ring = secrets.token_keys.into_iter();
             let (id, master) = ring.next().ok_or("no token key")?;
             let mut keyring = onetrip_protocol::TokenKeyring::new(id, master);
@@ -440,8 +446,8 @@ pub fn execute(store: &Store, live: Option<&dyn Live>, req: AdminRequest) -> Res
     }
 }
 
-fn server_key_json(store: &Store, now: u64) -> Result<serde_json::Value, String> {
-    let secrets = store.server_secrets().map_err(|e| e.to_string())?;
+async fn server_key_json(store: &dyn StateStore, now: u64) -> Result<serde_json::Value, String> {
+    let secrets = store.server_secrets().await.map_err(|e| e.to_string())?;
     let identity = IdentityKey::from_seed(&secrets.identity_seed);
     let backend = DefaultBackend::default();
     let keys: Vec<_> = secrets
@@ -462,7 +468,7 @@ fn server_key_json(store: &Store, now: u64) -> Result<serde_json::Value, String>
     Ok(serde_json::json!({
         "fingerprint": identity.fingerprint().to_string(),
         "sealed": store.is_sealed(),
-        "store": store.path().display().to_string(),
+        "store": store.location(),
         "keys": keys,
     }))
 }
@@ -516,10 +522,7 @@ async fn handle_admin_connection<S: SharedState>(stream: UnixStream, state: AppS
             Ok(req) => {
                 let op = serde_json::to_value(&req).ok().and_then(|v| v["op"].as_str().map(str::to_owned));
                 tracing::info!(op = op.as_deref().unwrap_or("?"), "admin request");
-                let st = state.clone();
-                let result = tokio::task::spawn_blocking(move || execute(&st.store, Some(&st), req))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("admin task failed: {e}")));
+                let result = execute(&*state.store, Some(&state), req).await;
                 match result {
                     Ok(data) => serde_json::json!({ "ok": true, "data": data }),
                     Err(error) => serde_json::json!({ "ok": false, "error": error }),

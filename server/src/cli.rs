@@ -595,7 +595,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
     let admin_socket = settings.admin_socket.clone();
     let data_dir = settings.data_dir.clone();
     let shared = MemoryShared::with_window(settings.clock_window_secs, settings.replay_cache_capacity);
-    let state = AppState::new(settings, store, shared).map_err(|e| e.to_string())?;
+    let state = AppState::new(settings, store.into_backend(), shared).await.map_err(|e| e.to_string())?;
     let restored = crate::replay_guard::restore(&state).await.map_err(|e| e.to_string())?;
     tracing::debug!(restored, "replay ids stamped ahead by the previous run loaded");
     let revoked = crate::revocation::restore(&state).await.map_err(|e| e.to_string())?;
@@ -648,12 +648,9 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
     maintenance.abort();
     key_lifecycle.abort();
     retention.abort();
-    let st = state.clone();
     // The last flush is the only copy of the uses queued since the previous one.
-    match tokio::task::spawn_blocking(move || st.flush_last_used()).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot record key last-use times at shutdown"),
-        Err(e) => tracing::warn!(error = %e, "the last-use flush at shutdown did not finish"),
+    if let Err(e) = state.flush_last_used().await {
+        tracing::warn!(error = %e, "cannot record key last-use times at shutdown");
     }
     let _ = std::fs::remove_file(&admin_socket);
     tracing::info!("stopped");
@@ -670,21 +667,17 @@ async fn maintenance<S: SharedState>(state: AppState<S>) {
         ticks += 1;
         let now = unix_now();
         state.shared.sweep(now);
-        let st = state.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            if ticks % 10 == 0 {
-                if let Err(e) = st.flush_last_used() {
-                    tracing::warn!(error = %e, "cannot record key last-use times");
-                }
+        if ticks % 10 == 0 {
+            if let Err(e) = state.flush_last_used().await {
+                tracing::warn!(error = %e, "cannot record key last-use times");
             }
-            // Expired verifications are kept an hour (status queries), then deleted.
-            if ticks % 60 == 0 {
-                if let Err(e) = st.store.sweep_verifications(now, 3600) {
-                    tracing::warn!(error = %e, "cannot delete expired verifications");
-                }
+        }
+        // Expired verifications are kept an hour (status queries), then deleted.
+        if ticks % 60 == 0 {
+            if let Err(e) = state.store.sweep_verifications(now, 3600).await {
+                tracing::warn!(error = %e, "cannot delete expired verifications");
             }
-        })
-        .await;
+        }
     }
 }
 
@@ -745,7 +738,7 @@ async fn admin_call(cli: &Cli, req: AdminRequest) -> Result<serde_json::Value, S
             return Err(e);
         }
     };
-    tokio::task::spawn_blocking(move || admin::execute(&store, None, req)).await.map_err(|e| e.to_string())?
+    admin::execute(&*store.into_backend(), None, req).await
 }
 
 fn print_value(v: &serde_json::Value, json: bool, human: impl FnOnce(&serde_json::Value) -> String) {

@@ -52,26 +52,25 @@ fn harness() -> &'static Harness {
         settings.header_timeout_ms = 200;
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime for the fuzz harness");
-        let state = {
-            let _guard = runtime.enter();
-            AppState::new(settings, store, MemoryShared::new(100_000)).expect("state")
-        };
+        let state =
+            runtime.block_on(AppState::new(settings, store.into_backend(), MemoryShared::new(100_000))).expect("state");
         // The server refuses stamps in its start second (an earlier run may have
         // accepted them): like `serve`, answer nothing until the clock has left it.
         runtime.block_on(crate::replay_guard::wait_past_start(&state));
         let now = unix_now();
-        let created = admin::execute(
-            &state.store,
-            Some(&state),
-            AdminRequest::KeysCreate {
-                name: "fuzz".into(),
-                scopes: vec!["otp".into()],
-                audiences: vec![],
-                require_otp: false,
-                otp_to: None,
-            },
-        )
-        .expect("fuzz key");
+        let created = runtime
+            .block_on(admin::execute(
+                &*state.store,
+                Some(&state),
+                AdminRequest::KeysCreate {
+                    name: "fuzz".into(),
+                    scopes: vec!["otp".into()],
+                    audiences: vec![],
+                    require_otp: false,
+                    otp_to: None,
+                },
+            ))
+            .expect("fuzz key");
         let key = onetrip_protocol::ApiKey::parse(created["api_key"].as_str().expect("key string")).expect("key");
         let doc = ServerKeyDocument::parse(&state.handshake.load().document).expect("document");
         let client = ClientHandshake::new(DefaultBackend::default(), &key, &doc, now).expect("client");

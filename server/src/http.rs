@@ -342,16 +342,14 @@ async fn revocations<S: SharedState>(state: &AppState<S>, req: Request<Incoming>
             keys.push(serde_json::json!({ "key_id": e.id.to_string(), "since": stopped }));
         }
     });
-    let st = state.clone();
-    match tokio::task::spawn_blocking(move || st.store.revoked_tokens(now)).await {
-        Ok(Ok(revoked)) => {
+    match state.store.revoked_tokens(now).await {
+        Ok(revoked) => {
             let tokens: Vec<_> = revoked
                 .iter()
                 .map(|(id, until)| serde_json::json!({ "token_id": hex::encode(id), "until": until }))
                 .collect();
             json(StatusCode::OK, &serde_json::json!({ "at": now, "tokens": tokens, "keys": keys }))
         }
-        Ok(Err(e)) => crate::problem::unavailable(&e),
         Err(e) => crate::problem::unavailable(&e),
     }
 }

@@ -22,10 +22,8 @@ pub async fn run<S: SharedState>(state: AppState<S>, clock: Clock, period: Durat
     loop {
         tick.tick().await;
         let now = clock();
-        let st = state.clone();
-        let done = tokio::task::spawn_blocking(move || st.maintain_handshake_keys(now)).await;
-        match done {
-            Ok(Ok(changes)) => {
+        match state.maintain_handshake_keys(now).await {
+            Ok(changes) => {
                 for id in &changes.destroyed {
                     tracing::info!(key_id = %hex::encode(id), "retired handshake key destroyed");
                 }
@@ -33,8 +31,7 @@ pub async fn run<S: SharedState>(state: AppState<S>, clock: Clock, period: Durat
                     tracing::info!(key_id = %hex::encode(id), "handshake key rotated automatically");
                 }
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "handshake key maintenance failed; retrying"),
-            Err(e) => tracing::error!(error = %e, "handshake key maintenance stopped unexpectedly; retrying"),
+            Err(e) => tracing::error!(error = %e, "handshake key maintenance failed; retrying"),
         }
     }
 }
@@ -51,14 +48,14 @@ mod tests {
     use crate::state::unix_now;
     use crate::store::Store;
 
-    fn stored_ids(state: &AppState<MemoryShared>) -> Vec<[u8; 8]> {
-        state.store.server_secrets().expect("secrets").server_keys.iter().map(|k| k.0).collect()
+    async fn stored_ids(state: &AppState<MemoryShared>) -> Vec<[u8; 8]> {
+        state.store.server_secrets().await.expect("secrets").server_keys.iter().map(|k| k.0).collect()
     }
 
     /// Polls `done` while the task runs (bounded: 10 s).
-    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    async fn until<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
         for _ in 0..1_000 {
-            if done() {
+            if done().await {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -75,9 +72,9 @@ mod tests {
         settings.server_key_lifetime_secs = 100;
         settings.server_key_overlap_secs = 20;
         settings.server_key_document_ttl_secs = 10;
-        let state = AppState::new(settings, store, MemoryShared::new(16)).expect("state");
+        let state = AppState::new(settings, store.into_backend(), MemoryShared::new(16)).await.expect("state");
         // The first key was fitted to the policy at start: valid start ..= start + 100.
-        let first = stored_ids(&state);
+        let first = stored_ids(&state).await;
         assert_eq!(first.len(), 1);
         let doc = ServerKeyDocument::parse(&state.handshake.load().document).expect("document");
         assert_eq!(doc.entries()[0].not_after, start + 100, "no more year-9999 keys");
@@ -90,36 +87,40 @@ mod tests {
 
         // 20 s before the end: a successor appears, and the document names it.
         clock_now.store(start + 80, Ordering::SeqCst);
-        until("a successor is made", || stored_ids(&state).len() == 2).await;
-        until("the document names it", || {
+        until("a successor is made", || async { stored_ids(&state).await.len() == 2 }).await;
+        until("the document names it", || async {
             let doc = ServerKeyDocument::parse(&state.handshake.load().document).expect("document");
             doc.current(start + 80).is_ok_and(|k| k.key_id != first[0])
         })
         .await;
         // The old key is still accepted for its overlap.
         assert!(state.handshake.load().responder.entries().any(|e| e.key_id == first[0]));
-        assert!(stored_ids(&state).contains(&first[0]));
+        assert!(stored_ids(&state).await.contains(&first[0]));
 
         // One second after its overlap: the retired private key leaves the store.
         clock_now.store(start + 101, Ordering::SeqCst);
-        until("the retired key is destroyed", || !stored_ids(&state).contains(&first[0])).await;
-        until("and leaves the responder", || state.handshake.load().responder.entries().all(|e| e.key_id != first[0]))
-            .await;
-        let audit = state.store.audit_since(0, 100).expect("audit");
+        until("the retired key is destroyed", || async { !stored_ids(&state).await.contains(&first[0]) }).await;
+        until("and leaves the responder", || async {
+            state.handshake.load().responder.entries().all(|e| e.key_id != first[0])
+        })
+        .await;
+        let audit = state.store.audit_since(0, 100).await.expect("audit");
         let events: Vec<&str> = audit.iter().filter_map(|e| e["event"].as_str()).collect();
         assert!(events.contains(&"server_key.rotated") && events.contains(&"server_key.destroyed"), "{events:?}");
         task.abort();
     }
 
-    #[test]
-    fn a_store_whose_key_is_valid_until_9999_is_fitted_to_the_policy_at_start() {
+    #[tokio::test]
+    async fn a_store_whose_key_is_valid_until_9999_is_fitted_to_the_policy_at_start() {
         let dir = tempfile::tempdir().expect("temp dir");
         let start = unix_now();
         let (store, _) = Store::open_or_init(dir.path(), None, start).expect("store");
         // What stores made before keys had a lifetime hold: a key valid until 9999.
         let legacy = store.rotate_server_key(start, start, 253_402_300_799 - start).expect("legacy key");
-        let state = AppState::new(Settings::defaults(dir.path().into()), store, MemoryShared::new(16)).expect("state");
-        let keys = state.store.server_key_validity().expect("keys");
+        let state = AppState::new(Settings::defaults(dir.path().into()), store.into_backend(), MemoryShared::new(16))
+            .await
+            .expect("state");
+        let keys = state.store.server_key_validity().await.expect("keys");
         let (_, not_before, not_after) = *keys.iter().find(|k| k.0 == legacy).expect("still there");
         assert_eq!(not_after, not_before + 30 * 86_400, "cut back to the default lifetime");
         assert!(keys.iter().all(|k| k.2 < 253_402_300_799));
@@ -132,7 +133,7 @@ mod tests {
         let (store, _) = Store::open_or_init(dir.path(), None, start).expect("store");
         let mut settings = Settings::defaults(dir.path().into());
         settings.server_key_document_ttl_secs = 600;
-        let state = AppState::new(settings, store, MemoryShared::new(16)).expect("state");
+        let state = AppState::new(settings, store.into_backend(), MemoryShared::new(16)).await.expect("state");
         let clock_now = Arc::new(AtomicU64::new(start + 299));
         let c = clock_now.clone();
         let task =
@@ -141,7 +142,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(expires(), start + 600, "not yet half-way");
         clock_now.store(start + 300, Ordering::SeqCst);
-        until("a fresh document is signed", || expires() == start + 900).await;
+        until("a fresh document is signed", || async { expires() == start + 900 }).await;
         task.abort();
     }
 }

@@ -272,11 +272,7 @@ async fn enroll<S: SharedState>(
         Err(e) => return Ok(bad_json(&e)),
     };
     validate_account(&b.account)?;
-    let (st, account, replace) = (state.clone(), b.account.clone(), b.replace);
-    let secret =
-        tokio::task::spawn_blocking(move || otp_service::enroll_totp(&st.store, owner, &account, replace, now))
-            .await
-            .map_err(|e| OtpError::Unavailable(e.to_string()))??;
+    let secret = otp_service::enroll_totp(&*state.store, owner, &b.account, b.replace, now).await?;
     let params = crate::totp::TotpParams::default();
     let uri = crate::totp::otpauth_uri(&secret, &params, &state.settings.otp.totp_issuer, &b.account);
     Ok(json(

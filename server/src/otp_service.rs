@@ -10,6 +10,7 @@ use crate::lockout;
 use crate::otp::{self, CheckOutcome, Policy, Purpose, ResendOutcome, Status, Verification};
 use crate::shared::SharedState;
 use crate::state::AppState;
+use crate::store::ports::{self, StateStore, TotpPut};
 use crate::store::{AuditEntry, StepUpStart, StoreError, TotpEnrolment};
 
 /// TOTP account that stands for the API key itself (step-up); API accounts may not
@@ -146,14 +147,6 @@ pub fn validate_destination<S>(state: &AppState<S>, channel: Channel, to: &str) 
     }
 }
 
-async fn blocking<S: SharedState, R: Send + 'static>(
-    state: &AppState<S>,
-    f: impl FnOnce(&AppState<S>) -> Result<R, OtpError> + Send + 'static,
-) -> Result<R, OtpError> {
-    let st = state.clone();
-    tokio::task::spawn_blocking(move || f(&st)).await.map_err(|e| OtpError::Unavailable(e.to_string()))?
-}
-
 /// The audit event for `event` on `v` (never the code); stored in the same
 /// transaction as the change it records where there is one.
 fn audit_entry(now: u64, event: &'static str, v: &Verification, outcome: &str) -> AuditEntry {
@@ -184,8 +177,7 @@ pub async fn create<S: SharedState>(
         crate::otp_api::validate_account(&new.to)?;
     }
     if new.channel == Channel::Totp {
-        let (owner, account) = (new.owner, new.to.clone());
-        if !blocking(state, move |st| Ok(st.store.has_totp(&owner, &account)?)).await? {
+        if !state.store.has_totp(new.owner, new.to.clone()).await? {
             return Err(OtpError::TotpNotEnrolled(new.to.clone()));
         }
     } else {
@@ -193,14 +185,11 @@ pub async fn create<S: SharedState>(
         crate::limits::charge_send(&state.shared, limits, &new.owner, new.purpose, new.channel, &new.to, now).await?;
     }
     let owner_name = new.owner_name.clone();
-    let (v, code) = blocking(state, move |st| {
-        let key = st.otp_key()?;
-        let (v, code) = new_verification(&new, key.expose(), now)?;
-        // Stored before the code goes out: a crash cannot leave a code without its counter.
-        st.store.put_verification(&v, Some(audit_entry(now, "otp.generate", &v, "created")))?;
-        Ok((v, code))
-    })
-    .await?;
+    let key = state.otp_key().await?;
+    let (v, code) = new_verification(&new, key.expose(), now)?;
+    // Stored before the code goes out: a crash cannot leave a code without its counter.
+    let audit = audit_entry(now, "otp.generate", &v, "created");
+    state.store.put_verification(v.clone(), Some(audit)).await?;
     if v.channel != Channel::Totp.as_str() {
         deliver_in_background(state, &v, owner_name, code);
     }
@@ -237,18 +226,19 @@ pub async fn check<S: SharedState>(
     now: u64,
 ) -> Result<(CheckOutcome, Verification), OtpError> {
     let policy = state.settings.otp.lockout;
-    blocking(state, move |st| {
-        let key = st.otp_key()?;
-        // Unknown ids and other keys' ids get the same answer; the audit tells them apart.
-        let refused = |outcome: &str| AuditEntry {
-            at: now,
-            event: "otp.check",
-            detail: serde_json::json!({ "key_id": hex::encode(owner), "verification": hex::encode(id), "purpose": purpose, "outcome": outcome }),
-        };
-        let result = st.store.check_verification(
-            &id,
-            |v| (v.owner == owner).then(|| guard_subject(v)).flatten(),
-            |view| {
+    let key = state.otp_key().await?;
+    // Unknown ids and other keys' ids get the same answer; the audit tells them apart.
+    let refused = move |outcome: &str| AuditEntry {
+        at: now,
+        event: "otp.check",
+        detail: serde_json::json!({ "key_id": hex::encode(owner), "verification": hex::encode(id), "purpose": purpose, "outcome": outcome }),
+    };
+    {
+        let result = ports::check_verification(
+            &*state.store,
+            id,
+            move |v| (v.owner == owner).then(|| guard_subject(v)).flatten(),
+            move |view| {
                 let v = view.verification;
                 if v.owner != owner || v.purpose != purpose {
                     return Checked::OtherOwner;
@@ -274,7 +264,7 @@ pub async fn check<S: SharedState>(
                 }
                 Checked::Outcome(outcome, Box::new(v.clone()), locked_until)
             },
-            |v, r| match r {
+            move |v, r| match r {
                 Checked::OtherOwner => Some(refused("refused_other_key")),
                 Checked::Locked(_) => Some(audit_entry(now, "otp.check", v, "refused_locked")),
                 Checked::Outcome(outcome, _, locked_until) => {
@@ -290,18 +280,18 @@ pub async fn check<S: SharedState>(
                     Some(entry)
                 }
             },
-        )?;
+        )
+        .await?;
         match result {
             Some(Checked::Outcome(outcome, v, _)) => Ok((outcome, *v)),
             Some(Checked::Locked(retry_after)) => Err(OtpError::Locked { retry_after }),
             Some(Checked::OtherOwner) => Err(OtpError::NotFound),
             None => {
-                st.store.record_audit(&refused("refused_unknown_operation"))?;
+                state.store.record_audit(refused("refused_unknown_operation")).await?;
                 Err(OtpError::NotFound)
             }
         }
-    })
-    .await
+    }
 }
 
 /// Starts (or resumes) the step-up of `new.owner`: at most one pending step-up per
@@ -319,17 +309,10 @@ pub async fn start_step_up<S: SharedState>(
         v.status == Status::Pending
     };
     // A look first, so that resuming or a lock spends no send limit.
-    let (guard, pending) = {
-        let subject = subject.clone();
-        blocking(state, move |st| {
-            let guard = st.store.get_guard(&subject)?;
-            let pending = match guard.pending_step_up.as_deref().and_then(|h| hex::decode(h).ok()) {
-                Some(id) => st.store.get_verification(&id.try_into().unwrap_or([0; 16]))?,
-                None => None,
-            };
-            Ok((guard, pending))
-        })
-        .await?
+    let guard = state.store.get_guard(subject.clone()).await?;
+    let pending = match guard.pending_step_up.as_deref().and_then(|h| hex::decode(h).ok()) {
+        Some(id) => state.store.get_verification(id.try_into().unwrap_or([0; 16])).await?,
+        None => None,
     };
     if let Some(retry_after) = guard.locked(now) {
         return Err(OtpError::Locked { retry_after });
@@ -341,8 +324,7 @@ pub async fn start_step_up<S: SharedState>(
     }
     validate_destination(state, new.channel, &new.to)?;
     if new.channel == Channel::Totp {
-        let (owner, account) = (new.owner, new.to.clone());
-        if !blocking(state, move |st| Ok(st.store.has_totp(&owner, &account)?)).await? {
+        if !state.store.has_totp(new.owner, new.to.clone()).await? {
             return Err(OtpError::TotpNotEnrolled(new.to.clone()));
         }
     } else {
@@ -358,13 +340,10 @@ pub async fn start_step_up<S: SharedState>(
         .await?;
     }
     let owner_name = new.owner_name.clone();
-    let (started, code) = blocking(state, move |st| {
-        let key = st.otp_key()?;
-        let (v, code) = new_verification(&new, key.expose(), now)?;
-        let audit = audit_entry(now, "otp.generate", &v, "created");
-        Ok((st.store.start_step_up(&subject, now, resumable, v, audit)?, code))
-    })
-    .await?;
+    let key = state.otp_key().await?;
+    let (v, code) = new_verification(&new, key.expose(), now)?;
+    let audit = audit_entry(now, "otp.generate", &v, "created");
+    let started = state.store.start_step_up(subject, now, Box::new(resumable), v, audit).await?;
     match started {
         StepUpStart::Created(v) => {
             if v.channel != Channel::Totp.as_str() {
@@ -404,28 +383,36 @@ fn new_verification(
 
 /// Enrols `account` of `owner` for TOTP and returns the new secret (shown once). An
 /// existing enrolment is replaced only with `replace`, and the audit says which.
-/// Blocking: the store write.
-pub fn enroll_totp(
-    store: &crate::store::Store,
+pub async fn enroll_totp(
+    store: &dyn StateStore,
     owner: [u8; 16],
     account: &str,
     replace: bool,
     now: u64,
 ) -> Result<crate::totp::TotpSecret, OtpError> {
     let secret = crate::totp::generate_secret(&mut rand::thread_rng());
-    let outcome = store.put_totp(&owner, account, secret.as_bytes(), now, replace, |outcome| AuditEntry {
+    let enrolment = TotpPut {
+        owner,
+        account: account.to_owned(),
+        secret: Zeroizing::new(secret.as_bytes().to_vec()),
+        now,
+        replace,
+    };
+    let audited_account = account.to_owned();
+    let audit = Box::new(move |outcome| AuditEntry {
         at: now,
         event: if outcome == TotpEnrolment::Replaced { "otp.totp_replace" } else { "otp.totp_enroll" },
         detail: serde_json::json!({
             "key_id": hex::encode(owner),
-            "account": account,
+            "account": audited_account,
             "outcome": match outcome {
                 TotpEnrolment::Enrolled => "enrolled",
                 TotpEnrolment::Replaced => "replaced",
                 TotpEnrolment::AlreadyEnrolled => "refused_already_enrolled",
             },
         }),
-    })?;
+    });
+    let outcome = store.put_totp(enrolment, audit).await?;
     if outcome == TotpEnrolment::AlreadyEnrolled {
         return Err(OtpError::TotpAlreadyEnrolled(account.to_owned()));
     }
@@ -461,22 +448,21 @@ pub async fn resend<S: SharedState>(
     let channel = parse_channel(&current.channel).ok_or(OtpError::NotFound)?;
     let limits = &state.settings.otp;
     crate::limits::charge_send(&state.shared, limits, &owner, Purpose::Api, channel, &current.to, now).await?;
-    let (outcome, v, code) = blocking(state, move |st| {
-        let key = st.otp_key()?;
-        let r = st.store.update_verification_audited(
-            &id,
-            |v| {
-                let (o, c) = v.resend(&mut rand::thread_rng(), key.expose(), now);
-                (o, v.clone(), c)
-            },
-            |v, (outcome, _, _)| {
-                let label = if *outcome == ResendOutcome::Send { "sent" } else { "refused" };
-                Some(audit_entry(now, "otp.resend", v, label))
-            },
-        )?;
-        r.ok_or(OtpError::NotFound)
-    })
-    .await?;
+    let key = state.otp_key().await?;
+    let (outcome, v, code) = ports::update_verification(
+        &*state.store,
+        id,
+        move |v| {
+            let (o, c) = v.resend(&mut rand::thread_rng(), key.expose(), now);
+            (o, v.clone(), c)
+        },
+        move |v, (outcome, _, _)| {
+            let label = if *outcome == ResendOutcome::Send { "sent" } else { "refused" };
+            Some(audit_entry(now, "otp.resend", v, label))
+        },
+    )
+    .await?
+    .ok_or(OtpError::NotFound)?;
     match (outcome, code) {
         (ResendOutcome::Send, Some(code)) => {
             deliver_in_background(state, &v, owner_name, code);
@@ -495,30 +481,29 @@ pub async fn cancel<S: SharedState>(
     id: [u8; 16],
     now: u64,
 ) -> Result<Verification, OtpError> {
-    blocking(state, move |st| {
-        let r = st.store.update_verification_audited(
-            &id,
-            |v| {
-                if v.owner != owner || v.purpose != Purpose::Api {
-                    return None;
-                }
-                Some((v.cancel(now), v.clone()))
-            },
-            |v, r| {
-                let (canceled, _) = r.as_ref()?;
-                Some(audit_entry(now, "otp.cancel", v, if *canceled { "canceled" } else { "refused" }))
-            },
-        )?;
-        let Some(Some((canceled, v))) = r else {
-            return Err(OtpError::NotFound);
-        };
-        if canceled {
-            Ok(v)
-        } else {
-            Err(OtpError::NotPending(v.status))
-        }
-    })
-    .await
+    let r = ports::update_verification(
+        &*state.store,
+        id,
+        move |v| {
+            if v.owner != owner || v.purpose != Purpose::Api {
+                return None;
+            }
+            Some((v.cancel(now), v.clone()))
+        },
+        move |v, r| {
+            let (canceled, _) = r.as_ref()?;
+            Some(audit_entry(now, "otp.cancel", v, if *canceled { "canceled" } else { "refused" }))
+        },
+    )
+    .await?;
+    let Some(Some((canceled, v))) = r else {
+        return Err(OtpError::NotFound);
+    };
+    if canceled {
+        Ok(v)
+    } else {
+        Err(OtpError::NotPending(v.status))
+    }
 }
 
 /// One verification of `owner`, with its status brought up to date.
@@ -529,14 +514,11 @@ pub async fn get<S: SharedState>(
     id: [u8; 16],
     now: u64,
 ) -> Result<Verification, OtpError> {
-    blocking(state, move |st| {
-        let mut v = st.store.get_verification(&id)?.filter(|v| v.owner == owner && v.purpose == purpose);
-        if let Some(v) = v.as_mut() {
-            v.refresh(now);
-        }
-        v.ok_or(OtpError::NotFound)
-    })
-    .await
+    let mut v = state.store.get_verification(id).await?.filter(|v| v.owner == owner && v.purpose == purpose);
+    if let Some(v) = v.as_mut() {
+        v.refresh(now);
+    }
+    v.ok_or(OtpError::NotFound)
 }
 
 /// Sends `code` on the verification's channel without holding up the caller; a
@@ -576,24 +558,20 @@ fn deliver_in_background<S: SharedState>(
                 format!("failed: {}", e.code())
             }
         };
-        let st = state.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            if failed {
-                let r = st.store.update_verification_audited(
-                    &vid,
-                    |v| v.delivery_failed(),
-                    |v, _| Some(audit_entry(now, "otp.deliver", v, &outcome)),
-                );
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "cannot record an OTP delivery failure");
-                }
-            } else {
-                if let Err(e) = st.store.record_audit(&audit_entry(now, "otp.deliver", &v, &outcome)) {
-                    tracing::warn!(error = %e, "cannot record an OTP delivery");
-                }
+        if failed {
+            let r = ports::update_verification(
+                &*state.store,
+                vid,
+                |v| v.delivery_failed(),
+                move |v, _| Some(audit_entry(now, "otp.deliver", v, &outcome)),
+            )
+            .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "cannot record an OTP delivery failure");
             }
-        })
-        .await;
+        } else if let Err(e) = state.store.record_audit(audit_entry(now, "otp.deliver", &v, &outcome)).await {
+            tracing::warn!(error = %e, "cannot record an OTP delivery");
+        }
     });
 }
 

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::shared::{SharedError, SharedState};
 use crate::state::{unix_now, AppState};
-use crate::store::Store;
+use crate::store::StateStore;
 
 /// Ids written in one store transaction at most.
 const MAX_BATCH: usize = 1024;
@@ -96,16 +96,12 @@ impl AheadWriter {
     }
 }
 
-async fn write_batches(store: Weak<Store>, mut rx: mpsc::Receiver<Job>) {
+async fn write_batches(store: Weak<dyn StateStore>, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let ids: Vec<(u64, [u8; 16])> = batch.iter().map(|(stamp, id, _)| (*stamp, *id)).collect();
         let result = match store.upgrade() {
-            Some(st) => match tokio::task::spawn_blocking(move || st.put_replay_ids(&ids)).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(e) => Err(e.to_string()),
-            },
+            Some(st) => st.put_replay_ids(ids).await.map_err(|e| e.to_string()),
             None => Err("the store is closed".to_owned()),
         };
         if let Err(e) = &result {
@@ -163,11 +159,8 @@ pub async fn accept_proof<S: SharedState>(
 /// Loads the ids an earlier run accepted ahead of its clock into the replay cache
 /// (before the server answers anything); returns how many.
 pub async fn restore<S: SharedState>(state: &AppState<S>) -> Result<usize, ReplayGuardError> {
-    let st = state.clone();
-    let ids = tokio::task::spawn_blocking(move || st.store.replay_ids_after(st.started_at))
-        .await
-        .map_err(|e| ReplayGuardError::Store(e.to_string()))?
-        .map_err(|e| ReplayGuardError::Store(e.to_string()))?;
+    let ids =
+        state.store.replay_ids_after(state.started_at).await.map_err(|e| ReplayGuardError::Store(e.to_string()))?;
     let (now, window) = (unix_now(), state.settings.clock_window_secs);
     for (stamp, id) in &ids {
         let expires_at = stamp.saturating_add(window);
@@ -200,26 +193,28 @@ mod tests {
     use crate::config::Settings;
     use crate::shared::MemoryShared;
 
-    fn state(dir: &std::path::Path) -> AppState<MemoryShared> {
-        let (store, _) = Store::open_or_init(dir, None, unix_now()).expect("store");
-        AppState::new(Settings::defaults(dir.into()), store, MemoryShared::new(1_000)).expect("state")
+    async fn state(dir: &std::path::Path) -> AppState<MemoryShared> {
+        let (store, _) = crate::store::Store::open_or_init(dir, None, unix_now()).expect("store");
+        AppState::new(Settings::defaults(dir.into()), store.into_backend(), MemoryShared::new(1_000))
+            .await
+            .expect("state")
     }
 
     #[tokio::test]
     async fn only_ids_stamped_ahead_reach_the_store_and_come_back_after_a_restart() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let st = state(dir.path());
+        let st = state(dir.path()).await;
         let now = st.started_at + 1;
         assert!(remember_once(&st, [1; 16], now, now).await.expect("in sync"));
         assert!(remember_once(&st, [2; 16], now - 5, now).await.expect("behind"));
         assert!(remember_once(&st, [3; 16], now + 40, now).await.expect("ahead"));
         assert!(!remember_once(&st, [3; 16], now + 40, now).await.expect("replay"));
         assert_eq!(st.metrics.replay_ids_persisted.load(Ordering::Relaxed), 1);
-        assert_eq!(st.store.replay_ids_after(0).expect("read"), vec![(now + 40, [3; 16])]);
+        assert_eq!(st.store.replay_ids_after(0).await.expect("read"), vec![(now + 40, [3; 16])]);
         drop(st);
         // The next run starts at or after `now`: it refuses stamps ≤ its start, and
         // only the id stamped ahead comes back.
-        let st = state(dir.path());
+        let st = state(dir.path()).await;
         assert_eq!(restore(&st).await.expect("restore"), 1);
         assert!(!remember_once(&st, [3; 16], now + 40, unix_now()).await.expect("replay after restart"));
     }
@@ -227,7 +222,7 @@ mod tests {
     #[tokio::test]
     async fn a_proof_is_accepted_once_and_never_from_before_the_start() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let st = state(dir.path());
+        let st = state(dir.path()).await;
         let key = onetrip_protocol::Secret::<32>::random(&mut rand::thread_rng());
         let sign = |at| PopProof::sign(&key, &[7; 25], "POST", "/v1/otp/x", b"{}", at, &mut rand::thread_rng());
         let proof = sign(st.started_at + 1).expect("proof");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::shared::SharedState;
 use crate::state::{unix_now, AppState};
-use crate::store::{Store, StoreError};
+use crate::store::{StateStore, StoreError};
 
 /// Rows deleted per transaction.
 pub const BATCH: usize = 1_000;
@@ -30,33 +30,30 @@ pub struct Swept {
 
 /// One pass: deletes audit events from before `now − retention_days` and replay ids
 /// stamped at or before `now`, `batch` rows per transaction, until none is left.
-pub fn sweep(store: &Store, now: u64, retention_days: u64, batch: usize) -> Result<Swept, StoreError> {
+pub async fn sweep(store: &dyn StateStore, now: u64, retention_days: u64, batch: usize) -> Result<Swept, StoreError> {
     let cutoff = now.saturating_sub(retention_days.saturating_mul(86_400));
     let batch = batch.max(1);
-    let mut swept = Swept::default();
+    Ok(Swept {
+        audit: drain(batch, || store.delete_audit_before(cutoff, batch)).await?,
+        replay_ids: drain(batch, || store.sweep_replay_ids(now, batch)).await?,
+        token_keys: store.drop_retired_token_keys(now).await?,
+        revocations: drain(batch, || store.sweep_revoked_tokens(now, batch)).await?,
+    })
+}
+
+/// Runs a bounded delete until it deletes less than a full batch; returns the total.
+async fn drain<F>(batch: usize, mut delete: impl FnMut() -> F) -> Result<usize, StoreError>
+where
+    F: std::future::Future<Output = Result<usize, StoreError>>,
+{
+    let mut total = 0;
     loop {
-        let n = store.delete_audit_before(cutoff, batch)?;
-        swept.audit += n;
+        let n = delete().await?;
+        total += n;
         if n < batch {
-            break;
+            return Ok(total);
         }
     }
-    loop {
-        let n = store.sweep_replay_ids(now, batch)?;
-        swept.replay_ids += n;
-        if n < batch {
-            break;
-        }
-    }
-    swept.token_keys = store.drop_retired_token_keys(now)?;
-    loop {
-        let n = store.sweep_revoked_tokens(now, batch)?;
-        swept.revocations += n;
-        if n < batch {
-            break;
-        }
-    }
-    Ok(swept)
 }
 
 /// The background task: one [`sweep`] at start, then one a minute.
@@ -64,12 +61,8 @@ pub async fn run<S: SharedState>(state: AppState<S>) {
     let mut tick = tokio::time::interval(PERIOD);
     loop {
         tick.tick().await;
-        let st = state.clone();
-        let pass =
-            tokio::task::spawn_blocking(move || sweep(&st.store, unix_now(), st.settings.audit_retention_days, BATCH))
-                .await;
-        match pass {
-            Ok(Ok(swept)) if swept != Swept::default() => {
+        match sweep(&*state.store, unix_now(), state.settings.audit_retention_days, BATCH).await {
+            Ok(swept) if swept != Swept::default() => {
                 tracing::info!(
                     audit = swept.audit,
                     replay_ids = swept.replay_ids,
@@ -79,14 +72,13 @@ pub async fn run<S: SharedState>(state: AppState<S>) {
                 );
                 // A retired token key must stop opening tokens now, not at a restart.
                 if swept.token_keys > 0 {
-                    if let Err(e) = state.reload_token_keys() {
+                    if let Err(e) = state.reload_token_keys().await {
                         tracing::error!(error = %e, "cannot reload the token keys after a retirement");
                     }
                 }
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot delete expired audit events or replay ids"),
-            Err(e) => tracing::warn!(error = %e, "the retention pass did not finish"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot delete expired audit events or replay ids"),
         }
     }
 }
@@ -95,19 +87,23 @@ pub async fn run<S: SharedState>(state: AppState<S>) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_pass_deletes_old_audit_events_and_passed_replay_ids_and_keeps_the_rest() {
+    use crate::store::{RedbBackend, Store};
+
+    #[tokio::test]
+    async fn a_pass_deletes_old_audit_events_and_passed_replay_ids_and_keeps_the_rest() {
         let dir = tempfile::tempdir().expect("temp dir");
         let day = 86_400;
         let now = 1_000 * day;
         let (store, _) = Store::open_or_init(dir.path(), None, now - 100 * day).expect("store");
+        let backend = RedbBackend::new(store);
+        let store = backend.store();
         // 25 events from 91 to 67 days ago, one a day, in the order they were written.
         for age in (67..=91).rev() {
             store.audit(now - age * day, "test.event", serde_json::json!({ "age": age })).expect("audit");
         }
         store.put_replay_ids(&[(now - 1, [1; 16]), (now, [2; 16]), (now + 30, [3; 16])]).expect("ids");
 
-        let swept = sweep(&store, now, 90, 4).expect("sweep");
+        let swept = sweep(&backend, now, 90, 4).await.expect("sweep");
         // The store's own creation events (100 days old) go too.
         let left = store.audit_since(0, usize::MAX).expect("read");
         assert_eq!(left.len(), 90 - 67 + 1, "events of the last 90 days stay");
@@ -115,6 +111,6 @@ mod tests {
         assert!(swept.audit >= 2, "{swept:?}");
         assert_eq!(swept.replay_ids, 2);
         assert_eq!(store.replay_ids_after(0).expect("ids"), vec![(now + 30, [3; 16])]);
-        assert_eq!(sweep(&store, now, 90, 4).expect("again"), Swept::default());
+        assert_eq!(sweep(&backend, now, 90, 4).await.expect("again"), Swept::default());
     }
 }

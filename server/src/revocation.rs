@@ -17,18 +17,11 @@ pub enum RevocationError {
     /// The shared state refused them.
     #[error(transparent)]
     Shared(#[from] SharedError),
-    /// The blocking read did not finish.
-    #[error("cannot read token revocations: {0}")]
-    Join(String),
 }
 
 /// Loads every revocation still in force into the shared state; returns how many.
 pub async fn restore<S: SharedState>(state: &AppState<S>) -> Result<usize, RevocationError> {
-    let st = state.clone();
-    let now = unix_now();
-    let revoked = tokio::task::spawn_blocking(move || st.store.revoked_tokens(now))
-        .await
-        .map_err(|e| RevocationError::Join(e.to_string()))??;
+    let revoked = state.store.revoked_tokens(unix_now()).await?;
     for (id, until) in &revoked {
         state.shared.revoke_token(*id, *until).await?;
     }

@@ -16,7 +16,11 @@ use crate::config::Settings;
 use crate::keys::{KeyDirectory, KeyEntry};
 use crate::metrics::Metrics;
 use crate::shared::{IpLimiter, SharedState};
-use crate::store::{Store, StoreError};
+use crate::store::ports::for_each_api_key;
+use crate::store::{Backend, StoreError};
+
+/// Keys read per store round trip at start-up.
+const KEY_PAGE: usize = 10_000;
 
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
@@ -38,8 +42,8 @@ pub struct Handshake {
 pub struct Inner<S> {
     /// Resolved settings.
     pub settings: Settings,
-    /// The embedded store (blocking; call from `spawn_blocking`).
-    pub store: Arc<Store>,
+    /// Durable state, through its ports (the embedded store or PostgreSQL).
+    pub store: Backend,
     /// Responder + document, replaced on rotation.
     pub handshake: ArcSwap<Handshake>,
     /// API keys and cached static-static values.
@@ -81,8 +85,8 @@ pub struct TokenKeys {
 
 impl TokenKeys {
     /// Prepares the keys the store holds (newest first).
-    fn from_store(store: &Store) -> Result<Self, StoreError> {
-        let mut token_keys = store.server_secrets()?.token_keys.into_iter();
+    async fn from_store(store: &Backend) -> Result<Self, StoreError> {
+        let mut token_keys = store.server_secrets().await?.token_keys.into_iter();
         let (id, master) = token_keys.next().ok_or_else(|| StoreError::Record("token_keys (empty)".into()))?;
         let mut keyring = TokenKeyring::new(id, master);
         for (id, master) in token_keys {
@@ -131,29 +135,30 @@ pub enum TokenCheckError {
 }
 
 impl<S: SharedState> AppState<S> {
-    /// Builds the state from an open store.
-    pub fn new(settings: Settings, store: Store, shared: S) -> Result<Self, StoreError> {
+    /// Builds the state from an open store, reading every key into memory.
+    pub async fn new(settings: Settings, store: Backend, shared: S) -> Result<Self, StoreError> {
         let now = unix_now();
         let delivery = crate::delivery::Deliverer::new(delivery_config(&settings))
             .map_err(|e| StoreError::Config(format!("OTP delivery: {e}")))?;
         // A server that was down past its key's end, or a store from before keys had
         // a lifetime, gets its keys fitted to the policy before the first document.
-        store.maintain_server_keys(now, settings.key_policy())?;
-        let handshake = build_handshake(&store, now, settings.server_key_document_ttl_secs)?;
-        store.drop_retired_token_keys(now)?;
-        let tokens = TokenKeys::from_store(&store)?;
+        store.maintain_server_keys(now, settings.key_policy()).await?;
+        let handshake = build_handshake(&store, now, settings.server_key_document_ttl_secs).await?;
+        store.drop_retired_token_keys(now).await?;
+        let tokens = TokenKeys::from_store(&store).await?;
         let keys = KeyDirectory::default();
         let mut bad = None;
-        store.for_each_api_key(|id, record| match KeyEntry::new(id, record) {
+        for_each_api_key(&*store, KEY_PAGE, |id, record| match KeyEntry::new(id, record) {
             Some(entry) => keys.upsert(entry),
             None => bad = Some(id),
-        })?;
+        })
+        .await?;
         if let Some(id) = bad {
             return Err(StoreError::Record(id.to_string()));
         }
         let state = Self(Arc::new(Inner {
             settings,
-            store: Arc::new(store),
+            store,
             handshake: ArcSwap::from_pointee(handshake),
             keys,
             shared,
@@ -178,27 +183,31 @@ impl<S: SharedState> AppState<S> {
     }
 
     /// Re-reads handshake keys from the store (after rotation), re-signs the document
-    /// and precomputes the new key's static-static values (blocking).
-    pub fn reload_handshake_keys(&self) -> Result<(), StoreError> {
-        self.reload_handshake_keys_at(unix_now())
+    /// and precomputes the new key's static-static values.
+    pub async fn reload_handshake_keys(&self) -> Result<(), StoreError> {
+        self.reload_handshake_keys_at(unix_now()).await
     }
 
     /// [`Self::reload_handshake_keys`] at `now`.
-    pub fn reload_handshake_keys_at(&self, now: u64) -> Result<(), StoreError> {
-        let hs = Arc::new(build_handshake(&self.store, now, self.settings.server_key_document_ttl_secs)?);
+    pub async fn reload_handshake_keys_at(&self, now: u64) -> Result<(), StoreError> {
+        let hs = Arc::new(build_handshake(&self.store, now, self.settings.server_key_document_ttl_secs).await?);
         let live: Vec<[u8; 8]> = hs.responder.entries().map(|e| e.key_id).collect();
-        self.keys.warm(&hs.responder, now);
+        // Precomputing is CPU work over every key: off the request threads.
+        let (keys, responder_hs) = (self.clone(), Arc::clone(&hs));
+        tokio::task::spawn_blocking(move || keys.keys.warm(&responder_hs.responder, now))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("key warm-up did not finish: {e}")))?;
         self.handshake.store(Arc::clone(&hs));
         self.keys.retain_server_keys(&live);
         Ok(())
     }
 
-    /// The key OTP code hashes are made with (read from the store once; blocking).
-    pub fn otp_key(&self) -> Result<onetrip_protocol::Secret<32>, StoreError> {
+    /// The key OTP code hashes are made with (read from the store once).
+    pub async fn otp_key(&self) -> Result<onetrip_protocol::Secret<32>, StoreError> {
         if let Some(k) = self.otp_key.get() {
             return Ok(k.clone());
         }
-        let k = self.store.otp_key()?;
+        let k = self.store.otp_key().await?;
         Ok(self.otp_key.get_or_init(|| k).clone())
     }
 
@@ -207,22 +216,26 @@ impl<S: SharedState> AppState<S> {
         self.keys.warm(&self.handshake.load().responder, unix_now())
     }
 
-    /// The handshake key lifecycle at `now` (blocking; the `serve` loop runs it every
-    /// second): in the store, destroys keys past their `not_after` and makes a
-    /// successor when the newest key is within its overlap of the end
-    /// ([`Store::maintain_server_keys`]); in memory, drops expired keys and re-signs
-    /// the document when keys changed or it is half-way to its expiry.
-    pub fn maintain_handshake_keys(&self, now: u64) -> Result<crate::store::KeyChanges, StoreError> {
-        let changes = self.store.maintain_server_keys(now, self.settings.key_policy())?;
-        let current = self.handshake.load();
-        if !changes.is_empty() || now >= current.resign_at || current.responder.entries().any(|e| e.not_after < now) {
-            self.reload_handshake_keys_at(now)?;
+    /// The handshake key lifecycle at `now` (the `serve` loop runs it every second):
+    /// in the store, destroys keys past their `not_after` and makes a successor when
+    /// the newest key is within its overlap of the end
+    /// ([`crate::store::ports::SecretRepo::maintain_server_keys`]); in memory, drops
+    /// expired keys and re-signs the document when keys changed or it is half-way to
+    /// its expiry.
+    pub async fn maintain_handshake_keys(&self, now: u64) -> Result<crate::store::KeyChanges, StoreError> {
+        let changes = self.store.maintain_server_keys(now, self.settings.key_policy()).await?;
+        let stale = {
+            let current = self.handshake.load();
+            now >= current.resign_at || current.responder.entries().any(|e| e.not_after < now)
+        };
+        if !changes.is_empty() || stale {
+            self.reload_handshake_keys_at(now).await?;
         }
         Ok(changes)
     }
 
-    /// Writes pending `last_used_at` times to the store (blocking).
-    pub fn flush_last_used(&self) -> Result<usize, StoreError> {
+    /// Writes pending `last_used_at` times to the store.
+    pub async fn flush_last_used(&self) -> Result<usize, StoreError> {
         // A map, not a list: with a million keys an hourly flush can carry most of them,
         // and a linear search per record made the flush quadratic (minutes of CPU).
         let pending: HashMap<onetrip_protocol::api_key::KeyId, u64> =
@@ -231,12 +244,17 @@ impl<S: SharedState> AppState<S> {
             return Ok(0);
         }
         let ids: Vec<_> = pending.keys().copied().collect();
-        let written = self.store.update_api_keys(&ids, |id, r| {
-            r.last_used_at = pending.get(id).copied().max(r.last_used_at);
-            true
-        })?;
-        for (id, at) in pending {
-            self.last_used.remove_if(&id, |_, v| *v == at);
+        let pending = Arc::new(pending);
+        let update = {
+            let pending = Arc::clone(&pending);
+            Box::new(move |id: &onetrip_protocol::api_key::KeyId, r: &mut crate::store::ApiKeyRecord| {
+                r.last_used_at = pending.get(id).copied().max(r.last_used_at);
+                true
+            })
+        };
+        let written = self.store.update_api_keys(ids, update, None).await?;
+        for (id, at) in pending.iter() {
+            self.last_used.remove_if(id, |_, v| v == at);
         }
         Ok(written.len())
     }
@@ -258,8 +276,8 @@ impl<S: SharedState> AppState<S> {
 
     /// Re-reads the token keys from the store (after a rotation or a retirement):
     /// tokens are sealed with the new first key from now on.
-    pub fn reload_token_keys(&self) -> Result<(), StoreError> {
-        self.tokens.store(Arc::new(TokenKeys::from_store(&self.store)?));
+    pub async fn reload_token_keys(&self) -> Result<(), StoreError> {
+        self.tokens.store(Arc::new(TokenKeys::from_store(&self.store).await?));
         Ok(())
     }
 
@@ -355,8 +373,8 @@ fn delivery_config(settings: &Settings) -> crate::delivery::DeliveryConfig {
     }
 }
 
-fn build_handshake(store: &Store, now: u64, document_ttl: u64) -> Result<Handshake, StoreError> {
-    let secrets = store.server_secrets()?;
+async fn build_handshake(store: &Backend, now: u64, document_ttl: u64) -> Result<Handshake, StoreError> {
+    let secrets = store.server_secrets().await?;
     let identity = IdentityKey::from_seed(&secrets.identity_seed);
     let mut responder = Responder::new(DefaultBackend::default(), identity, secrets.dummy_secret);
     for (id, private, not_before, not_after) in secrets.server_keys.iter().filter(|k| k.3 >= now) {
@@ -377,7 +395,7 @@ fn build_handshake(store: &Store, now: u64, document_ttl: u64) -> Result<Handsha
 mod tests {
     use super::*;
     use crate::shared::MemoryShared;
-    use crate::store::ApiKeyRecord;
+    use crate::store::{ApiKeyRecord, Store};
     use onetrip_protocol::api_key::KeyId;
 
     fn id(i: u32) -> KeyId {
@@ -393,20 +411,22 @@ mod tests {
         // Key 0 already records a later use than the one queued for it.
         let records: Vec<_> = (0..3_000).map(|i| (id(i), ApiKeyRecord::for_tests((i == 0).then_some(9_000)))).collect();
         store.put_api_keys(&records).expect("keys");
-        let state = AppState::new(Settings::defaults(dir.path().into()), store, MemoryShared::new(16)).expect("state");
+        let backend: Backend = Arc::new(crate::store::RedbBackend::new(store));
+        let state =
+            AppState::new(Settings::defaults(dir.path().into()), backend, MemoryShared::new(16)).await.expect("state");
         for i in 0..3_000 {
             state.last_used.insert(id(i), 5_000 + u64::from(i));
         }
         // A queued id whose record is gone is skipped, not an error.
         state.last_used.insert(id(99_999), 7_000);
 
-        assert_eq!(state.flush_last_used().expect("flush"), 3_000);
-        assert_eq!(state.store.get_api_key(&id(0)).expect("read").and_then(|r| r.last_used_at), Some(9_000));
+        assert_eq!(state.flush_last_used().await.expect("flush"), 3_000);
+        assert_eq!(state.store.get_api_key(id(0)).await.expect("read").and_then(|r| r.last_used_at), Some(9_000));
         for i in [1, 1_234, 2_999] {
-            let at = state.store.get_api_key(&id(i)).expect("read").and_then(|r| r.last_used_at);
+            let at = state.store.get_api_key(id(i)).await.expect("read").and_then(|r| r.last_used_at);
             assert_eq!(at, Some(5_000 + u64::from(i)), "key {i}");
         }
         assert!(state.last_used.is_empty(), "flushed uses leave the queue");
-        assert_eq!(state.flush_last_used().expect("second flush"), 0);
+        assert_eq!(state.flush_last_used().await.expect("second flush"), 0);
     }
 }

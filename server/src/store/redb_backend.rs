@@ -19,6 +19,13 @@ use super::{
 use crate::lockout::Guard;
 use crate::otp::Verification;
 
+impl Store {
+    /// This store behind the ports.
+    pub fn into_backend(self) -> super::Backend {
+        Arc::new(RedbBackend::new(self))
+    }
+}
+
 /// The redb store behind the ports.
 #[derive(Debug, Clone)]
 pub struct RedbBackend {
