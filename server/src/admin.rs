@@ -15,11 +15,17 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::keys::KeyEntry;
 use crate::shared::SharedState;
 use crate::state::{unix_now, AppState};
-use crate::store::ports::KeyRotation;
+use crate::store::ports::{KeyFilter, KeyRotation};
 use crate::store::{ApiKeyRecord, AuditEntry, StateStore};
 
 /// Longest admin request line.
 const MAX_LINE: usize = 64 * 1024;
+/// Most keys in one `keys_list` answer.
+pub const MAX_KEYS_PAGE: usize = 1_000;
+
+fn default_keys_page() -> usize {
+    MAX_KEYS_PAGE
+}
 
 /// One admin operation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,8 +44,31 @@ pub enum AdminRequest {
         /// Where codes go.
         otp_to: Option<String>,
     },
-    /// List keys.
-    KeysList,
+    /// One page of keys, in id order: at most [`MAX_KEYS_PAGE`] records, so neither
+    /// the server nor the socket ever holds a whole million-key listing.
+    KeysList {
+        /// Start after this key id (the previous page's `next_after`).
+        #[serde(default)]
+        after: Option<String>,
+        /// Most records in this page (at most [`MAX_KEYS_PAGE`]).
+        #[serde(default = "default_keys_page")]
+        limit: usize,
+        /// Only keys with this name.
+        #[serde(default)]
+        name: Option<String>,
+        /// Only keys that list this audience.
+        #[serde(default)]
+        audience: Option<String>,
+        /// Only keys that list this scope.
+        #[serde(default)]
+        scope: Option<String>,
+        /// Only revoked (true) or only not revoked (false) keys.
+        #[serde(default)]
+        revoked: Option<bool>,
+        /// Only keys created at or after this unix second.
+        #[serde(default)]
+        created_after: Option<u64>,
+    },
     /// Show one key.
     KeysShow {
         /// Key id (hex).
@@ -71,6 +100,8 @@ pub enum AdminRequest {
         #[serde(default)]
         replace: bool,
     },
+    /// Is a server answering on this socket? (The answer is `"pong"`.)
+    Ping,
     /// Fingerprint and handshake keys.
     ServerKeyShow,
     /// New handshake key; the old ones stay valid `overlap_secs`.
@@ -266,12 +297,15 @@ pub async fn execute(
             out["api_key"] = serde_json::Value::String(key.encode().to_string());
             Ok(out)
         }
-        AdminRequest::KeysList => {
-            let mut keys = Vec::new();
-            crate::store::ports::for_each_api_key(store, 10_000, |id, r| keys.push(record_json(&id, &r, now)))
-                .await
-                .map_err(e)?;
-            Ok(serde_json::Value::Array(keys))
+        AdminRequest::KeysList { after, limit, name, audience, scope, revoked, created_after } => {
+            let after = after.as_deref().map(key_id).transpose()?;
+            let limit = limit.clamp(1, MAX_KEYS_PAGE);
+            let filter = KeyFilter { name, audience, scope, revoked, created_after };
+            let page = store.api_keys_page(after, limit, &filter).await.map_err(e)?;
+            // A full page may have a successor; a short one is the last.
+            let next_after = (page.len() == limit).then(|| page.last().map(|(id, _)| id.to_string())).flatten();
+            let keys: Vec<_> = page.iter().map(|(id, r)| record_json(id, r, now)).collect();
+            Ok(serde_json::json!({ "keys": keys, "next_after": next_after }))
         }
         AdminRequest::KeysShow { id } => {
             let id = key_id(&id)?;
@@ -379,6 +413,7 @@ pub async fn execute(
                 "period": 30,
             }))
         }
+        AdminRequest::Ping => Ok(serde_json::json!("pong")),
         AdminRequest::ServerKeyShow => server_key_json(store, now).await,
         AdminRequest::ServerKeyRotate { overlap_secs } => {
             let lifetime =

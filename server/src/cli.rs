@@ -274,9 +274,30 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List keys.
+    /// List keys, in id order, streamed a page at a time.
     List {
-        /// Print JSON.
+        /// Stop after this many keys.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Start after this key id (resume a listing).
+        #[arg(long)]
+        after: Option<String>,
+        /// Only keys with this name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Only keys that list this audience.
+        #[arg(long)]
+        audience: Option<String>,
+        /// Only keys that list this scope.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Only revoked keys (`--revoked=false`: only keys not revoked).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        revoked: Option<bool>,
+        /// Only keys created at or after this unix time.
+        #[arg(long)]
+        created_after: Option<u64>,
+        /// Print JSON (one array, written as it is read).
         #[arg(long)]
         json: bool,
     },
@@ -712,11 +733,33 @@ fn init_tracing(filter: &str) {
         .try_init();
 }
 
+/// Where admin requests go: a running server's socket, or the store itself.
+enum AdminTarget {
+    Socket(PathBuf),
+    Direct(crate::store::Backend),
+}
+
+impl AdminTarget {
+    async fn call(&self, req: AdminRequest) -> Result<serde_json::Value, String> {
+        match self {
+            AdminTarget::Socket(socket) => admin::request(socket, &req)
+                .await?
+                .unwrap_or_else(|| Err("the server stopped while the command ran: run it again".to_owned())),
+            AdminTarget::Direct(store) => admin::execute(&**store, None, req).await,
+        }
+    }
+}
+
 /// Runs an admin request through the running server, or against the store directly.
 async fn admin_call(cli: &Cli, req: AdminRequest) -> Result<serde_json::Value, String> {
+    admin_target(cli).await?.call(req).await
+}
+
+/// Finds the running server's socket, or opens the store when no server runs.
+async fn admin_target(cli: &Cli) -> Result<AdminTarget, String> {
     let settings = settings(cli, None)?;
-    if let Some(answer) = admin::request(&settings.admin_socket, &req).await? {
-        return answer;
+    if admin::request(&settings.admin_socket, &AdminRequest::Ping).await?.is_some() {
+        return Ok(AdminTarget::Socket(settings.admin_socket));
     }
     if !settings.data_dir.join(crate::store::STORE_FILE).exists() {
         return Err(format!(
@@ -731,14 +774,14 @@ async fn admin_call(cli: &Cli, req: AdminRequest) -> Result<serde_json::Value, S
             // A server may be starting: it holds the store before its socket exists.
             for _ in 0..20 {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                if let Some(answer) = admin::request(&settings.admin_socket, &req).await? {
-                    return answer;
+                if admin::request(&settings.admin_socket, &AdminRequest::Ping).await?.is_some() {
+                    return Ok(AdminTarget::Socket(settings.admin_socket));
                 }
             }
             return Err(e);
         }
     };
-    admin::execute(&*store.into_backend(), None, req).await
+    Ok(AdminTarget::Direct(store.into_backend()))
 }
 
 fn print_value(v: &serde_json::Value, json: bool, human: impl FnOnce(&serde_json::Value) -> String) {
@@ -776,7 +819,16 @@ async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<(), String> {
             },
             *json,
         ),
-        KeysCommand::List { json } => (AdminRequest::KeysList, *json),
+        KeysCommand::List { limit, after, name, audience, scope, revoked, created_after, json } => {
+            let filter = ListFilter {
+                name: name.clone(),
+                audience: audience.clone(),
+                scope: scope.clone(),
+                revoked: *revoked,
+                created_after: *created_after,
+            };
+            return list_keys(cli, *limit, after.clone(), filter, *json).await;
+        }
         KeysCommand::TotpEnroll { id, replace, json } => {
             (AdminRequest::KeysTotpEnroll { id: id.clone(), replace: *replace }, *json)
         }
@@ -789,9 +841,6 @@ async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<(), String> {
     };
     let v = admin_call(cli, req).await?;
     print_value(&v, json, |v| match cmd {
-        KeysCommand::List { .. } => {
-            v.as_array().map(|a| a.iter().map(key_line).collect::<Vec<_>>().join("\n")).unwrap_or_default()
-        }
         KeysCommand::Create { .. } | KeysCommand::Rotate { .. } => format!(
             "{}\n\n  {}\n\nThis is the only time the API key is shown: store it in your secret manager.{}",
             key_line(v),
@@ -825,6 +874,66 @@ async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<(), String> {
         _ => key_line(v),
     });
     Ok(())
+}
+
+/// The filters of `keys list`.
+struct ListFilter {
+    name: Option<String>,
+    audience: Option<String>,
+    scope: Option<String>,
+    revoked: Option<bool>,
+    created_after: Option<u64>,
+}
+
+/// Prints keys a page at a time as they arrive: memory stays one page, here and in
+/// the server, whatever the number of keys.
+async fn list_keys(
+    cli: &Cli,
+    limit: Option<usize>,
+    mut after: Option<String>,
+    filter: ListFilter,
+    json: bool,
+) -> Result<(), String> {
+    use std::io::Write;
+    let target = admin_target(cli).await?;
+    let mut left = limit.unwrap_or(usize::MAX);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut first = true;
+    let io = |e: std::io::Error| format!("cannot write the listing: {e}");
+    if json {
+        write!(out, "[").map_err(io)?;
+    }
+    while left > 0 {
+        let req = AdminRequest::KeysList {
+            after: after.take(),
+            limit: left.min(admin::MAX_KEYS_PAGE),
+            name: filter.name.clone(),
+            audience: filter.audience.clone(),
+            scope: filter.scope.clone(),
+            revoked: filter.revoked,
+            created_after: filter.created_after,
+        };
+        let page = target.call(req).await?;
+        let keys = page["keys"].as_array().cloned().unwrap_or_default();
+        for key in &keys {
+            if json {
+                let sep = if first { "\n" } else { ",\n" };
+                write!(out, "{sep}{}", serde_json::to_string(key).unwrap_or_default()).map_err(io)?;
+            } else {
+                writeln!(out, "{}", key_line(key)).map_err(io)?;
+            }
+            first = false;
+        }
+        left = left.saturating_sub(keys.len());
+        match page["next_after"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    if json {
+        writeln!(out, "{}]", if first { "" } else { "\n" }).map_err(io)?;
+    }
+    out.flush().map_err(io)
 }
 
 async fn token(args: &TokenArgs) -> Result<(), String> {
