@@ -688,6 +688,7 @@ async fn maintenance<S: SharedState>(state: AppState<S>) {
         ticks += 1;
         let now = unix_now();
         state.shared.sweep(now);
+        state.probe_store(std::time::Duration::from_secs(2)).await;
         if ticks % 10 == 0 {
             if let Err(e) = state.flush_last_used().await {
                 tracing::warn!(error = %e, "cannot record key last-use times");

@@ -80,7 +80,12 @@ pub async fn route<S: SharedState>(
             Some(limited) => limited,
             None => whoami(&state, req, conn).await,
         },
-        (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+        // Liveness: the process answers. Handshakes of known keys go on without the
+        // store (the key directory is in memory), so a down store is `degraded`, not down.
+        (&Method::GET, "/healthz") if state.store_up() => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+        (&Method::GET, "/healthz") => {
+            json(StatusCode::OK, &serde_json::json!({ "status": "degraded", "store": "unreachable" }))
+        }
         (&Method::GET, "/v1/openapi.json") => crate::otp_api::openapi_json(),
         (_, path) if crate::otp_api::handles(path) => crate::otp_api::route(&state, req, conn).await,
         (&Method::GET, "/metrics") if metrics_allowed(&state.settings, conn.peer, req.headers()) => metrics(&state),

@@ -36,6 +36,10 @@ pub struct Metrics {
     pub replay_ids_persisted: AtomicU64,
     /// Store transactions (fsyncs) that wrote them.
     pub replay_id_writes: AtomicU64,
+    /// Store probes that found the store unreachable.
+    pub store_probe_failures: AtomicU64,
+    /// 1 while the store answers its probes, 0 while it does not.
+    pub store_up: AtomicI64,
 }
 
 impl Metrics {
@@ -68,6 +72,13 @@ impl Metrics {
             "# HELP onetrip_handshakes_rejected_total Handshake bodies refused before cryptography (HTTP 4xx)."
         );
         let _ = writeln!(out, "# TYPE onetrip_handshakes_rejected_total counter");
+        let _ = writeln!(out, "# HELP onetrip_store_up 1 while the store answers its probes (1 s apart), else 0.");
+        let _ = writeln!(out, "# TYPE onetrip_store_up gauge");
+        let _ = writeln!(out, "onetrip_store_up {}", self.store_up.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP onetrip_store_probe_failures_total Store probes that found it unreachable.");
+        let _ = writeln!(out, "# TYPE onetrip_store_probe_failures_total counter");
+        let _ =
+            writeln!(out, "onetrip_store_probe_failures_total {}", self.store_probe_failures.load(Ordering::Relaxed));
         let _ = writeln!(out, "onetrip_handshakes_rejected_total {}", self.handshakes_rejected.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP onetrip_handshake_seconds Server-side handshake processing time.");
         let _ = writeln!(out, "# TYPE onetrip_handshake_seconds histogram");

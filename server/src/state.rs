@@ -173,8 +173,38 @@ impl<S: SharedState> AppState<S> {
             last_used: DashMap::new(),
             tokens: ArcSwap::from_pointee(tokens),
         }));
+        // The store answered everything above: it is up until a probe says otherwise.
+        state.metrics.store_up.store(1, std::sync::atomic::Ordering::Relaxed);
         state.token_verifier(&state.settings.default_audience.clone());
         Ok(state)
+    }
+
+    /// True while the store answers its probes ([`Self::probe_store`]).
+    pub fn store_up(&self) -> bool {
+        self.metrics.store_up.load(std::sync::atomic::Ordering::Relaxed) == 1
+    }
+
+    /// Asks the store whether it can be reached (bounded by `limit`) and records the
+    /// answer for `/healthz` and `onetrip_store_up`; logs when it changes.
+    pub async fn probe_store(&self, limit: std::time::Duration) -> bool {
+        use std::sync::atomic::Ordering;
+        let answer = match tokio::time::timeout(limit, self.store.ping()).await {
+            Ok(answer) => answer,
+            Err(_) => Err(StoreError::Unavailable(format!("no answer within {} ms", limit.as_millis()))),
+        };
+        let up = answer.is_ok();
+        let was = self.metrics.store_up.swap(i64::from(up), Ordering::Relaxed) == 1;
+        match answer {
+            Err(e) => {
+                self.metrics.store_probe_failures.fetch_add(1, Ordering::Relaxed);
+                if was {
+                    tracing::error!(error = %e, "the store is unreachable: handshakes of known keys go on, writes and OTP answer 503");
+                }
+            }
+            Ok(()) if !was => tracing::warn!("the store answers again"),
+            Ok(()) => {}
+        }
+        up
     }
 
     /// The server identity fingerprint.

@@ -168,6 +168,12 @@ pub trait SecretRepo: Send + Sync {
     /// Where the state lives, for operators (a path, or a URL without its password).
     fn location(&self) -> String;
 
+    /// Answers when the store can be reached now ([`StoreError::Unavailable`] when
+    /// not). An embedded store is always there.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Loads and unseals the server's private material.
     async fn server_secrets(&self) -> Result<ServerSecrets, StoreError>;
 
