@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use crate::admin::{self, AdminRequest};
-use crate::config::{default_data_dir, FileConfig, Settings};
+use crate::config::{default_data_dir, FileConfig, Settings, StoreSetting};
 use crate::seal::SealError;
 use crate::shared::{MemoryShared, SharedState};
 use crate::state::{unix_now, AppState};
@@ -25,6 +25,11 @@ pub struct Cli {
     /// Default: $XDG_DATA_HOME/onetrip, else ~/.local/share/onetrip.
     #[arg(long, global = true, env = "ONETRIP_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Where durable state lives: `redb` (the embedded file in the data directory,
+    /// the default) or a PostgreSQL URL (`postgres://user@host/db?sslmode=verify-full`;
+    /// the password from the URL or PGPASSWORD) that several replicas share.
+    #[arg(long, global = true, env = "ONETRIP_STORE", hide_env_values = true)]
+    pub store: Option<String>,
     /// TOML configuration file (flags and ONETRIP_* variables override it).
     #[arg(long, global = true, env = "ONETRIP_CONFIG")]
     pub config: Option<PathBuf>,
@@ -506,7 +511,7 @@ fn settings(cli: &Cli, args: Option<&ServeArgs>) -> Result<Settings, String> {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
-    let mut overrides = FileConfig { data_dir: cli.data_dir.clone(), ..Default::default() };
+    let mut overrides = FileConfig { data_dir: cli.data_dir.clone(), store: cli.store.clone(), ..Default::default() };
     if let Some(a) = args {
         overrides.listen = a.listen;
         overrides.token_ttl_secs = a.token_ttl_secs;
@@ -577,6 +582,20 @@ fn passphrase(cli: &Cli) -> Result<Option<zeroize::Zeroizing<String>>, String> {
     Ok(None)
 }
 
+/// Opens (or creates) the configured store behind its ports.
+async fn open_backend(cli: &Cli, settings: &Settings) -> Result<(crate::store::Backend, bool), String> {
+    match &settings.store {
+        StoreSetting::Embedded => {
+            let (store, created) = open_store(cli, &settings.data_dir)?;
+            Ok((store.into_backend(), created))
+        }
+        StoreSetting::Postgres(_) => Err(format!(
+            "store {}: this build has no PostgreSQL backend yet; use the embedded store (`--store redb`)",
+            settings.store.shown()
+        )),
+    }
+}
+
 /// Opens (or creates) the store, prompting for the passphrase on a terminal if the
 /// store is sealed and none was configured.
 fn open_store(cli: &Cli, data_dir: &Path) -> Result<(Store, bool), String> {
@@ -596,10 +615,10 @@ fn open_store(cli: &Cli, data_dir: &Path) -> Result<(Store, bool), String> {
 async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
     let settings = settings(cli, Some(args))?;
     init_tracing(&settings.log);
-    let (store, created) = open_store(cli, &settings.data_dir)?;
+    let (store, created) = open_backend(cli, &settings).await?;
     if !store.is_sealed() {
         tracing::warn!(
-            store = %store.path().display(),
+            store = %store.location(),
             "private keys are stored UNENCRYPTED: set ONETRIP_PASSPHRASE (or --passphrase-file) before the first start to seal them"
         );
     }
@@ -616,7 +635,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
     let admin_socket = settings.admin_socket.clone();
     let data_dir = settings.data_dir.clone();
     let shared = MemoryShared::with_window(settings.clock_window_secs, settings.replay_cache_capacity);
-    let state = AppState::new(settings, store.into_backend(), shared).await.map_err(|e| e.to_string())?;
+    let state = AppState::new(settings, store, shared).await.map_err(|e| e.to_string())?;
     let restored = crate::replay_guard::restore(&state).await.map_err(|e| e.to_string())?;
     tracing::debug!(restored, "replay ids stamped ahead by the previous run loaded");
     let revoked = crate::revocation::restore(&state).await.map_err(|e| e.to_string())?;

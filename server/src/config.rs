@@ -28,6 +28,8 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     /// See [`Settings::data_dir`].
     pub data_dir: Option<PathBuf>,
+    /// See [`Settings::store`] (`redb`, or a `postgres://` URL).
+    pub store: Option<String>,
     /// See [`Settings::admin_socket`].
     pub admin_socket: Option<PathBuf>,
     /// See [`Settings::token_ttl_secs`].
@@ -133,6 +135,59 @@ pub struct SecretSetting(pub zeroize::Zeroizing<String>);
 impl std::fmt::Debug for SecretSetting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SecretSetting([redacted])")
+    }
+}
+
+/// Where durable state lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreSetting {
+    /// The embedded redb file in the data directory (one process at a time).
+    Embedded,
+    /// A PostgreSQL database that several replicas share; the URL may hold a
+    /// password, so it is never printed (see [`StoreSetting::shown`]).
+    Postgres(zeroize::Zeroizing<String>),
+}
+
+impl StoreSetting {
+    /// Reads `redb` / `embedded` (or nothing) and `postgres://…` / `postgresql://…`.
+    pub fn parse(value: Option<&str>) -> Result<Self, String> {
+        match value.map(str::trim) {
+            None | Some("" | "redb" | "embedded") => Ok(Self::Embedded),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Self::Postgres(url.to_owned().into()))
+            }
+            Some(_) => Err("store must be `redb` (the embedded default) or a postgres:// URL".into()),
+        }
+    }
+
+    /// For operators and logs: the URL without its password.
+    pub fn shown(&self) -> String {
+        match self {
+            Self::Embedded => "redb (embedded)".into(),
+            Self::Postgres(url) => without_password(url),
+        }
+    }
+}
+
+/// `url` with any password (user:password@) replaced by `***`.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return "***".into() };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
+            // Query parameters may carry a password too (`?password=`): drop them all.
+            let tail = tail.split_once('?').map_or(tail, |(path, _)| path);
+            format!("{scheme}://{masked}@{host}{tail}")
+        }
+        None => format!("{scheme}://{authority}{}", tail.split_once('?').map_or(tail, |(path, _)| path)),
+    }
+}
+
+impl std::fmt::Debug for StoreSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown())
     }
 }
 
@@ -317,6 +372,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Data directory (store, identity marker, admin socket).
     pub data_dir: PathBuf,
+    /// Where durable state lives: the embedded store (default) or PostgreSQL.
+    pub store: StoreSetting,
     /// Admin Unix socket path.
     pub admin_socket: PathBuf,
     /// Token lifetime.
@@ -381,6 +438,7 @@ impl Settings {
             listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7420))),
             admin_socket: data_dir.join("admin.sock"),
             data_dir,
+            store: StoreSetting::Embedded,
             token_ttl_secs: 900,
             clock_window_secs: onetrip_protocol::DEFAULT_CLOCK_WINDOW_SECS,
             default_audience: "onetrip".into(),
@@ -425,6 +483,7 @@ impl Settings {
             listen: pick!(listen),
             admin_socket: overrides.admin_socket.or(file.admin_socket).unwrap_or(d.admin_socket),
             data_dir,
+            store: StoreSetting::parse(overrides.store.as_deref().or(file.store.as_deref()))?,
             token_ttl_secs: pick!(token_ttl_secs),
             clock_window_secs: pick!(clock_window_secs),
             default_audience: pick!(default_audience),
@@ -594,6 +653,25 @@ pub fn default_data_dir() -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_store_setting_names_an_engine_and_never_shows_a_password() {
+        assert_eq!(StoreSetting::parse(None), Ok(StoreSetting::Embedded));
+        assert_eq!(StoreSetting::parse(Some("redb")), Ok(StoreSetting::Embedded));
+        assert!(StoreSetting::parse(Some("mysql://x")).is_err());
+        assert!(StoreSetting::parse(Some("/var/lib/onetrip")).is_err());
+        let pg = StoreSetting::parse(Some("postgres://app:hunter2secret@db.internal:5432/onetrip?sslmode=verify-full"))
+            .expect("postgres");
+        assert!(matches!(pg, StoreSetting::Postgres(_)));
+        for shown in [pg.shown(), format!("{pg:?}")] {
+            assert!(!shown.contains("hunter2secret"), "{shown}");
+            assert!(shown.contains("db.internal:5432/onetrip"), "{shown}");
+        }
+        assert_eq!(without_password("postgresql://app@h/db?password=hunter2"), "postgresql://app@h/db");
+        assert_eq!(without_password("postgres://h:5432/db"), "postgres://h:5432/db");
+        assert_eq!(without_password("postgres://a:b:c@h/db"), "postgres://a:***@h/db");
+        assert_eq!(without_password("garbage"), "***");
+    }
     use super::*;
 
     #[test]
