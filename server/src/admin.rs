@@ -202,8 +202,8 @@ fn record_json(id: &KeyId, r: &ApiKeyRecord, now: u64) -> serde_json::Value {
 }
 
 /// A key's second-factor lockout, as `keys show` prints it.
-fn lock_json(guard: &crate::lockout::Guard, now: u64) -> serde_json::Value {
-    let policy = crate::lockout::LockoutPolicy::default();
+fn lock_json(guard: &crate::otp::lockout::Guard, now: u64) -> serde_json::Value {
+    let policy = crate::otp::lockout::LockoutPolicy::default();
     serde_json::json!({
         "locked": guard.locked(now).is_some(),
         "locked_until": guard.locked(now).map(|_| guard.locked_until),
@@ -310,7 +310,7 @@ pub async fn execute(
         AdminRequest::KeysShow { id } => {
             let id = key_id(&id)?;
             let r = store.get_api_key(id).await.map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
-            let guard = store.get_guard(crate::lockout::step_up_subject(id.as_bytes())).await.map_err(e)?;
+            let guard = store.get_guard(crate::otp::lockout::step_up_subject(id.as_bytes())).await.map_err(e)?;
             let mut out = record_json(&id, &r, now);
             out["second_factor_lock"] = lock_json(&guard, now);
             Ok(out)
@@ -318,7 +318,7 @@ pub async fn execute(
         AdminRequest::KeysUnlock { id } => {
             let id = key_id(&id)?;
             store.get_api_key(id).await.map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
-            let unlock = Box::new(move |g: &mut crate::lockout::Guard| {
+            let unlock = Box::new(move |g: &mut crate::otp::lockout::Guard| {
                 let was = lock_json(g, now);
                 g.unlock();
                 Some(AuditEntry {
@@ -327,7 +327,8 @@ pub async fn execute(
                     detail: serde_json::json!({ "key_id": id.to_string(), "before": was, "by": "admin" }),
                 })
             });
-            let guard = store.update_guard(crate::lockout::step_up_subject(id.as_bytes()), unlock).await.map_err(e)?;
+            let guard =
+                store.update_guard(crate::otp::lockout::step_up_subject(id.as_bytes()), unlock).await.map_err(e)?;
             Ok(serde_json::json!({ "id": id.to_string(), "second_factor_lock": lock_json(&guard, now) }))
         }
         AdminRequest::KeysRevoke { id } => {
@@ -392,17 +393,18 @@ pub async fn execute(
                     r.otp_to.as_deref().unwrap_or("nowhere")
                 ));
             }
-            let account = crate::otp_service::STEP_UP_ACCOUNT;
-            let secret = crate::otp_service::enroll_totp(store, *id.as_bytes(), account, replace, now).await.map_err(
-                |e| match e {
-                    crate::otp_service::OtpError::TotpAlreadyEnrolled(_) => {
-                        format!("key {id} is already enrolled: add --replace to replace its authenticator secret")
+            let account = crate::otp::service::STEP_UP_ACCOUNT;
+            let secret =
+                crate::otp::service::enroll_totp(store, *id.as_bytes(), account, replace, now).await.map_err(|e| {
+                    match e {
+                        crate::otp::service::OtpError::TotpAlreadyEnrolled(_) => {
+                            format!("key {id} is already enrolled: add --replace to replace its authenticator secret")
+                        }
+                        other => other.to_string(),
                     }
-                    other => other.to_string(),
-                },
-            )?;
-            let params = crate::totp::TotpParams::default();
-            let uri = crate::totp::otpauth_uri(&secret, &params, "onetrip", &r.name);
+                })?;
+            let params = crate::otp::totp::TotpParams::default();
+            let uri = crate::otp::totp::otpauth_uri(&secret, &params, "onetrip", &r.name);
             Ok(serde_json::json!({
                 "id": id.to_string(),
                 "name": r.name,

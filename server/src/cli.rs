@@ -874,7 +874,7 @@ async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<(), String> {
             let uri = v["otpauth_uri"].as_str().unwrap_or("");
             format!(
                 "Scan this with an authenticator app (or enter the secret by hand):\n\n{}\n  secret: {}\n  uri:    {uri}\n\nThis is the only time the secret is shown. Codes: 6 digits, 30 s, SHA-1.",
-                crate::totp::qr_terminal(uri),
+                crate::otp::totp::qr_terminal(uri),
                 v["secret"].as_str().unwrap_or(""),
             )
         }

@@ -243,7 +243,7 @@ pub struct OtpSettings {
     pub totp_issuer: String,
     /// Wrong second-factor codes allowed per key (step-up) and per TOTP account per
     /// hour, across verifications, before a lock that doubles each time.
-    pub lockout: crate::lockout::LockoutPolicy,
+    pub lockout: crate::otp::lockout::LockoutPolicy,
     /// Email delivery, when configured.
     pub smtp: Option<SmtpConfig>,
     /// Webhook delivery, when configured.
@@ -260,7 +260,7 @@ impl Default for OtpSettings {
             api_rate_per_key: 200,
             mfa_scopes: Vec::new(),
             totp_issuer: "onetrip".into(),
-            lockout: crate::lockout::LockoutPolicy::default(),
+            lockout: crate::otp::lockout::LockoutPolicy::default(),
             smtp: None,
             webhook: None,
         }
@@ -326,7 +326,7 @@ impl OtpSettings {
             api_rate_per_key: cfg.api_rate_per_key.unwrap_or(d.api_rate_per_key),
             mfa_scopes: cfg.mfa_scopes.unwrap_or(d.mfa_scopes),
             totp_issuer: cfg.totp_issuer.unwrap_or(d.totp_issuer),
-            lockout: crate::lockout::LockoutPolicy {
+            lockout: crate::otp::lockout::LockoutPolicy {
                 max_failures: cfg.max_code_failures.unwrap_or(d.lockout.max_failures),
                 lock_secs: cfg.lockout_secs.unwrap_or(d.lockout.lock_secs),
                 ..d.lockout

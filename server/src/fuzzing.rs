@@ -244,7 +244,7 @@ fn known_verification(h: &Harness) -> String {
             return id.clone();
         }
     }
-    let new = crate::otp_service::NewVerification {
+    let new = crate::otp::service::NewVerification {
         owner: *h.grant_key_id().as_bytes(),
         owner_name: "fuzz".into(),
         purpose: crate::otp::Purpose::Api,
@@ -253,7 +253,7 @@ fn known_verification(h: &Harness) -> String {
         policy: crate::otp::Policy::default(),
         locale: None,
     };
-    let id = match h.runtime.block_on(crate::otp_service::create(&h.state, new, now)) {
+    let id = match h.runtime.block_on(crate::otp::service::create(&h.state, new, now)) {
         Ok(v) => hex::encode(v.id),
         Err(_) => "fedcba9876543210fedcba9876543210".to_owned(),
     };

@@ -14,8 +14,8 @@ use onetrip_protocol::{RequestError, Secret, Status};
 use rand::RngCore;
 
 use crate::keys::KeyEntry;
+use crate::otp::service::OtpError;
 use crate::otp::{self, CheckOutcome};
-use crate::otp_service::OtpError;
 use crate::shared::SharedState;
 use crate::state::AppState;
 
@@ -200,7 +200,7 @@ enum StepUp {
 fn step_up_destination(otp_to: &str) -> (onetrip_protocol::Channel, String) {
     let channel = otp::channel_for(otp_to);
     let to = match channel {
-        onetrip_protocol::Channel::Totp => crate::otp_service::STEP_UP_ACCOUNT.to_owned(),
+        onetrip_protocol::Channel::Totp => crate::otp::service::STEP_UP_ACCOUNT.to_owned(),
         onetrip_protocol::Channel::Webhook => otp_to.trim_start_matches("webhook:").to_owned(),
         _ => otp_to.to_owned(),
     };
@@ -219,7 +219,7 @@ async fn start_step_up<S: SharedState>(
         return Some((OwnedReply::ScopeDenied, Status::ScopeDenied));
     };
     let (channel, to) = step_up_destination(otp_to);
-    let new = crate::otp_service::NewVerification {
+    let new = crate::otp::service::NewVerification {
         owner: *entry.id.as_bytes(),
         owner_name: entry.record.name.clone(),
         purpose: otp::Purpose::StepUp,
@@ -228,7 +228,7 @@ async fn start_step_up<S: SharedState>(
         policy: otp::Policy::default(),
         locale: None,
     };
-    Some(match crate::otp_service::start_step_up(state, new, now).await {
+    Some(match crate::otp::service::start_step_up(state, new, now).await {
         Ok((v, _)) => (
             OwnedReply::SecondFactorRequired {
                 operation: v.id,
@@ -264,7 +264,7 @@ async fn check_step_up<S: SharedState>(
             Status::SecondFactorFailed,
         )
     };
-    match crate::otp_service::check(state, owner, otp::Purpose::StepUp, operation, code, now).await {
+    match crate::otp::service::check(state, owner, otp::Purpose::StepUp, operation, code, now).await {
         Ok((CheckOutcome::Approved, _)) => StepUp::Approved,
         Ok((CheckOutcome::Wrong { attempts_left }, _)) => failed(attempts_left),
         Ok((CheckOutcome::NotPending(_), _)) | Err(OtpError::NotFound) => failed(0),

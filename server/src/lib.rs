@@ -6,7 +6,7 @@
 //! | module | job |
 //! |---|---|
 //! | [`config`] | TOML file + `ONETRIP_*` environment + flags, with defaults |
-//! | [`store`] | redb file: API key verifiers, server keys (sealed), audit log |
+//! | [`store`] | the state ports and their backends (embedded redb, PostgreSQL): keys, sealed secrets, OTP, audit |
 //! | [`seal`] | argon2id passphrase sealing of private keys at rest |
 //! | [`keys`] | in-memory key directory with the cached static-static DH per key |
 //! | [`replay_cache`] | single-node replay cache: ids by expiry second, dropped a second at a time |
@@ -20,13 +20,8 @@
 //! | [`listener`] | accept loop, connection limits (total and per client), timeouts, TLS, graceful shutdown |
 //! | [`deadline_io`] | write and idle timeouts on a connection's bytes |
 //! | [`admin`] | the admin Unix socket and the key-management operations |
-//! | [`lockout`] | second-factor lockout: wrong codes counted per key and per TOTP account, across verifications |
-//! | [`otp`] | OTP verification state machine: codes, keyed hashes, attempts, resends |
-//! | [`otp_service`] | OTP operations shared by step-up and the API: store, delivery, audit |
+//! | [`otp`] | one-time passwords: verifications, the OTP API, lockout, TOTP, delivery |
 //! | [`limits`] | OTP send budgets (key first, per key and destination, global per destination), address normalisation, the OTP API's per-key and failed-auth limits |
-//! | [`otp_api`] | `/v1/otp/*`: the standalone OTP JSON API and its OpenAPI document |
-//! | [`delivery`] | sending OTP codes: SMTP, signed webhook, console; retries with backoff |
-//! | [`totp`] | RFC 6238 authenticator codes: secrets, verification with replay rule, enrolment URI/QR |
 //! | [`metrics`] | Prometheus counters and histograms |
 //! | [`environ`] | keeps `ONETRIP_PASSPHRASE` out of the running server's `/proc/PID/environ` |
 //! | [`cli`] | the `onetrip` command line |
@@ -38,7 +33,6 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod deadline_io;
-pub mod delivery;
 pub mod environ;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -48,11 +42,8 @@ pub mod key_lifecycle;
 pub mod keys;
 pub mod limits;
 pub mod listener;
-pub mod lockout;
 pub mod metrics;
 pub mod otp;
-pub mod otp_api;
-pub mod otp_service;
 pub mod problem;
 pub mod replay_cache;
 pub mod replay_guard;
@@ -62,4 +53,3 @@ pub mod seal;
 pub mod shared;
 pub mod state;
 pub mod store;
-pub mod totp;

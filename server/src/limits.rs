@@ -18,8 +18,8 @@ use dashmap::DashMap;
 use onetrip_protocol::Channel;
 
 use crate::config::OtpSettings;
+use crate::otp::service::OtpError;
 use crate::otp::Purpose;
-use crate::otp_service::OtpError;
 use crate::shared::{gcra, RateDecision, SharedState};
 
 /// Window of the per-key and per-destination send limits.

@@ -98,10 +98,10 @@ mod tests {
 
     #[test]
     fn storage_failures_never_show_the_host_to_clients() {
-        let cause = crate::otp_service::OtpError::Unavailable(
+        let cause = crate::otp::service::OtpError::Unavailable(
             "cannot write the store /srv/secret-tenant/onetrip.redb: Previous I/O error occurred".into(),
         );
-        for resp in [crate::otp_api::error_response(&cause), unavailable(&"/srv/secret-tenant/onetrip.redb")] {
+        for resp in [crate::otp::api::error_response(&cause), unavailable(&"/srv/secret-tenant/onetrip.redb")] {
             assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
             assert_eq!(resp.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()), Some(&b"1"[..]));
             let body = String::from_utf8(resp.into_body().into_inner().unwrap().to_vec()).unwrap();

@@ -65,7 +65,7 @@ pub struct Inner<S> {
     /// `/v1/whoami`, `/v1/introspect`), checked before the token.
     pub otp_ip_limiter: crate::limits::AuthFailureGuard,
     /// OTP code delivery (console, SMTP, webhook).
-    pub delivery: crate::delivery::Deliverer,
+    pub delivery: crate::otp::delivery::Deliverer,
     otp_key: std::sync::OnceLock<onetrip_protocol::Secret<32>>,
     /// Keys used since the last flush, with the time; written to the store in batches
     /// so a handshake never waits for a disk write.
@@ -138,7 +138,7 @@ impl<S: SharedState> AppState<S> {
     /// Builds the state from an open store, reading every key into memory.
     pub async fn new(settings: Settings, store: Backend, shared: S) -> Result<Self, StoreError> {
         let now = unix_now();
-        let delivery = crate::delivery::Deliverer::new(delivery_config(&settings))
+        let delivery = crate::otp::delivery::Deliverer::new(delivery_config(&settings))
             .map_err(|e| StoreError::Config(format!("OTP delivery: {e}")))?;
         // A server that was down past its key's end, or a store from before keys had
         // a lifetime, gets its keys fitted to the policy before the first document.
@@ -381,8 +381,8 @@ impl<S: SharedState> AppState<S> {
 /// A proof of possession with what it signs: (proof, method, path, body).
 pub type PresentedProof<'a> = (&'a PopProof, &'a str, &'a str, &'a [u8]);
 
-fn delivery_config(settings: &Settings) -> crate::delivery::DeliveryConfig {
-    use crate::delivery::{DeliveryConfig, SmtpSettings, SmtpTls, WebhookSettings};
+fn delivery_config(settings: &Settings) -> crate::otp::delivery::DeliveryConfig {
+    use crate::otp::delivery::{DeliveryConfig, SmtpSettings, SmtpTls, WebhookSettings};
     let otp = &settings.otp;
     DeliveryConfig {
         smtp: otp.smtp.as_ref().map(|s| SmtpSettings {

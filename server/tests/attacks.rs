@@ -254,7 +254,7 @@ fn random_and_oversized_bodies_on_every_endpoint_get_4xx() {
     // method and a wrong one, plus paths that do not exist.
     let id = "0123456789abcdef0123456789abcdef";
     let mut endpoints: Vec<(String, String)> = Vec::new();
-    for (method, path) in onetrip_server::http::ROUTES.iter().chain(onetrip_server::otp_api::ROUTES) {
+    for (method, path) in onetrip_server::http::ROUTES.iter().chain(onetrip_server::otp::api::ROUTES) {
         let path = path.replace("{id}", id);
         endpoints.push((method.to_uppercase(), path.clone()));
         endpoints.push(((if *method == "get" { "POST" } else { "PUT" }).to_owned(), path));

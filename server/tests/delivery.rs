@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use onetrip_protocol::Channel;
-use onetrip_server::delivery::{
+use onetrip_server::otp::delivery::{
     verify_webhook_signature, webhook_signature, Deliverer, DeliveryConfig, DeliveryError, OtpMessage, Purpose,
     SmtpSettings, SmtpTls, WebhookSettings,
 };

@@ -13,8 +13,8 @@ fn with_code<'a>(operation: [u8; 16], code: &'a str) -> ClientRequest<'a> {
 }
 
 fn totp_code(secret_b32: &str, at: u64) -> String {
-    let secret = onetrip_server::totp::TotpSecret::from_base32(secret_b32).unwrap();
-    onetrip_server::totp::code_at(&secret, &onetrip_server::totp::TotpParams::default(), at).to_string()
+    let secret = onetrip_server::otp::totp::TotpSecret::from_base32(secret_b32).unwrap();
+    onetrip_server::otp::totp::code_at(&secret, &onetrip_server::otp::totp::TotpParams::default(), at).to_string()
 }
 
 /// Guesses wrong codes the way an attacker with the API key would: a handshake for an

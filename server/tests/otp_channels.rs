@@ -231,8 +231,8 @@ fn the_webhook_channel_needs_its_secret() {
 }
 
 fn totp_code(secret_b32: &str, at: u64) -> String {
-    let secret = onetrip_server::totp::TotpSecret::from_base32(secret_b32).unwrap();
-    onetrip_server::totp::code_at(&secret, &onetrip_server::totp::TotpParams::default(), at).to_string()
+    let secret = onetrip_server::otp::totp::TotpSecret::from_base32(secret_b32).unwrap();
+    onetrip_server::otp::totp::code_at(&secret, &onetrip_server::otp::totp::TotpParams::default(), at).to_string()
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod support;
 
 use std::process::Command;
 
-use onetrip_server::totp::{
+use onetrip_server::otp::totp::{
     code_at, generate_secret, otpauth_uri, qr_terminal, verify, Algorithm, SecretError, TotpError, TotpParams,
     TotpSecret,
 };

@@ -20,7 +20,7 @@ use super::{
     ApiKeyRecord, AuditEntry, CheckView, KeyChanges, KeyPolicy, KeyValidity, ServerSecrets, StepUpStart, StoreError,
     TotpEnrolment,
 };
-use crate::lockout::Guard;
+use crate::otp::lockout::Guard;
 use crate::otp::Verification;
 
 /// The state every replica shares, as one handle.

@@ -16,7 +16,7 @@ use super::{
     ApiKeyRecord, AuditEntry, KeyChanges, KeyPolicy, KeyValidity, ServerSecrets, StepUpStart, Store, StoreError,
     TotpEnrolment,
 };
-use crate::lockout::Guard;
+use crate::otp::lockout::Guard;
 use crate::otp::Verification;
 
 impl Store {

@@ -7,7 +7,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::{append_audit, append_audit_of, damaged, AuditEntry, Store, StoreError, OTP};
-use crate::lockout::Guard;
+use crate::otp::lockout::Guard;
 use crate::otp::Verification;
 
 const TOTP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("totp_enrollments");

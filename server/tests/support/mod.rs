@@ -176,7 +176,7 @@ fn serve_webhook(
         let mut body = vec![0; len];
         reader.read_exact(&mut body).unwrap();
         requests.fetch_add(1, Ordering::SeqCst);
-        let ok = onetrip_server::delivery::verify_webhook_signature(
+        let ok = onetrip_server::otp::delivery::verify_webhook_signature(
             WEBHOOK_SECRET.as_bytes(),
             &ts,
             &body,

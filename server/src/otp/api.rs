@@ -6,17 +6,16 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use onetrip_protocol::pop::POP_HEADER;
-use onetrip_protocol::{Channel, Claims, PopProof, Token};
+use onetrip_protocol::{Channel, Claims};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::http::{read_body, ConnInfo, MAX_JSON_BODY};
+use crate::otp::service::{self, NewVerification, OtpError};
 use crate::otp::{CheckOutcome, Policy, Purpose, Status, Verification};
-use crate::otp_service::{self, NewVerification, OtpError};
 use crate::problem::{bad_json, json, problem, Body};
 use crate::shared::{RateDecision, SharedState};
-use crate::state::{unix_now, AppState, TokenCheckError};
+use crate::state::{unix_now, AppState};
 
 /// Scope a token needs for `/v1/otp/*`.
 pub const OTP_SCOPE: &str = "otp";
@@ -157,14 +156,14 @@ pub async fn route<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, 
         Target::Collection => create(state, owner, owner_name, &body, now).await,
         Target::Totp => enroll(state, owner, &body, conn, now).await,
         Target::Item(id, None) => {
-            otp_service::get(state, owner, Purpose::Api, id, now).await.map(|v| json(StatusCode::OK, &view(&v, now)))
+            service::get(state, owner, Purpose::Api, id, now).await.map(|v| json(StatusCode::OK, &view(&v, now)))
         }
         Target::Item(id, Some("check")) => check(state, owner, id, &body, now).await,
         Target::Item(id, Some("resend")) => {
-            otp_service::resend(state, owner, owner_name, id, now).await.map(|v| json(StatusCode::OK, &view(&v, now)))
+            service::resend(state, owner, owner_name, id, now).await.map(|v| json(StatusCode::OK, &view(&v, now)))
         }
         Target::Item(id, Some(_)) => {
-            otp_service::cancel(state, owner, id, now).await.map(|v| json(StatusCode::OK, &view(&v, now)))
+            service::cancel(state, owner, id, now).await.map(|v| json(StatusCode::OK, &view(&v, now)))
         }
     };
     result.unwrap_or_else(|e| error_response(&e))
@@ -207,7 +206,7 @@ async fn create<S: SharedState>(
         Ok(b) => b,
         Err(e) => return Ok(bad_json(&e)),
     };
-    let channel = otp_service::parse_channel(&b.channel).ok_or_else(|| {
+    let channel = service::parse_channel(&b.channel).ok_or_else(|| {
         OtpError::InvalidParameter(format!("unknown channel {:?}: use email, webhook, totp or console", b.channel))
     })?;
     if let Some(locale) = &b.locale {
@@ -222,7 +221,7 @@ async fn create<S: SharedState>(
     let policy =
         Policy { code_length: b.code_length.unwrap_or(d.code_length), ttl_secs: b.ttl.unwrap_or(d.ttl_secs), ..d };
     let new = NewVerification { owner, owner_name, purpose: Purpose::Api, channel, to: b.to, policy, locale: b.locale };
-    let v = otp_service::create(state, new, now).await?;
+    let v = service::create(state, new, now).await?;
     Ok(json(StatusCode::CREATED, &view(&v, now)))
 }
 
@@ -241,7 +240,7 @@ async fn check<S: SharedState>(
     if code.is_empty() || code.len() > 16 {
         return Err(OtpError::InvalidParameter("code must be 1 to 16 characters".into()));
     }
-    let (outcome, v) = otp_service::check(state, owner, Purpose::Api, id, code, now).await?;
+    let (outcome, v) = service::check(state, owner, Purpose::Api, id, code, now).await?;
     if outcome == CheckOutcome::NotPending(Status::Approved) {
         // Codes are single use: a second check of an approved verification must not
         // read as another success.
@@ -272,9 +271,9 @@ async fn enroll<S: SharedState>(
         Err(e) => return Ok(bad_json(&e)),
     };
     validate_account(&b.account)?;
-    let secret = otp_service::enroll_totp(&*state.store, owner, &b.account, b.replace, now).await?;
-    let params = crate::totp::TotpParams::default();
-    let uri = crate::totp::otpauth_uri(&secret, &params, &state.settings.otp.totp_issuer, &b.account);
+    let secret = service::enroll_totp(&*state.store, owner, &b.account, b.replace, now).await?;
+    let params = crate::otp::totp::TotpParams::default();
+    let uri = crate::otp::totp::otpauth_uri(&secret, &params, &state.settings.otp.totp_issuer, &b.account);
     Ok(json(
         StatusCode::CREATED,
         &serde_json::json!({
@@ -366,41 +365,4 @@ pub fn openapi_json() -> Response<Body> {
     let mut resp = Response::new(Body::new(Bytes::from_static(OPENAPI_JSON.as_bytes())));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
-}
-
-/// Token parsing shared with `/v1/whoami`: `Authorization: Onetrip <token>` plus
-/// `Onetrip-PoP`, or `Bearer` on TLS.
-pub(crate) fn presented_token(
-    parts: &Parts,
-    tls: bool,
-) -> Result<(Token, Option<PopProof>), (&'static str, &'static str)> {
-    let Some(auth) = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
-        return Err(("token_missing", "send Authorization: Onetrip <token> with an Onetrip-PoP header"));
-    };
-    let (scheme, value) = auth.split_once(' ').unwrap_or((auth, ""));
-    let bearer = scheme.eq_ignore_ascii_case("bearer");
-    if !bearer && !scheme.eq_ignore_ascii_case("onetrip") {
-        return Err(("token_invalid", "unsupported authorization scheme; use Onetrip"));
-    }
-    if bearer && !tls {
-        return Err(("bearer_requires_tls", "bearer tokens are refused on plain HTTP: use Onetrip with Onetrip-PoP"));
-    }
-    let Ok(token) = Token::from_base64(value.trim()) else {
-        return Err(("token_invalid", "the token is not valid"));
-    };
-    let proof = match parts.headers.get(POP_HEADER).map(|v| v.to_str().map(PopProof::from_header)) {
-        Some(Ok(Ok(p))) => Some(p),
-        Some(_) => return Err(("pop_invalid", "the Onetrip-PoP header is malformed")),
-        None if bearer => None,
-        None => return Err(("pop_required", "send the Onetrip-PoP header signed with the session key")),
-    };
-    Ok((token, proof))
-}
-
-/// Maps a token check failure to 401/503.
-pub(crate) fn token_error(e: TokenCheckError) -> Response<Body> {
-    match e {
-        TokenCheckError::Shared(e) => crate::problem::unavailable(&e),
-        e => crate::http::unauthorized("token_invalid", &e.to_string()),
-    }
 }

@@ -6,7 +6,7 @@
 use onetrip_protocol::Channel;
 use zeroize::Zeroizing;
 
-use crate::lockout;
+use crate::otp::lockout;
 use crate::otp::{self, CheckOutcome, Policy, Purpose, ResendOutcome, Status, Verification};
 use crate::shared::SharedState;
 use crate::state::AppState;
@@ -141,7 +141,7 @@ pub fn validate_destination<S>(state: &AppState<S>, channel: Channel, to: &str) 
     match channel {
         Channel::Console | Channel::Totp => Ok(()),
         _ => state.delivery.validate(channel, to).map_err(|e| match e {
-            crate::delivery::DeliveryError::InvalidDestination { .. } => OtpError::InvalidParameter(e.to_string()),
+            crate::otp::delivery::DeliveryError::InvalidDestination { .. } => OtpError::InvalidParameter(e.to_string()),
             other => OtpError::ChannelUnavailable(other.to_string()),
         }),
     }
@@ -174,7 +174,7 @@ pub async fn create<S: SharedState>(
     validate_destination(state, new.channel, &new.to)?;
     if new.channel == Channel::Totp && new.purpose == Purpose::Api {
         // `@key` is the key's own step-up secret: never reachable through the API.
-        crate::otp_api::validate_account(&new.to)?;
+        crate::otp::api::validate_account(&new.to)?;
     }
     if new.channel == Channel::Totp {
         if !state.store.has_totp(new.owner, new.to.clone()).await? {
@@ -389,8 +389,8 @@ pub async fn enroll_totp(
     account: &str,
     replace: bool,
     now: u64,
-) -> Result<crate::totp::TotpSecret, OtpError> {
-    let secret = crate::totp::generate_secret(&mut rand::thread_rng());
+) -> Result<crate::otp::totp::TotpSecret, OtpError> {
+    let secret = crate::otp::totp::generate_secret(&mut rand::thread_rng());
     let enrolment = TotpPut {
         owner,
         account: account.to_owned(),
@@ -535,10 +535,10 @@ fn deliver_in_background<S: SharedState>(
     tokio::spawn(async move {
         let id = hex::encode(v.id);
         let purpose = match v.purpose {
-            Purpose::StepUp => crate::delivery::Purpose::StepUp { key_name: &owner_name },
-            Purpose::Api => crate::delivery::Purpose::Verification,
+            Purpose::StepUp => crate::otp::delivery::Purpose::StepUp { key_name: &owner_name },
+            Purpose::Api => crate::otp::delivery::Purpose::Verification,
         };
-        let message = crate::delivery::OtpMessage {
+        let message = crate::otp::delivery::OtpMessage {
             verification_id: &id,
             to: &v.to,
             code: &code,
@@ -578,8 +578,8 @@ fn deliver_in_background<S: SharedState>(
 /// Judges an authenticator code against the enrolled secret (±1 step), refusing any
 /// step at or before the last accepted one; advances it on success.
 fn totp_check(secret: &[u8], code: &str, now: u64, last_step: &mut Option<u64>) -> bool {
-    let secret = crate::totp::TotpSecret::from_bytes(secret);
-    match crate::totp::verify(&secret, &crate::totp::TotpParams::default(), code.trim(), now, *last_step) {
+    let secret = crate::otp::totp::TotpSecret::from_bytes(secret);
+    match crate::otp::totp::verify(&secret, &crate::otp::totp::TotpParams::default(), code.trim(), now, *last_step) {
         Ok(step) => {
             *last_step = Some(step);
             true
