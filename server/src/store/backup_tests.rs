@@ -139,6 +139,8 @@ fn a_sealed_backup_opens_only_with_the_passphrase() {
     let dest = dir.path().join("backup.redb");
     let report = store.backup_to(&dest, false).unwrap();
     assert!(report.sealed);
+    let copy = dump(&redb::Database::builder().open_read_only(&dest).unwrap());
+    assert_eq!(copy, dump(&*store.db), "sealed values are copied as they are");
     let before = std::fs::read(&dest).unwrap();
     match verify_backup(&dest, None) {
         Err(BackupError::Passphrase { source: SealError::PassphraseRequired, .. }) => {}
