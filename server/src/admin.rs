@@ -125,6 +125,15 @@ pub enum AdminRequest {
         /// Token id (32 hex characters).
         token_id: String,
     },
+    /// Write a consistent backup of the store to `path` (absolute: the server's
+    /// working directory is not the CLI's), from one read transaction.
+    StoreBackup {
+        /// Backup file.
+        path: std::path::PathBuf,
+        /// Replace an existing file.
+        #[serde(default)]
+        force: bool,
+    },
     /// Audit events since a time.
     Audit {
         /// Unix seconds.
@@ -459,6 +468,16 @@ pub async fn execute(
                 live.token_revoked(token, until).await?;
             }
             Ok(serde_json::json!({ "token_id": hex::encode(token), "revoked_until": until }))
+        }
+        AdminRequest::StoreBackup { path, force } => {
+            if !path.is_absolute() {
+                return Err(format!("the backup path {} must be absolute", path.display()));
+            }
+            let report = store.backup_to(path.clone(), force).await.map_err(|e| e.to_string())?;
+            // A backup is a copy of the identity and the sealed keys: record who has one.
+            let detail = serde_json::json!({ "path": path.display().to_string(), "api_keys": report.api_keys });
+            store.record_audit(crate::store::AuditEntry { at: now, event: "store.backup", detail }).await.map_err(e)?;
+            serde_json::to_value(report).map_err(|e| e.to_string())
         }
         AdminRequest::Audit { since, limit } => {
             Ok(serde_json::Value::Array(store.audit_since(since, limit).await.map_err(e)?))

@@ -1,4 +1,4 @@
-//! The `onetrip` command line: `serve`, `keys …`, `server-key …`, `audience-key`.
+//! The `onetrip` command line: `serve`, `keys …`, `server-key …`, `audience-key`, `store …`.
 //! Key commands go to a running server over its admin socket, or open the store
 //! directly when no server runs.
 
@@ -16,6 +16,9 @@ use crate::seal::SealError;
 use crate::shared::{MemoryShared, SharedState};
 use crate::state::{unix_now, AppState};
 use crate::store::{Store, StoreError};
+
+mod backup;
+pub use backup::StoreCommand;
 
 /// onetrip: one-roundtrip API-key authentication server.
 #[derive(Debug, Parser)]
@@ -115,6 +118,9 @@ pub enum Command {
     /// Rotate the token master key (tokens are sealed with the new one at once).
     #[command(subcommand, name = "token-key")]
     TokenKey(TokenKeyCommand),
+    /// Back up the store, or check a backup.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Print the token key a resource server needs to verify tokens for AUDIENCE.
     AudienceKey {
         /// Audience (resource server name).
@@ -431,6 +437,10 @@ pub fn main_with(cli: Cli) -> i32 {
             return 1;
         }
     };
+    if let Command::Store(ref cmd) = cli.command {
+        // Its own exit codes (a damaged backup is not any other error).
+        return runtime.block_on(backup::run(&cli, cmd));
+    }
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(ref args) => serve(&cli, args).await,
@@ -480,6 +490,7 @@ pub fn main_with(cli: Cli) -> i32 {
                 });
                 Ok(())
             }
+            Command::Store(_) => unreachable!("handled above"),
             Command::AudienceKey { ref audience, json } => {
                 let v = admin_call(&cli, AdminRequest::AudienceKey { audience: audience.clone() }).await?;
                 print_value(&v, json, |v| {

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::seal::{SealError, SealParams, Sealer};
 
 mod audit_retention;
+pub mod backup;
 pub mod ports;
 mod redb_backend;
 mod replay_ids;

@@ -174,6 +174,18 @@ pub trait SecretRepo: Send + Sync {
         Ok(())
     }
 
+    /// Writes a consistent backup of everything the backend holds to `dest`, sealed as
+    /// it is stored. Only the embedded engine does this itself; a database server is
+    /// backed up with its own tools (PostgreSQL: pg_dump, point-in-time recovery).
+    async fn backup_to(
+        &self,
+        dest: std::path::PathBuf,
+        force: bool,
+    ) -> Result<super::backup::BackupSummary, super::backup::BackupError> {
+        let _ = (dest, force);
+        Err(super::backup::BackupError::Unsupported(self.location()))
+    }
+
     /// Loads and unseals the server's private material.
     async fn server_secrets(&self) -> Result<ServerSecrets, StoreError>;
 

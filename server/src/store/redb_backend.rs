@@ -131,6 +131,17 @@ impl SecretRepo for RedbBackend {
         self.blocking(|s| s.server_secrets()).await
     }
 
+    async fn backup_to(
+        &self,
+        dest: std::path::PathBuf,
+        force: bool,
+    ) -> Result<super::backup::BackupSummary, super::backup::BackupError> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || store.backup_to(&dest, force))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("the backup task did not finish: {e}")))?
+    }
+
     async fn otp_key(&self) -> Result<Secret<32>, StoreError> {
         self.blocking(|s| s.otp_key()).await
     }
