@@ -18,6 +18,75 @@ use crate::state::{unix_now, AppState};
 use crate::store::ports::{KeyFilter, KeyRotation};
 use crate::store::{ApiKeyRecord, AuditEntry, StateStore};
 
+/// Why an admin operation failed; each kind has a stable name on the socket and
+/// its own CLI exit code ([`AdminError::exit_code`]).
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The request is malformed or names something invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The key (or other object) it names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The object exists but is not in a state that allows the operation.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The change is stored, but the running server could not apply it yet.
+    #[error("stored, but the running server could not apply it: {0}")]
+    Live(String),
+}
+
+impl AdminError {
+    /// The name the admin socket sends for this kind.
+    pub fn kind(&self) -> &'static str {
+        use crate::store::StoreError;
+        match self {
+            AdminError::Invalid(_) => "invalid",
+            AdminError::NotFound(_) => "not_found",
+            AdminError::Conflict(_) => "conflict",
+            AdminError::Store(StoreError::Unavailable(_) | StoreError::Locked(_)) => "unavailable",
+            AdminError::Store(StoreError::Seal(_)) => "passphrase",
+            AdminError::Store(_) => "store",
+            AdminError::Live(_) => "live",
+        }
+    }
+
+    /// Rebuilds the error a server sent as `kind` and `message`.
+    pub fn from_kind(kind: &str, message: String) -> Self {
+        use crate::store::StoreError;
+        match kind {
+            "invalid" => AdminError::Invalid(message),
+            "not_found" => AdminError::NotFound(message),
+            "conflict" => AdminError::Conflict(message),
+            "unavailable" => AdminError::Store(StoreError::Unavailable(message)),
+            "live" => AdminError::Live(message),
+            _ => AdminError::Store(StoreError::Record(message)),
+        }
+    }
+
+    /// The `onetrip` exit code for this failure (listed in `onetrip --help`).
+    pub fn exit_code(&self) -> i32 {
+        match self.kind() {
+            "invalid" => crate::cli::EXIT_USAGE,
+            "not_found" => crate::cli::EXIT_NOT_FOUND,
+            "conflict" => crate::cli::EXIT_CONFLICT,
+            "unavailable" => crate::cli::EXIT_UNAVAILABLE,
+            "passphrase" => crate::cli::EXIT_PASSPHRASE,
+            "store" => crate::cli::EXIT_DAMAGED,
+            _ => crate::cli::EXIT_FAILURE,
+        }
+    }
+}
+
+impl From<String> for AdminError {
+    fn from(message: String) -> Self {
+        AdminError::Invalid(message)
+    }
+}
+
 /// Longest admin request line.
 const MAX_LINE: usize = 64 * 1024;
 /// Most keys in one `keys_list` answer.
@@ -264,19 +333,20 @@ pub async fn execute(
     store: &dyn StateStore,
     live: Option<&dyn Live>,
     req: AdminRequest,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value, AdminError> {
     let now = unix_now();
-    let e = |e: crate::store::StoreError| e.to_string();
     match req {
         AdminRequest::KeysCreate { name, scopes, audiences, require_otp, otp_to } => {
             validate_names("scope", &scopes, 128)?;
             validate_names("audience", &audiences, usize::MAX)?;
             validate_grants(&scopes, &audiences)?;
             if name.is_empty() || name.len() > 128 {
-                return Err("name must be 1 to 128 characters".into());
+                return Err(AdminError::Invalid("name must be 1 to 128 characters".into()));
             }
             if require_otp && otp_to.is_none() {
-                return Err("--require-otp needs --otp-to (an email address, webhook target or `totp`)".into());
+                return Err(AdminError::Invalid(
+                    "--require-otp needs --otp-to (an email address, webhook target or `totp`)".into(),
+                ));
             }
             let key = ApiKey::generate(&mut rand_core::OsRng);
             let verifier = key.verifier(&DefaultBackend::default()).map_err(|e| e.to_string())?;
@@ -298,7 +368,7 @@ pub async fn execute(
                 event: "key.created",
                 detail: serde_json::json!({ "id": key.id().to_string(), "name": record.name }),
             };
-            store.put_api_keys(vec![(key.id(), record.clone())], Some(audit)).await.map_err(e)?;
+            store.put_api_keys(vec![(key.id(), record.clone())], Some(audit)).await?;
             if let Some(live) = live {
                 live.key_changed(key.id(), &record).await;
             }
@@ -310,7 +380,7 @@ pub async fn execute(
             let after = after.as_deref().map(key_id).transpose()?;
             let limit = limit.clamp(1, MAX_KEYS_PAGE);
             let filter = KeyFilter { name, audience, scope, revoked, created_after };
-            let page = store.api_keys_page(after, limit, &filter).await.map_err(e)?;
+            let page = store.api_keys_page(after, limit, &filter).await?;
             // A full page may have a successor; a short one is the last.
             let next_after = (page.len() == limit).then(|| page.last().map(|(id, _)| id.to_string())).flatten();
             let keys: Vec<_> = page.iter().map(|(id, r)| record_json(id, r, now)).collect();
@@ -318,15 +388,15 @@ pub async fn execute(
         }
         AdminRequest::KeysShow { id } => {
             let id = key_id(&id)?;
-            let r = store.get_api_key(id).await.map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
-            let guard = store.get_guard(crate::otp::lockout::step_up_subject(id.as_bytes())).await.map_err(e)?;
+            let r = store.get_api_key(id).await?.ok_or_else(|| AdminError::NotFound(format!("no key {id}")))?;
+            let guard = store.get_guard(crate::otp::lockout::step_up_subject(id.as_bytes())).await?;
             let mut out = record_json(&id, &r, now);
             out["second_factor_lock"] = lock_json(&guard, now);
             Ok(out)
         }
         AdminRequest::KeysUnlock { id } => {
             let id = key_id(&id)?;
-            store.get_api_key(id).await.map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
+            store.get_api_key(id).await?.ok_or_else(|| AdminError::NotFound(format!("no key {id}")))?;
             let unlock = Box::new(move |g: &mut crate::otp::lockout::Guard| {
                 let was = lock_json(g, now);
                 g.unlock();
@@ -336,8 +406,7 @@ pub async fn execute(
                     detail: serde_json::json!({ "key_id": id.to_string(), "before": was, "by": "admin" }),
                 })
             });
-            let guard =
-                store.update_guard(crate::otp::lockout::step_up_subject(id.as_bytes()), unlock).await.map_err(e)?;
+            let guard = store.update_guard(crate::otp::lockout::step_up_subject(id.as_bytes()), unlock).await?;
             Ok(serde_json::json!({ "id": id.to_string(), "second_factor_lock": lock_json(&guard, now) }))
         }
         AdminRequest::KeysRevoke { id } => {
@@ -349,8 +418,8 @@ pub async fn execute(
             });
             let audit =
                 AuditEntry { at: now, event: "key.revoked", detail: serde_json::json!({ "id": id.to_string() }) };
-            store.update_api_keys(vec![id], revoke, Some(audit)).await.map_err(e)?;
-            let r = store.get_api_key(id).await.map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
+            store.update_api_keys(vec![id], revoke, Some(audit)).await?;
+            let r = store.get_api_key(id).await?.ok_or_else(|| AdminError::NotFound(format!("no key {id}")))?;
             if let Some(live) = live {
                 live.key_changed(id, &r).await;
             }
@@ -358,9 +427,12 @@ pub async fn execute(
         }
         AdminRequest::KeysRotate { id, grace_secs } => {
             let old_id = key_id(&id)?;
-            let current = store.get_api_key(old_id).await.map_err(e)?.ok_or_else(|| format!("no key {old_id}"))?;
+            let current =
+                store.get_api_key(old_id).await?.ok_or_else(|| AdminError::NotFound(format!("no key {old_id}")))?;
             if !current.is_active(now) {
-                return Err(format!("key {old_id} is revoked or expired; create a new key instead"));
+                return Err(AdminError::Conflict(format!(
+                    "key {old_id} is revoked or expired; create a new key instead"
+                )));
             }
             let key = ApiKey::generate(&mut rand_core::OsRng);
             let verifier = key.verifier(&DefaultBackend::default()).map_err(|e| e.to_string())?;
@@ -383,7 +455,10 @@ pub async fn execute(
                     detail: serde_json::json!({ "old": old_id.to_string(), "new": key.id().to_string(), "grace_secs": grace_secs }),
                 },
             };
-            let old = store.rotate_api_key(rotation).await.map_err(e)?.ok_or_else(|| format!("no key {old_id}"))?;
+            let old = store
+                .rotate_api_key(rotation)
+                .await?
+                .ok_or_else(|| AdminError::NotFound(format!("no key {old_id}")))?;
             if let Some(live) = live {
                 live.key_changed(old_id, &old).await;
                 live.key_changed(key.id(), &new).await;
@@ -395,21 +470,24 @@ pub async fn execute(
         }
         AdminRequest::KeysTotpEnroll { id, replace } => {
             let id = key_id(&id)?;
-            let r = store.get_api_key(id).await.map_err(e)?.ok_or_else(|| format!("no key {id}"))?;
+            let r = store.get_api_key(id).await?.ok_or_else(|| AdminError::NotFound(format!("no key {id}")))?;
             if r.otp_to.as_deref() != Some("totp") {
-                return Err(format!(
+                return Err(AdminError::Conflict(format!(
                     "key {id} does not use TOTP (its codes go to {}): create a key with --otp-to totp",
                     r.otp_to.as_deref().unwrap_or("nowhere")
-                ));
+                )));
             }
             let account = crate::otp::service::STEP_UP_ACCOUNT;
             let secret =
                 crate::otp::service::enroll_totp(store, *id.as_bytes(), account, replace, now).await.map_err(|e| {
                     match e {
-                        crate::otp::service::OtpError::TotpAlreadyEnrolled(_) => {
-                            format!("key {id} is already enrolled: add --replace to replace its authenticator secret")
+                        crate::otp::service::OtpError::TotpAlreadyEnrolled(_) => AdminError::Conflict(format!(
+                            "key {id} is already enrolled: add --replace to replace its authenticator secret"
+                        )),
+                        crate::otp::service::OtpError::Unavailable(e) => {
+                            AdminError::Store(crate::store::StoreError::Unavailable(e))
                         }
-                        other => other.to_string(),
+                        other => AdminError::Invalid(other.to_string()),
                     }
                 })?;
             let params = crate::otp::totp::TotpParams::default();
@@ -429,21 +507,21 @@ pub async fn execute(
         AdminRequest::ServerKeyRotate { overlap_secs } => {
             let lifetime =
                 live.map_or(crate::store::DEFAULT_SERVER_KEY_LIFETIME_SECS, |l| l.server_key_lifetime_secs());
-            let new_id = store.rotate_server_key(now, now + overlap_secs, lifetime).await.map_err(e)?;
+            let new_id = store.rotate_server_key(now, now + overlap_secs, lifetime).await?;
             if let Some(live) = live {
-                live.server_keys_changed().await?;
+                live.server_keys_changed().await.map_err(AdminError::Live)?;
             }
             let mut out = server_key_json(store, now).await?;
             out["new_key_id"] = serde_json::Value::String(hex::encode(new_id));
             Ok(out)
         }
         AdminRequest::TokenKeyRotate { overlap_secs } => {
-            let new = store.rotate_token_key(now, overlap_secs).await.map_err(e)?;
+            let new = store.rotate_token_key(now, overlap_secs).await?;
             if let Some(live) = live {
-                live.token_keys_changed().await?;
+                live.token_keys_changed().await.map_err(AdminError::Live)?;
             }
             let ids: Vec<String> =
-                store.server_secrets().await.map_err(e)?.token_keys.iter().map(|(id, _)| hex::encode(id)).collect();
+                store.server_secrets().await?.token_keys.iter().map(|(id, _)| hex::encode(id)).collect();
             Ok(serde_json::json!({
                 "new_key_id": hex::encode(new),
                 "key_ids": ids,
@@ -463,30 +541,30 @@ pub async fn execute(
                 event: "token.revoked",
                 detail: serde_json::json!({ "token_id": hex::encode(token), "until": until }),
             };
-            let until = store.revoke_token(token, until, audit).await.map_err(e)?;
+            let until = store.revoke_token(token, until, audit).await?;
             if let Some(live) = live {
-                live.token_revoked(token, until).await?;
+                live.token_revoked(token, until).await.map_err(AdminError::Live)?;
             }
             Ok(serde_json::json!({ "token_id": hex::encode(token), "revoked_until": until }))
         }
         AdminRequest::StoreBackup { path, force } => {
             if !path.is_absolute() {
-                return Err(format!("the backup path {} must be absolute", path.display()));
+                return Err(AdminError::Invalid(format!("the backup path {} must be absolute", path.display())));
             }
             let report = store.backup_to(path.clone(), force).await.map_err(|e| e.to_string())?;
             // A backup is a copy of the identity and the sealed keys: record who has one.
             let detail = serde_json::json!({ "path": path.display().to_string(), "api_keys": report.api_keys });
-            store.record_audit(crate::store::AuditEntry { at: now, event: "store.backup", detail }).await.map_err(e)?;
-            serde_json::to_value(report).map_err(|e| e.to_string())
+            store.record_audit(crate::store::AuditEntry { at: now, event: "store.backup", detail }).await?;
+            serde_json::to_value(report).map_err(|e| AdminError::Invalid(e.to_string()))
         }
-        AdminRequest::Audit { since, limit } => {
-            Ok(serde_json::Value::Array(store.audit_since(since, limit).await.map_err(e)?))
-        }
+        AdminRequest::Audit { since, limit } => Ok(serde_json::Value::Array(store.audit_since(since, limit).await?)),
         AdminRequest::AudienceKey { audience } => {
             validate_names("audience", std::slice::from_ref(&audience), 64)?;
-            let secrets = store.server_secrets().await.map_err(e)?;
+            let secrets = store.server_secrets().await?;
             let mut ring = secrets.token_keys.into_iter();
-            let (id, master) = ring.next().ok_or("no token key")?;
+            let (id, master) = ring
+                .next()
+                .ok_or_else(|| AdminError::Store(crate::store::StoreError::Record("token_keys (empty)".into())))?;
             let mut keyring = onetrip_protocol::TokenKeyring::new(id, master);
             for (id, m) in ring {
                 keyring.push_previous(id, m);
@@ -502,8 +580,8 @@ pub async fn execute(
     }
 }
 
-async fn server_key_json(store: &dyn StateStore, now: u64) -> Result<serde_json::Value, String> {
-    let secrets = store.server_secrets().await.map_err(|e| e.to_string())?;
+async fn server_key_json(store: &dyn StateStore, now: u64) -> Result<serde_json::Value, AdminError> {
+    let secrets = store.server_secrets().await?;
     let identity = IdentityKey::from_seed(&secrets.identity_seed);
     let backend = DefaultBackend::default();
     let keys: Vec<_> = secrets
@@ -581,10 +659,14 @@ async fn handle_admin_connection<S: SharedState>(stream: UnixStream, state: AppS
                 let result = execute(&*state.store, Some(&state), req).await;
                 match result {
                     Ok(data) => serde_json::json!({ "ok": true, "data": data }),
-                    Err(error) => serde_json::json!({ "ok": false, "error": error }),
+                    Err(error) => {
+                        serde_json::json!({ "ok": false, "error": error.to_string(), "kind": error.kind() })
+                    }
                 }
             }
-            Err(e) => serde_json::json!({ "ok": false, "error": format!("invalid admin request: {e}") }),
+            Err(e) => {
+                serde_json::json!({ "ok": false, "error": format!("invalid admin request: {e}"), "kind": "invalid" })
+            }
         };
         write.write_all(format!("{reply}\n").as_bytes()).await?;
     }
@@ -592,7 +674,10 @@ async fn handle_admin_connection<S: SharedState>(stream: UnixStream, state: AppS
 }
 
 /// Sends one request to a running server. `Ok(None)` when no server is listening.
-pub async fn request(socket: &Path, req: &AdminRequest) -> Result<Option<Result<serde_json::Value, String>>, String> {
+pub async fn request(
+    socket: &Path,
+    req: &AdminRequest,
+) -> Result<Option<Result<serde_json::Value, AdminError>>, String> {
     let stream = match UnixStream::connect(socket).await {
         Ok(s) => s,
         Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
@@ -613,6 +698,7 @@ pub async fn request(socket: &Path, req: &AdminRequest) -> Result<Option<Result<
     if v["ok"].as_bool() == Some(true) {
         Ok(Some(Ok(v["data"].clone())))
     } else {
-        Ok(Some(Err(v["error"].as_str().unwrap_or("unknown error").to_owned())))
+        let message = v["error"].as_str().unwrap_or("unknown error").to_owned();
+        Ok(Some(Err(AdminError::from_kind(v["kind"].as_str().unwrap_or(""), message))))
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
-use crate::admin::{self, AdminRequest};
+use crate::admin::{self, AdminError, AdminRequest};
 use crate::config::{default_data_dir, FileConfig, Settings, StoreSetting};
 use crate::seal::SealError;
 use crate::shared::{MemoryShared, SharedState};
@@ -18,11 +18,17 @@ use crate::state::{unix_now, AppState};
 use crate::store::{Store, StoreError};
 
 mod backup;
+mod exit;
+
 pub use backup::StoreCommand;
+pub use exit::{
+    CliError, EXIT_CODES_HELP, EXIT_CONFLICT, EXIT_DAMAGED, EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_PASSPHRASE,
+    EXIT_UNAVAILABLE, EXIT_USAGE,
+};
 
 /// onetrip: one-roundtrip API-key authentication server.
 #[derive(Debug, Parser)]
-#[command(name = "onetrip", version, about, long_about = None)]
+#[command(name = "onetrip", version, about, long_about = None, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
     /// Data directory (store, identity marker, admin socket).
     /// Default: $XDG_DATA_HOME/onetrip, else ~/.local/share/onetrip.
@@ -511,8 +517,8 @@ pub fn main_with(cli: Cli) -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("error: {e}");
-            1
+            eprintln!("error: {}", e.message);
+            e.code
         }
     }
 }
@@ -594,22 +600,25 @@ fn passphrase(cli: &Cli) -> Result<Option<zeroize::Zeroizing<String>>, String> {
 }
 
 /// Opens (or creates) the configured store behind its ports.
-async fn open_backend(cli: &Cli, settings: &Settings) -> Result<(crate::store::Backend, bool), String> {
+async fn open_backend(cli: &Cli, settings: &Settings) -> Result<(crate::store::Backend, bool), CliError> {
     match &settings.store {
         StoreSetting::Embedded => {
             let (store, created) = open_store(cli, &settings.data_dir)?;
             Ok((store.into_backend(), created))
         }
-        StoreSetting::Postgres(_) => Err(format!(
-            "store {}: this build has no PostgreSQL backend yet; use the embedded store (`--store redb`)",
-            settings.store.shown()
-        )),
+        StoreSetting::Postgres(_) => Err(CliError {
+            code: EXIT_USAGE,
+            message: format!(
+                "store {}: this build has no PostgreSQL backend yet; use the embedded store (`--store redb`)",
+                settings.store.shown()
+            ),
+        }),
     }
 }
 
 /// Opens (or creates) the store, prompting for the passphrase on a terminal if the
 /// store is sealed and none was configured.
-fn open_store(cli: &Cli, data_dir: &Path) -> Result<(Store, bool), String> {
+fn open_store(cli: &Cli, data_dir: &Path) -> Result<(Store, bool), CliError> {
     let pass = passphrase(cli)?;
     match Store::open_or_init(data_dir, pass.as_deref().map(String::as_str), unix_now()) {
         Err(StoreError::Seal(SealError::PassphraseRequired)) if pass.is_none() && std::io::stdin().is_terminal() => {
@@ -617,13 +626,13 @@ fn open_store(cli: &Cli, data_dir: &Path) -> Result<(Store, bool), String> {
                 rpassword::prompt_password("onetrip store passphrase: ")
                     .map_err(|e| format!("cannot read passphrase: {e}"))?,
             );
-            Store::open_or_init(data_dir, Some(&typed), unix_now()).map_err(|e| e.to_string())
+            Ok(Store::open_or_init(data_dir, Some(&typed), unix_now())?)
         }
-        other => other.map_err(|e| e.to_string()),
+        other => Ok(other?),
     }
 }
 
-async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), String> {
+async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     let settings = settings(cli, Some(args))?;
     init_tracing(&settings.log);
     let (store, created) = open_backend(cli, &settings).await?;
@@ -771,32 +780,40 @@ enum AdminTarget {
 }
 
 impl AdminTarget {
-    async fn call(&self, req: AdminRequest) -> Result<serde_json::Value, String> {
+    async fn call(&self, req: AdminRequest) -> Result<serde_json::Value, CliError> {
         match self {
             AdminTarget::Socket(socket) => admin::request(socket, &req)
                 .await?
-                .unwrap_or_else(|| Err("the server stopped while the command ran: run it again".to_owned())),
-            AdminTarget::Direct(store) => admin::execute(&**store, None, req).await,
+                .unwrap_or_else(|| {
+                    Err(AdminError::Store(StoreError::Unavailable(
+                        "the server stopped while the command ran: run it again".to_owned(),
+                    )))
+                })
+                .map_err(CliError::from),
+            AdminTarget::Direct(store) => Ok(admin::execute(&**store, None, req).await?),
         }
     }
 }
 
 /// Runs an admin request through the running server, or against the store directly.
-async fn admin_call(cli: &Cli, req: AdminRequest) -> Result<serde_json::Value, String> {
+async fn admin_call(cli: &Cli, req: AdminRequest) -> Result<serde_json::Value, CliError> {
     admin_target(cli).await?.call(req).await
 }
 
 /// Finds the running server's socket, or opens the store when no server runs.
-async fn admin_target(cli: &Cli) -> Result<AdminTarget, String> {
+async fn admin_target(cli: &Cli) -> Result<AdminTarget, CliError> {
     let settings = settings(cli, None)?;
     if admin::request(&settings.admin_socket, &AdminRequest::Ping).await?.is_some() {
         return Ok(AdminTarget::Socket(settings.admin_socket));
     }
     if !settings.data_dir.join(crate::store::STORE_FILE).exists() {
-        return Err(format!(
-            "no onetrip store in {} and no server running: start `onetrip serve` first (or pass --data-dir)",
-            settings.data_dir.display()
-        ));
+        return Err(CliError {
+            code: EXIT_NOT_FOUND,
+            message: format!(
+                "no onetrip store in {} and no server running: start `onetrip serve` first (or pass --data-dir)",
+                settings.data_dir.display()
+            ),
+        });
     }
     let cli_data_dir = settings.data_dir.clone();
     let (store, _) = match open_store(cli, &cli_data_dir) {
@@ -838,7 +855,7 @@ fn key_line(v: &serde_json::Value) -> String {
     )
 }
 
-async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<(), String> {
+async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<(), CliError> {
     let (req, json) = match cmd {
         KeysCommand::Create { name, scopes, audiences, require_otp, otp_to, json } => (
             AdminRequest::KeysCreate {
@@ -924,7 +941,7 @@ async fn list_keys(
     mut after: Option<String>,
     filter: ListFilter,
     json: bool,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     use std::io::Write;
     let target = admin_target(cli).await?;
     let mut left = limit.unwrap_or(usize::MAX);
@@ -964,10 +981,10 @@ async fn list_keys(
     if json {
         writeln!(out, "{}]", if first { "" } else { "\n" }).map_err(io)?;
     }
-    out.flush().map_err(io)
+    Ok(out.flush().map_err(io)?)
 }
 
-async fn token(args: &TokenArgs) -> Result<(), String> {
+async fn token(args: &TokenArgs) -> Result<(), CliError> {
     use onetrip_client::{Client, Error};
     let api_key = match &args.api_key_file {
         Some(p) => std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?,
@@ -979,7 +996,9 @@ async fn token(args: &TokenArgs) -> Result<(), String> {
     builder = match (&args.pin, &args.trust_file) {
         (Some(pin), _) => builder.pin(pin.parse().map_err(|e| format!("--pin: {e}"))?),
         (None, Some(file)) => builder.trust_on_first_use(file),
-        (None, None) => return Err("pass --pin <fingerprint> (see `onetrip server-key show`) or --trust-file".into()),
+        (None, None) => {
+            return Err(String::from("pass --pin <fingerprint> (see `onetrip server-key show`) or --trust-file").into())
+        }
     };
     if let Some(a) = &args.audience {
         builder = builder.audience(a);
@@ -1012,7 +1031,7 @@ async fn token(args: &TokenArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn server_key(cli: &Cli, cmd: &ServerKeyCommand) -> Result<(), String> {
+async fn server_key(cli: &Cli, cmd: &ServerKeyCommand) -> Result<(), CliError> {
     let (req, json) = match cmd {
         ServerKeyCommand::Show { json } => (AdminRequest::ServerKeyShow, *json),
         ServerKeyCommand::Rotate { overlap_secs, json } => {

@@ -105,7 +105,8 @@ async fn pages_are_bounded_cover_every_key_once_in_order_and_filter_on_the_serve
 
     // A cursor that is not a key id is a clear error, not an empty page.
     let bad = execute(&*backend, None, list(Some("not-an-id".into()), 10)).await.unwrap_err();
-    assert!(bad.contains("not a key id"), "{bad}");
+    assert!(matches!(bad, onetrip_server::admin::AdminError::Invalid(_)), "{bad:?}");
+    assert!(bad.to_string().contains("not a key id"), "{bad}");
 }
 
 #[test]
@@ -135,4 +136,25 @@ fn the_cli_streams_a_valid_listing_and_honours_limit_and_filters() {
     let out = server.cli(&["keys", "list", "--name", "gamma"]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}
+
+#[test]
+fn cli_failures_have_their_own_exit_codes() {
+    let server = common::Server::start(&[]);
+    let code = |args: &[&str]| server.cli(args).status.code();
+    // Not found: a well-formed id of no key, through the running server.
+    assert_eq!(code(&["keys", "show", "00000000000000000000000000000000"]), Some(5));
+    // Invalid: not a key id at all.
+    assert_eq!(code(&["keys", "revoke", "nope"]), Some(2));
+    // Conflict: rotating a revoked key.
+    let (_, id) = server.create_key(&["--name", "gone"]);
+    assert_eq!(code(&["keys", "revoke", &id]), Some(0));
+    assert_eq!(code(&["keys", "rotate", &id]), Some(7));
+    // The codes are documented where users look.
+    let help =
+        String::from_utf8(std::process::Command::new(common::BIN).arg("--help").output().unwrap().stdout).unwrap();
+    assert!(help.contains("5 not found") && help.contains("6 store or server unreachable"), "{help}");
+    // Not found without a server: no store in an empty directory.
+    let empty = tempfile::tempdir().unwrap();
+    assert_eq!(common::cli(empty.path(), &["keys", "list"]).status.code(), Some(5));
 }

@@ -15,9 +15,9 @@ use crate::seal::SealError;
 use crate::store::backup::{verify_backup, BackupError, BackupSummary};
 
 /// `verify`: the file is damaged, truncated, or not an onetrip store.
-pub const EXIT_INVALID: i32 = 3;
+pub const EXIT_INVALID: i32 = super::EXIT_DAMAGED;
 /// `verify`: the backup is sealed and the passphrase is missing or wrong.
-pub const EXIT_PASSPHRASE: i32 = 4;
+pub const EXIT_PASSPHRASE: i32 = super::EXIT_PASSPHRASE;
 
 /// `onetrip store …`
 #[derive(Debug, Subcommand)]
@@ -66,7 +66,7 @@ pub async fn run(cli: &Cli, cmd: &StoreCommand) -> i32 {
 async fn backup(cli: &Cli, file: &std::path::Path, force: bool, json: bool) -> Result<(), (i32, String)> {
     // The server resolves paths from its own working directory: send an absolute one.
     let path = std::path::absolute(file).map_err(|e| (1, format!("{}: {e}", file.display())))?;
-    let v = admin_call(cli, AdminRequest::StoreBackup { path, force }).await.map_err(|e| (1, e))?;
+    let v = admin_call(cli, AdminRequest::StoreBackup { path, force }).await.map_err(|e| (e.code, e.message))?;
     let summary: BackupSummary = serde_json::from_value(v.clone()).map_err(|e| (1, e.to_string()))?;
     print_value(&v, json, |_| format!("backup written: {}", describe(&summary)));
     Ok(())
