@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use crate::admin::{self, AdminError, AdminRequest};
 use crate::config::{default_data_dir, FileConfig, Settings, StoreSetting};
 use crate::seal::SealError;
-use crate::shared::{MemoryShared, SharedState};
+use crate::shared::MemoryShared;
 use crate::state::{unix_now, AppState};
 use crate::store::{Store, StoreError};
 
@@ -719,7 +719,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
 
 /// Once a second: expire replay ids and rate windows; every ten seconds, persist
 /// `last_used_at`. (Handshake keys have their own task, [`crate::key_lifecycle`].)
-async fn maintenance<S: SharedState>(state: AppState<S>) {
+async fn maintenance(state: AppState<MemoryShared>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut ticks: u64 = 0;
     loop {

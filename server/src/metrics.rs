@@ -60,7 +60,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition.
-    pub fn render(&self, api_keys: usize, replay_entries: usize, cached_static_statics: usize) -> String {
+    pub fn render(&self, api_keys: usize, replay_entries: Option<usize>, cached_static_statics: usize) -> String {
         let mut out = String::with_capacity(4096);
         let _ = writeln!(out, "# HELP onetrip_handshakes_total Handshake answers by status.");
         let _ = writeln!(out, "# TYPE onetrip_handshakes_total counter");
@@ -94,7 +94,6 @@ impl Metrics {
         let _ = writeln!(out, "onetrip_handshake_seconds_count {total}");
         let gauges = [
             ("onetrip_api_keys", "API keys in the store.", api_keys as i64),
-            ("onetrip_replay_cache_entries", "Request ids held by the replay cache.", replay_entries as i64),
             (
                 "onetrip_static_static_cached",
                 "Precomputed static-static DH values (API keys x handshake keys).",
@@ -107,7 +106,9 @@ impl Metrics {
                 self.connections_peak.load(Ordering::Relaxed),
             ),
         ];
-        for (name, help, value) in gauges {
+        let replay = replay_entries
+            .map(|n| ("onetrip_replay_cache_entries", "Request ids held by this process's replay cache.", n as i64));
+        for (name, help, value) in gauges.into_iter().chain(replay) {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         }
         let counters = [

@@ -55,11 +55,11 @@ pub trait SharedState: Send + Sync + 'static {
     /// True when the token id was revoked.
     fn is_token_revoked(&self, token_id: [u8; 16], now: u64) -> impl Future<Output = Result<bool, SharedError>> + Send;
 
-    /// Entries in the replay cache (for metrics).
-    fn replay_entries(&self) -> usize;
-
-    /// Drops expired entries.
-    fn sweep(&self, now: u64);
+    /// Backend hook for `/metrics`: the ids this process's own replay cache holds,
+    /// when the backend keeps one here (a shared server's sizes are not this process's).
+    fn local_replay_entries(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Single-node shared state in memory (dashmap), bounded in size.
@@ -146,11 +146,21 @@ impl SharedState for MemoryShared {
         Ok(self.revoked.get(&token_id).is_some_and(|until| *until >= now))
     }
 
-    fn replay_entries(&self) -> usize {
+    fn local_replay_entries(&self) -> Option<usize> {
+        Some(self.replay_entries())
+    }
+}
+
+/// In-memory details, not part of [`SharedState`]: a backend that expires entries on
+/// its own (Redis) has nothing to sweep, and its sizes are not this process's.
+impl MemoryShared {
+    /// Entries in the replay cache (for metrics).
+    pub fn replay_entries(&self) -> usize {
         self.replay.len()
     }
 
-    fn sweep(&self, now: u64) {
+    /// Drops expired entries (the serve loop calls it once a second).
+    pub fn sweep(&self, now: u64) {
         if self.last_sweep.swap(now, Ordering::Relaxed) == now {
             return;
         }

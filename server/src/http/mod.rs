@@ -190,7 +190,7 @@ pub(crate) fn metrics_allowed(settings: &crate::config::Settings, peer: IpAddr, 
 
 fn metrics<S: SharedState>(state: &AppState<S>) -> Response<Body> {
     let text =
-        state.metrics.render(state.keys.len(), state.shared.replay_entries(), state.keys.cached_static_statics());
+        state.metrics.render(state.keys.len(), state.shared.local_replay_entries(), state.keys.cached_static_statics());
     let mut resp = Response::new(Body::new(Bytes::from(text)));
     resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
     resp
