@@ -685,9 +685,10 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         })
     };
     let maintenance = tokio::spawn(maintenance(state.clone()));
+    let clock = Arc::clone(&state.clock);
     let key_lifecycle = tokio::spawn(crate::key_lifecycle::run(
         state.clone(),
-        std::sync::Arc::new(unix_now),
+        Arc::new(move || clock.now()),
         std::time::Duration::from_secs(1),
     ));
     let retention = tokio::spawn(crate::retention::run(state.clone()));
@@ -725,7 +726,7 @@ async fn maintenance(state: AppState<MemoryShared>) {
     loop {
         tick.tick().await;
         ticks += 1;
-        let now = unix_now();
+        let now = state.now();
         state.shared.sweep(now);
         state.probe_store(std::time::Duration::from_secs(2)).await;
         if ticks % 10 == 0 {

@@ -161,7 +161,7 @@ pub async fn accept_proof<S: SharedState>(
 pub async fn restore<S: SharedState>(state: &AppState<S>) -> Result<usize, ReplayGuardError> {
     let ids =
         state.store.replay_ids_after(state.started_at).await.map_err(|e| ReplayGuardError::Store(e.to_string()))?;
-    let (now, window) = (unix_now(), state.settings.clock_window_secs);
+    let (now, window) = (state.now(), state.settings.clock_window_secs);
     for (stamp, id) in &ids {
         let expires_at = stamp.saturating_add(window);
         match state.shared.remember_once(*id, now, expires_at).await {

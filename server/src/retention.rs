@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::shared::SharedState;
-use crate::state::{unix_now, AppState};
+use crate::state::AppState;
 use crate::store::{StateStore, StoreError};
 
 /// Rows deleted per transaction.
@@ -61,7 +61,7 @@ pub async fn run<S: SharedState>(state: AppState<S>) {
     let mut tick = tokio::time::interval(PERIOD);
     loop {
         tick.tick().await;
-        match sweep(&*state.store, unix_now(), state.settings.audit_retention_days, BATCH).await {
+        match sweep(&*state.store, state.now(), state.settings.audit_retention_days, BATCH).await {
             Ok(swept) if swept != Swept::default() => {
                 tracing::info!(
                     audit = swept.audit,

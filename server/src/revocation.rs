@@ -5,7 +5,7 @@
 //! server verifying tokens in-process with its audience key can poll them cheaply.
 
 use crate::shared::{SharedError, SharedState};
-use crate::state::{unix_now, AppState};
+use crate::state::AppState;
 use crate::store::StoreError;
 
 /// Why the revocations could not be loaded.
@@ -21,7 +21,7 @@ pub enum RevocationError {
 
 /// Loads every revocation still in force into the shared state; returns how many.
 pub async fn restore<S: SharedState>(state: &AppState<S>) -> Result<usize, RevocationError> {
-    let revoked = state.store.revoked_tokens(unix_now()).await?;
+    let revoked = state.store.revoked_tokens(state.now()).await?;
     for (id, until) in &revoked {
         state.shared.revoke_token(*id, *until).await?;
     }

@@ -27,6 +27,46 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// Where the server reads the time. Everything a request decides by the clock
+/// (token expiry, OTP expiry and cooldowns, rate windows) asks [`AppState::now`], so a
+/// test can move time instead of sleeping through it.
+pub trait Clock: Send + Sync + 'static {
+    /// Unix seconds now.
+    fn now(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> u64 {
+        unix_now()
+    }
+}
+
+/// A clock that moves only when told to (tests).
+#[derive(Debug, Default)]
+pub struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    /// A clock standing at `at`.
+    pub fn at(at: u64) -> Self {
+        Self(at.into())
+    }
+
+    /// Moves the clock `secs` forward.
+    pub fn advance(&self, secs: u64) {
+        self.0.fetch_add(secs, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// The server's handshake keys and the document that lists them.
 pub struct Handshake {
     /// The protocol responder.
@@ -42,6 +82,8 @@ pub struct Handshake {
 pub struct Inner<S> {
     /// Resolved settings.
     pub settings: Settings,
+    /// The time source ([`SystemClock`] when serving).
+    pub clock: Arc<dyn Clock>,
     /// Durable state, through its ports (the embedded store or PostgreSQL).
     pub store: Backend,
     /// Responder + document, replaced on rotation.
@@ -110,6 +152,13 @@ impl<S> Clone for AppState<S> {
     }
 }
 
+impl<S> AppState<S> {
+    /// Unix seconds now, by the state's clock.
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+}
+
 impl<S> std::ops::Deref for AppState<S> {
     type Target = Inner<S>;
     fn deref(&self) -> &Inner<S> {
@@ -137,7 +186,17 @@ pub enum TokenCheckError {
 impl<S: SharedState> AppState<S> {
     /// Builds the state from an open store, reading every key into memory.
     pub async fn new(settings: Settings, store: Backend, shared: S) -> Result<Self, StoreError> {
-        let now = unix_now();
+        Self::with_clock(settings, store, shared, Arc::new(SystemClock)).await
+    }
+
+    /// [`AppState::new`] on `clock`.
+    pub async fn with_clock(
+        settings: Settings,
+        store: Backend,
+        shared: S,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StoreError> {
+        let now = clock.now();
         let delivery = crate::otp::delivery::Deliverer::new(delivery_config(&settings))
             .map_err(|e| StoreError::Config(format!("OTP delivery: {e}")))?;
         // A server that was down past its key's end, or a store from before keys had
@@ -158,6 +217,7 @@ impl<S: SharedState> AppState<S> {
         }
         let state = Self(Arc::new(Inner {
             settings,
+            clock,
             store,
             handshake: ArcSwap::from_pointee(handshake),
             keys,
@@ -215,7 +275,7 @@ impl<S: SharedState> AppState<S> {
     /// Re-reads handshake keys from the store (after rotation), re-signs the document
     /// and precomputes the new key's static-static values.
     pub async fn reload_handshake_keys(&self) -> Result<(), StoreError> {
-        self.reload_handshake_keys_at(unix_now()).await
+        self.reload_handshake_keys_at(self.now()).await
     }
 
     /// [`Self::reload_handshake_keys`] at `now`.
@@ -243,7 +303,7 @@ impl<S: SharedState> AppState<S> {
 
     /// Precomputes static-static values for every key (blocking; see [`KeyDirectory::warm`]).
     pub fn warm_keys(&self) -> usize {
-        self.keys.warm(&self.handshake.load().responder, unix_now())
+        self.keys.warm(&self.handshake.load().responder, self.now())
     }
 
     /// The handshake key lifecycle at `now` (the `serve` loop runs it every second):

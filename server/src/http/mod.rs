@@ -32,7 +32,7 @@ use tokens::{introspect, revocations, whoami};
 
 use crate::problem::{json, octets, problem, rate_limited, Body};
 use crate::shared::{RateDecision, SharedState};
-use crate::state::{unix_now, AppState};
+use crate::state::AppState;
 
 /// The routes [`route`] serves besides `/v1/otp/*` ([`crate::otp::api::ROUTES`]), as
 /// (method, OpenAPI path); a test checks them against `openapi.yaml` and the router.
@@ -106,12 +106,12 @@ pub async fn route<S: SharedState>(
 /// `/v1/openapi.json`): cheap answers, but no route is open to an unbounded rate from
 /// one address. `/healthz` stays unlimited for load balancers' checks.
 fn over_public_limit<S>(state: &AppState<S>, conn: ConnInfo) -> bool {
-    let decision = state.public_ip_limiter.check(conn.peer, state.settings.auth_rate_per_ip, unix_now());
+    let decision = state.public_ip_limiter.check(conn.peer, state.settings.auth_rate_per_ip, state.now());
     matches!(decision, RateDecision::Limited { .. })
 }
 
 async fn auth<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-    let now = unix_now();
+    let now = state.now();
     if let RateDecision::Limited { retry_after } =
         state.ip_limiter.check(conn.peer, state.settings.auth_rate_per_ip, now)
     {

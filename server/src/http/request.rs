@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 
 use crate::problem::{problem, rate_limited, Body};
 use crate::shared::RateDecision;
-use crate::state::{unix_now, AppState};
+use crate::state::AppState;
 
 /// Largest JSON body accepted.
 pub(crate) const MAX_JSON_BODY: usize = 16 * 1024;
@@ -29,7 +29,7 @@ pub struct ConnInfo {
 /// an address over its budget of failed authentications ([`super::token_auth::authenticate`]
 /// counts them) gets no AEAD open, store or shared-state work.
 pub(crate) fn failed_auth_guard<S>(state: &AppState<S>, conn: ConnInfo) -> Option<Response<Body>> {
-    match state.otp_ip_limiter.check(conn.peer, state.settings.otp.api_rate_per_ip, unix_now()) {
+    match state.otp_ip_limiter.check(conn.peer, state.settings.otp.api_rate_per_ip, state.now()) {
         RateDecision::Allowed => None,
         RateDecision::Limited { retry_after } => {
             Some(rate_limited(retry_after, "too many failed authentications from this address"))

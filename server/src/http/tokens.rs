@@ -13,7 +13,7 @@ use super::request::{read_body, ConnInfo, MAX_JSON_BODY};
 use super::token_auth::{authenticate, authenticate_resource_server};
 use crate::problem::{json, problem, Body};
 use crate::shared::SharedState;
-use crate::state::{unix_now, AppState, TokenCheckError};
+use crate::state::{AppState, TokenCheckError};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,7 +40,7 @@ pub(super) async fn introspect<S: SharedState>(
         Ok(b) => b,
         Err(resp) => return resp,
     };
-    let now = unix_now();
+    let now = state.now();
     let caller = match authenticate_resource_server(state, &parts, &body, conn, now).await {
         Ok(c) => c,
         Err(resp) => return resp,
@@ -96,7 +96,7 @@ pub(super) async fn revocations<S: SharedState>(
     conn: ConnInfo,
 ) -> Response<Body> {
     let (parts, _) = req.into_parts();
-    let now = unix_now();
+    let now = state.now();
     let caller = match authenticate_resource_server(state, &parts, b"", conn, now).await {
         Ok(c) => c,
         Err(resp) => return resp,
@@ -152,7 +152,7 @@ pub(super) async fn whoami<S: SharedState>(
 ) -> Response<Body> {
     let (parts, _) = req.into_parts();
     let pop_verified = parts.headers.contains_key(POP_HEADER);
-    match authenticate(state, &parts, b"", conn, unix_now()).await {
+    match authenticate(state, &parts, b"", conn, state.now()).await {
         Ok(c) => json(StatusCode::OK, &claims_json(&c, pop_verified)),
         Err(resp) => resp,
     }

@@ -15,7 +15,7 @@ use crate::otp::service::{self, NewVerification, OtpError};
 use crate::otp::{CheckOutcome, Policy, Purpose, Status, Verification};
 use crate::problem::{bad_json, json, problem, Body};
 use crate::shared::{RateDecision, SharedState};
-use crate::state::{unix_now, AppState};
+use crate::state::AppState;
 
 /// Scope a token needs for `/v1/otp/*`.
 pub const OTP_SCOPE: &str = "otp";
@@ -100,7 +100,7 @@ pub fn handles(path: &str) -> bool {
 
 /// Serves one `/v1/otp/*` request.
 pub async fn route<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-    let now = unix_now();
+    let now = state.now();
     // Before the token is even parsed: an address that keeps failing authentication
     // gets no more token work. Authenticated calls are limited per key below instead,
     // so one backend address can carry a whole tenant.

@@ -543,12 +543,12 @@ fn deliver_in_background<S: SharedState>(
             to: &v.to,
             code: &code,
             expires_at: v.expires_at,
-            ttl_secs: v.expires_at.saturating_sub(crate::state::unix_now()),
+            ttl_secs: v.expires_at.saturating_sub(state.now()),
             locale: v.locale.as_deref(),
             purpose,
         };
         let result = state.delivery.deliver(channel, &message).await;
-        let now = crate::state::unix_now();
+        let now = state.now();
         let vid = v.id;
         let failed = result.is_err();
         let outcome = match &result {
