@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use onetrip_protocol::api_key::KeyId;
 use onetrip_protocol::Secret;
-use rand_core::{OsRng, RngCore};
+use rand_core::OsRng;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +16,11 @@ use crate::seal::{SealError, SealParams, Sealer};
 
 mod audit_retention;
 pub mod backup;
+#[cfg(test)]
+mod conformance;
+mod genesis;
 pub mod ports;
+pub mod postgres;
 mod redb_backend;
 mod replay_ids;
 mod revocations;
@@ -297,38 +301,18 @@ impl Store {
     }
 
     fn initialise(&self, params: &SealParams, now: u64) -> Result<(), StoreError> {
-        let mut rng = OsRng;
-        let identity = Secret::<32>::random(&mut rng);
-        let dummy = Secret::<32>::random(&mut rng);
-        let token_master = Secret::<32>::random(&mut rng);
-        let mut token_id = [0u8; 4];
-        rng.fill_bytes(&mut token_id);
-        // The first handshake key gets the default lifetime; `maintain_server_keys`
-        // (run at every start) fits it to the configured policy.
-        let (server_key_id, server_key) = self.new_key_record(now, now + DEFAULT_SERVER_KEY_LIFETIME_SECS);
+        let genesis = genesis::genesis(&self.sealer, params, now)?;
         let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
         {
             let mut meta = w.open_table(META).map_err(|e| damaged(&self.path, e))?;
-            let put = |t: &mut redb::Table<&str, &[u8]>, k: &str, v: &[u8]| t.insert(k, v).map(|_| ());
-            put(&mut meta, "format", FORMAT).map_err(|e| damaged(&self.path, e))?;
-            let params = serde_json::to_vec(params).map_err(|_| StoreError::Record("seal".into()))?;
-            put(&mut meta, "seal", &params).map_err(|e| damaged(&self.path, e))?;
-            put(&mut meta, "identity", &self.sealer.seal("identity", identity.expose()))
-                .map_err(|e| damaged(&self.path, e))?;
-            put(&mut meta, "dummy_secret", &self.sealer.seal("dummy_secret", dummy.expose()))
-                .map_err(|e| damaged(&self.path, e))?;
-            let tokens = vec![TokenKeyRecord {
-                id: hex::encode(token_id),
-                master: hex::encode(self.sealer.seal(&token_key_slot(&token_id), token_master.expose())),
-                created_at: now,
-                retire_at: None,
-            }];
-            let tokens = serde_json::to_vec(&tokens).map_err(|_| StoreError::Record("token_keys".into()))?;
-            put(&mut meta, "token_keys", &tokens).map_err(|e| damaged(&self.path, e))?;
+            for (name, value) in &genesis.meta {
+                meta.insert(*name, &value[..]).map_err(|e| damaged(&self.path, e))?;
+            }
             w.open_table(API_KEYS).map_err(|e| damaged(&self.path, e))?;
             w.open_table(AUDIT).map_err(|e| damaged(&self.path, e))?;
             let mut sk = w.open_table(SERVER_KEYS).map_err(|e| damaged(&self.path, e))?;
-            let record = serde_json::to_vec(&server_key).map_err(|_| StoreError::Record("server key".into()))?;
+            let (server_key_id, server_key) = &genesis.server_key;
+            let record = serde_json::to_vec(server_key).map_err(|_| StoreError::Record("server key".into()))?;
             sk.insert(&server_key_id[..], &record[..]).map_err(|e| damaged(&self.path, e))?;
         }
         w.commit().map_err(|e| damaged(&self.path, e))?;

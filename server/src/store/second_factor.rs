@@ -288,6 +288,6 @@ fn totp_key(owner: &[u8; 16], account: &str) -> Vec<u8> {
     k
 }
 
-fn totp_slot(owner: &[u8; 16], account: &str) -> String {
+pub(crate) fn totp_slot(owner: &[u8; 16], account: &str) -> String {
     format!("totp:{}:{account}", hex::encode(owner))
 }

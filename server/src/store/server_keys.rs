@@ -6,8 +6,6 @@
 //! clock; [`Store::maintain_server_keys`] applies a plan in one durable transaction
 //! together with its audit entries.
 
-use onetrip_protocol::Secret;
-use rand_core::{OsRng, RngCore};
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::{append_audit, damaged, AuditEntry, ServerKeyRecord, Store, StoreError, SERVER_KEYS};
@@ -190,11 +188,7 @@ impl Store {
 
     /// A fresh random key id and sealed private key with the given validity.
     pub(super) fn new_key_record(&self, not_before: u64, not_after: u64) -> ([u8; 8], ServerKeyRecord) {
-        let mut id = [0u8; 8];
-        OsRng.fill_bytes(&mut id);
-        let private = Secret::<32>::random(&mut OsRng);
-        let sealed = hex::encode(self.sealer.seal(&super::server_key_slot(&id), private.expose()));
-        (id, ServerKeyRecord { private: sealed, not_before, not_after })
+        super::genesis::new_server_key(&self.sealer, not_before, not_after)
     }
 }
 
@@ -285,7 +279,7 @@ mod tests {
     fn keys_sealed_before_slots_named_the_id_still_open() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open_or_init(dir.path(), Some("correct horse"), 1_000).unwrap();
-        let private = Secret::new([7; 32]);
+        let private = onetrip_protocol::Secret::new([7; 32]);
         let legacy = ServerKeyRecord {
             private: hex::encode(store.sealer.seal("server_key", private.expose())),
             not_before: 1_000,

@@ -3,9 +3,11 @@
 //! circulation stops working), then they are deleted from the store. Resource servers
 //! take the new audience key from `onetrip audience-key` during the overlap.
 
-use rand_core::{OsRng, RngCore};
 use redb::ReadableTable;
 
+use super::genesis::{
+    decode_token_records, drop_retired_token_records, encode_token_records, rotate_token_records, token_rotation_event,
+};
 use super::{append_audit, damaged, AuditEntry, Store, StoreError, TokenKeyRecord, META};
 
 fn read_records(
@@ -14,7 +16,7 @@ fn read_records(
 ) -> Result<Vec<TokenKeyRecord>, StoreError> {
     let bytes =
         meta.get("token_keys").map_err(|e| damaged(path, e))?.ok_or_else(|| StoreError::Record("token_keys".into()))?;
-    serde_json::from_slice(bytes.value()).map_err(|_| StoreError::Record("token_keys".into()))
+    decode_token_records(bytes.value())
 }
 
 impl Store {
@@ -22,42 +24,15 @@ impl Store {
     /// `now + overlap_secs` (never later than it already would); keys whose time has
     /// come go now. One transaction, with its audit event; returns the new key id.
     pub fn rotate_token_key(&self, now: u64, overlap_secs: u64) -> Result<[u8; 4], StoreError> {
-        let mut master = zeroize::Zeroizing::new([0u8; 32]);
-        OsRng.fill_bytes(master.as_mut());
         let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
         let (id, retired) = {
             let mut meta = w.open_table(META).map_err(|e| damaged(&self.path, e))?;
             let mut records = read_records(&meta, &self.path)?;
-            let mut id = [0u8; 4];
-            while id == [0; 4] || records.iter().any(|r| r.id == hex::encode(id)) {
-                OsRng.fill_bytes(&mut id);
-            }
-            let retire_at = now.saturating_add(overlap_secs);
-            for r in &mut records {
-                r.retire_at = Some(r.retire_at.map_or(retire_at, |t| t.min(retire_at)));
-            }
-            let before = records.len();
-            records.retain(|r| r.retire_at.is_none_or(|t| t > now));
-            let retired = before - records.len();
-            records.insert(
-                0,
-                TokenKeyRecord {
-                    id: hex::encode(id),
-                    master: hex::encode(self.sealer.seal(&super::token_key_slot(&id), &master[..])),
-                    created_at: now,
-                    retire_at: None,
-                },
-            );
-            let bytes = serde_json::to_vec(&records).map_err(|_| StoreError::Record("token_keys".into()))?;
-            meta.insert("token_keys", &bytes[..]).map_err(|e| damaged(&self.path, e))?;
-            (id, retired)
+            let rotated = rotate_token_records(&self.sealer, &mut records, now, overlap_secs);
+            meta.insert("token_keys", &encode_token_records(&records)?[..]).map_err(|e| damaged(&self.path, e))?;
+            rotated
         };
-        let audit = AuditEntry {
-            at: now,
-            event: "token_key.rotated",
-            detail: serde_json::json!({ "new": hex::encode(id), "overlap_secs": overlap_secs, "retired_now": retired }),
-        };
-        append_audit(&w, &self.path, &audit)?;
+        append_audit(&w, &self.path, &token_rotation_event(&id, now, overlap_secs, retired))?;
         w.commit().map_err(|e| damaged(&self.path, e))?;
         Ok(id)
     }
@@ -77,11 +52,9 @@ impl Store {
         let dropped = {
             let mut meta = w.open_table(META).map_err(|e| damaged(&self.path, e))?;
             let mut records = read_records(&meta, &self.path)?;
-            let before = records.len();
-            records.retain(|r| r.retire_at.is_none_or(|t| t > now));
-            let bytes = serde_json::to_vec(&records).map_err(|_| StoreError::Record("token_keys".into()))?;
-            meta.insert("token_keys", &bytes[..]).map_err(|e| damaged(&self.path, e))?;
-            before - records.len()
+            let dropped = drop_retired_token_records(&mut records, now);
+            meta.insert("token_keys", &encode_token_records(&records)?[..]).map_err(|e| damaged(&self.path, e))?;
+            dropped
         };
         let audit = AuditEntry { at: now, event: "token_key.retired", detail: serde_json::json!({ "count": dropped }) };
         append_audit(&w, &self.path, &audit)?;

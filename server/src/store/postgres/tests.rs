@@ -1,0 +1,140 @@
+//! What only the PostgreSQL backend does: survive lost connections, refuse a
+//! server that is not there with a typed error, and carry the change feed. Against
+//! the server named by `ONETRIP_TEST_POSTGRES_URL`, each test in a database of its
+//! own (see `store::conformance`).
+
+use std::time::Duration;
+
+use onetrip_protocol::api_key::KeyId;
+use tokio::sync::mpsc;
+
+use super::{Change, PgBackend};
+use crate::store::conformance::{PgHarness, T0};
+use crate::store::ports::{KeyRepo, KeyRotation, SecretRepo, TokenStateRepo};
+use crate::store::{ApiKeyRecord, AuditEntry, StoreError};
+
+/// Generous: the machine is shared and noisy; the feed normally takes milliseconds.
+const WAIT: Duration = Duration::from_secs(5);
+
+fn record(name: &str) -> ApiKeyRecord {
+    let mut r = ApiKeyRecord::for_tests(None);
+    r.name = name.into();
+    r
+}
+
+fn audit() -> AuditEntry {
+    AuditEntry { at: T0, event: "test.event", detail: serde_json::json!({}) }
+}
+
+/// Ends every session on the harness's database except the caller's.
+async fn terminate_sessions(h: &PgHarness, filter: &str) {
+    let (client, connection) = tokio_postgres::connect(h.url(), tokio_postgres::NoTls).await.expect("connect");
+    let driver = tokio::spawn(connection);
+    let sql = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid() {filter}"
+    );
+    client.batch_execute(&sql).await.expect("terminate");
+    drop(client);
+    let _ = tokio::time::timeout(WAIT, driver).await;
+}
+
+async fn next(rx: &mut mpsc::Receiver<Change>) -> Change {
+    tokio::time::timeout(WAIT, rx.recv()).await.expect("a change within the wait").expect("the feed is open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_not_there_is_unavailable_not_a_panic() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    let url = format!("postgres://onetrip:secret-pw@127.0.0.1:{port}/onetrip?sslmode=disable");
+    match PgBackend::connect(&url, None, T0).await {
+        Err(StoreError::Unavailable(m)) => assert!(!m.contains("secret-pw"), "{m}"),
+        Err(other) => panic!("expected Unavailable, got {other}"),
+        Ok(_) => panic!("nothing listens there"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_recovers_after_its_connections_are_killed() {
+    let Some(h) = PgHarness::new().await else { return };
+    let (b, _) = PgBackend::connect(h.url(), None, T0).await.expect("connect");
+    b.put_api_keys(vec![(KeyId::from_bytes([1; 16]), record("before"))], None).await.expect("put");
+    terminate_sessions(&h, "").await;
+    // A call may still meet a connection that died under it (a typed error); a
+    // broken connection is never handed out again, so the next ones succeed.
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        let got = b.get_api_key(KeyId::from_bytes([1; 16])).await;
+        let ok = got.is_ok();
+        outcomes.push(got);
+        if ok {
+            break;
+        }
+    }
+    for o in &outcomes {
+        if let Err(e) = o {
+            assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
+        }
+    }
+    let last = outcomes.pop().expect("at least one call").expect("recovered within three calls");
+    assert_eq!(last.expect("committed before the kill").name, "before");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_run_once_and_a_newer_schema_is_refused() {
+    let Some(h) = PgHarness::new().await else { return };
+    assert_eq!(PgBackend::migrate(h.url()).await.expect("migrate"), vec![1]);
+    assert_eq!(PgBackend::migrate(h.url()).await.expect("again"), Vec::<i32>::new(), "nothing left to apply");
+    let (client, connection) = tokio_postgres::connect(h.url(), tokio_postgres::NoTls).await.expect("connect");
+    let driver = tokio::spawn(connection);
+    client.batch_execute("INSERT INTO schema_migrations (version) VALUES (999)").await.expect("insert");
+    drop(client);
+    let _ = tokio::time::timeout(WAIT, driver).await;
+    match PgBackend::connect(h.url(), None, T0).await {
+        Err(StoreError::Config(m)) => assert!(m.contains("999"), "{m}"),
+        Err(other) => panic!("expected Config, got {other}"),
+        Ok(_) => panic!("a newer schema must not be used"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_replica_reaches_the_others_feed() {
+    let Some(h) = PgHarness::new().await else { return };
+    let (writer, _) = PgBackend::connect(h.url(), None, T0).await.expect("writer");
+    let (reader, _) = PgBackend::connect(h.url(), None, T0).await.expect("reader");
+    let mut feed = reader.listen_changes();
+    assert_eq!(next(&mut feed).await, Change::Resync, "listening starts with a resync");
+
+    let (a, b) = (KeyId::from_bytes([1; 16]), KeyId::from_bytes([2; 16]));
+    writer.put_api_keys(vec![(a, record("a"))], None).await.expect("put");
+    assert_eq!(next(&mut feed).await, Change::Key(a));
+    // A rotation that writes nothing announces nothing: the next change is the revoke.
+    let missing = KeyRotation { old: b, new: (b, record("b")), old_expires_at: 0, audit: audit() };
+    assert_eq!(writer.rotate_api_key(missing).await.expect("rotate"), None);
+    writer
+        .update_api_keys(
+            vec![a],
+            Box::new(|_, r| {
+                r.revoked_at = Some(T0);
+                true
+            }),
+            None,
+        )
+        .await
+        .expect("revoke");
+    assert_eq!(next(&mut feed).await, Change::Key(a));
+    writer.revoke_token([7; 16], T0 + 10, audit()).await.expect("revoke token");
+    assert_eq!(next(&mut feed).await, Change::TokenRevoked([7; 16]));
+    writer.rotate_server_key(T0, T0 + 10, 100).await.expect("rotate server key");
+    assert_eq!(next(&mut feed).await, Change::ServerKeys);
+    writer.rotate_token_key(T0, 10).await.expect("rotate token key");
+    assert_eq!(next(&mut feed).await, Change::TokenKeys);
+
+    // The listening connection dies: the feed reconnects and asks for a resync.
+    terminate_sessions(&h, "AND query LIKE 'LISTEN%'").await;
+    assert_eq!(next(&mut feed).await, Change::Resync);
+    writer.put_api_keys(vec![(b, record("b"))], None).await.expect("put");
+    assert_eq!(next(&mut feed).await, Change::Key(b));
+}
