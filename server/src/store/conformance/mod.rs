@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use super::{Backend, RedbBackend, Store, StoreError};
 
 mod cases;
+mod measure;
 mod otp_cases;
 
 use cases::*;

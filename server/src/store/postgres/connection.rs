@@ -49,8 +49,14 @@ impl std::fmt::Debug for Target {
     }
 }
 
-/// Parses `postgres://user[:password]@host[:port]/db?sslmode=...`.
+/// Parses `postgres://user[:password]@host[:port]/db?sslmode=...`; without a
+/// password in the URL, `PGPASSWORD` gives it.
 pub(crate) fn parse(url: &str) -> Result<Target, StoreError> {
+    parse_with(url, std::env::var("PGPASSWORD").ok())
+}
+
+/// [`parse`], with the environment's password given.
+fn parse_with(url: &str, env_password: Option<String>) -> Result<Target, StoreError> {
     let shown = redact_url(url);
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(StoreError::Config(format!("the store URL {shown} must start with postgres:// or postgresql://")));
@@ -95,7 +101,7 @@ pub(crate) fn parse(url: &str) -> Result<Target, StoreError> {
         TlsMode::VerifyFull => SslMode::Require,
     });
     if config.get_password().is_none() {
-        if let Ok(password) = std::env::var("PGPASSWORD") {
+        if let Some(password) = env_password {
             config.password(password);
         }
     }
@@ -223,6 +229,16 @@ mod tests {
         let target = parse("postgres://u:hunter2@127.0.0.1:5/d?sslmode=disable").expect("parse");
         assert!(!format!("{target:?}").contains("hunter2"));
         assert!(!target.shown.contains("hunter2"));
+    }
+
+    #[test]
+    fn the_password_comes_from_the_url_else_from_pgpassword() {
+        let password = |url: &str, env: Option<&str>| {
+            parse_with(url, env.map(str::to_owned)).expect("parse").config.get_password().map(<[u8]>::to_vec)
+        };
+        assert_eq!(password("postgres://u@h/d", Some("env-pw")), Some(b"env-pw".to_vec()));
+        assert_eq!(password("postgres://u:url-pw@h/d", Some("env-pw")), Some(b"url-pw".to_vec()), "the URL wins");
+        assert_eq!(password("postgres://u@h/d", None), None);
     }
 
     #[test]
