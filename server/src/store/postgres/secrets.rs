@@ -121,6 +121,13 @@ impl SecretRepo for PgBackend {
         self.shown.clone()
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        // A round trip on a pooled connection: a dead one is found and replaced here.
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(db_error)?;
+        Ok(())
+    }
+
     async fn server_secrets(&self) -> Result<ServerSecrets, StoreError> {
         let client = self.client().await?;
         let sealer = &self.sealer;

@@ -57,6 +57,25 @@ async fn a_server_that_is_not_there_is_unavailable_not_a_panic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_answers_while_the_server_is_there_and_says_unavailable_when_not() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    // A backend whose server went away after it was opened.
+    let target = super::connection::parse(&format!("postgres://u@127.0.0.1:{port}/d?sslmode=disable")).expect("url");
+    let gone = PgBackend {
+        pool: super::connection::pool(&target).expect("pool"),
+        sealer: std::sync::Arc::new(crate::seal::Sealer::create(None).expect("sealer").0),
+        shown: target.shown.clone(),
+        target: std::sync::Arc::new(target),
+    };
+    assert!(matches!(gone.ping().await, Err(StoreError::Unavailable(_))));
+    let Some(h) = PgHarness::new().await else { return };
+    let (b, _) = PgBackend::connect(h.url(), None, T0).await.expect("connect");
+    b.ping().await.expect("the server is there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_recovers_after_its_connections_are_killed() {
     let Some(h) = PgHarness::new().await else { return };
     let (b, _) = PgBackend::connect(h.url(), None, T0).await.expect("connect");
