@@ -157,3 +157,90 @@ async fn a_change_on_one_replica_reaches_the_others_feed() {
     writer.put_api_keys(vec![(b, record("b"))], None).await.expect("put");
     assert_eq!(next(&mut feed).await, Change::Key(b));
 }
+
+/// A stand-in for a TLS PostgreSQL server on 127.0.0.1: answers the SSL request,
+/// runs a TLS handshake with `cert`, then refuses the login. The task returns
+/// whether the TLS handshake completed.
+async fn tls_stand_in(
+    cert: rustls_pki_types::CertificateDer<'static>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+) -> (u16, tokio::task::JoinHandle<bool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let task = tokio::spawn(async move {
+        let serve = async {
+            let (mut tcp, _) = listener.accept().await.ok()?;
+            let mut ssl_request = [0u8; 8];
+            tcp.read_exact(&mut ssl_request).await.ok()?;
+            tcp.write_all(b"S").await.ok()?;
+            let mut tls = acceptor.accept(tcp).await.ok()?;
+            let mut len = [0u8; 4];
+            tls.read_exact(&mut len).await.ok()?;
+            let mut startup = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+            tls.read_exact(&mut startup).await.ok()?;
+            let fields = b"SFATAL\0VFATAL\0C28P01\0Mpassword authentication failed for user \"u\"\0\0";
+            let mut error = vec![b'E'];
+            error.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+            error.extend_from_slice(fields);
+            tls.write_all(&error).await.ok()?;
+            tls.flush().await.ok()?;
+            Some(())
+        };
+        tokio::time::timeout(WAIT, serve).await.ok().flatten().is_some()
+    });
+    (port, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_talks_only_to_a_certificate_of_a_trusted_root_for_the_host() {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let dir = tempfile::tempdir().expect("dir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write ca");
+    let leaf = |host: &str| {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec![host.to_owned()])
+            .expect("params")
+            .signed_by(&key, &ca, &ca_key)
+            .expect("leaf");
+        (cert.der().clone(), rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+    };
+    let url = |port: u16, query: &str| format!("postgres://u:pw@127.0.0.1:{port}/d?{query}");
+    let root = format!("sslrootcert={}", ca_file.display());
+
+    // Trusted root, right host: TLS completes and the login is what fails.
+    let (cert, key) = leaf("127.0.0.1");
+    let (port, server) = tls_stand_in(cert, key).await;
+    match PgBackend::connect(&url(port, &format!("sslmode=verify-full&{root}")), None, T0).await {
+        Err(StoreError::Config(m)) => assert!(m.contains("password authentication failed"), "{m}"),
+        Err(other) => panic!("expected the login refusal, got {other}"),
+        Ok(_) => panic!("the stand-in accepts no login"),
+    }
+    assert!(server.await.expect("server task"), "the TLS handshake completed");
+
+    // The certificate's root is not trusted (public roots only): no TLS session.
+    let (cert, key) = leaf("127.0.0.1");
+    let (port, server) = tls_stand_in(cert, key).await;
+    let refused = PgBackend::connect(&url(port, "sslmode=verify-full"), None, T0).await;
+    assert!(matches!(refused, Err(StoreError::Unavailable(_))), "{:?}", refused.err());
+    assert!(!server.await.expect("server task"), "no session with an untrusted certificate");
+
+    // Trusted root, another host's certificate; `require` checks the same way.
+    let (cert, key) = leaf("db.example");
+    let (port, server) = tls_stand_in(cert, key).await;
+    let refused = PgBackend::connect(&url(port, &format!("sslmode=require&{root}")), None, T0).await;
+    assert!(matches!(refused, Err(StoreError::Unavailable(_))), "{:?}", refused.err());
+    assert!(!server.await.expect("server task"), "no session with a certificate for another host");
+}
