@@ -7,13 +7,14 @@
 #   eval "$(scripts/pg-throwaway.sh start "$dir")"   # exports ONETRIP_TEST_POSTGRES_URL
 #   cargo test -p onetrip-server store::
 #   scripts/pg-throwaway.sh stop "$dir"              # stops it by PID, removes the directory
+#   (halt DIR / resume DIR: stop it and start it again on the same port, data kept)
 #
 # PostgreSQL refuses to run as root: as root, the cluster runs as the `postgres`
 # user when it exists (`nobody` otherwise), which then owns the directory.
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 start DIR | stop DIR" >&2
+  echo "usage: $0 start DIR | stop DIR | halt DIR | resume DIR" >&2
   exit 2
 }
 
@@ -82,7 +83,9 @@ start)
   cat "$dir/postgres.log" >&2
   exit 1
   ;;
-stop)
+stop | halt)
+  # halt: stop the server but keep the cluster, so `resume` starts it again on the
+  # same port (tests of what onetrip does while its database is down).
   pidfile="$dir/data/postmaster.pid"
   if [ -f "$pidfile" ]; then
     pid=$(head -n 1 "$pidfile")
@@ -94,7 +97,14 @@ stop)
     done
     kill -KILL "$pid" 2>/dev/null || true
   fi
-  rm -rf "$dir"
+  if [ "$cmd" = stop ]; then rm -rf "$dir"; fi
+  ;;
+resume)
+  bin=$(bindir)
+  port=$(cat "$dir/port")
+  as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=300" start >/dev/null \
+    || { cat "$dir/postgres.log" >&2; exit 1; }
   ;;
 *)
   usage

@@ -606,13 +606,13 @@ async fn open_backend(cli: &Cli, settings: &Settings) -> Result<(crate::store::B
             let (store, created) = open_store(cli, &settings.data_dir)?;
             Ok((store.into_backend(), created))
         }
-        StoreSetting::Postgres(_) => Err(CliError {
-            code: EXIT_USAGE,
-            message: format!(
-                "store {}: this build has no PostgreSQL backend yet; use the embedded store (`--store redb`)",
-                settings.store.shown()
-            ),
-        }),
+        StoreSetting::Postgres(url) => {
+            let pass = passphrase(cli)?;
+            let (pg, created) =
+                crate::store::postgres::PgBackend::connect(url, pass.as_deref().map(String::as_str), unix_now())
+                    .await?;
+            Ok((Arc::new(pg), created))
+        }
     }
 }
 
@@ -654,12 +654,22 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let admin_socket = settings.admin_socket.clone();
     let data_dir = settings.data_dir.clone();
+    let store_shown = matches!(settings.store, StoreSetting::Postgres(_)).then(|| settings.store.shown());
     let shared = MemoryShared::with_window(settings.clock_window_secs, settings.replay_cache_capacity);
     let state = AppState::new(settings, store, shared).await.map_err(|e| e.to_string())?;
     let restored = crate::replay_guard::restore(&state).await.map_err(|e| e.to_string())?;
     tracing::debug!(restored, "replay ids stamped ahead by the previous run loaded");
     let revoked = crate::revocation::restore(&state).await.map_err(|e| e.to_string())?;
     tracing::debug!(revoked, "token revocations loaded");
+    if let StoreSetting::Postgres(_) = state.settings.store {
+        // No store file here, but the admin socket still lives in the data directory.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&data_dir)
+            .map_err(|e| format!("cannot create the data directory {}: {e}", data_dir.display()))?;
+    }
     let admin_listener = admin::bind_socket(&admin_socket)
         .map_err(|e| format!("cannot create the admin socket {}: {e}", admin_socket.display()))?;
     // Before the announcement below: a SIGTERM sent as soon as we are "up" must stop
@@ -671,7 +681,10 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("onetrip {} listening on {scheme}://{local}", env!("CARGO_PKG_VERSION"));
     println!("identity fingerprint: {}", state.fingerprint());
-    println!("data directory: {}{}", data_dir.display(), if created { " (created)" } else { "" });
+    match &store_shown {
+        Some(shown) => println!("store: {shown}{}", if created { " (created)" } else { "" }),
+        None => println!("data directory: {}{}", data_dir.display(), if created { " (created)" } else { "" }),
+    }
     println!("admin socket: {}", admin_socket.display());
     tracing::info!(%local, fingerprint = %state.fingerprint(), "serving");
 
@@ -692,6 +705,8 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         std::time::Duration::from_secs(1),
     ));
     let retention = tokio::spawn(crate::retention::run(state.clone()));
+    // A shared store: other replicas and the CLI change it; apply their changes here.
+    let feed = state.store.changes().map(|changes| tokio::spawn(crate::change_feed::run(state.clone(), changes)));
     {
         // Set before the listener runs: no handshake can see a half-warm cache without
         // the equal-work rule (keys::KeyDirectory::static_static).
@@ -709,6 +724,9 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     maintenance.abort();
     key_lifecycle.abort();
     retention.abort();
+    if let Some(feed) = feed {
+        feed.abort();
+    }
     // The last flush is the only copy of the uses queued since the previous one.
     if let Err(e) = state.flush_last_used().await {
         tracing::warn!(error = %e, "cannot record key last-use times at shutdown");
@@ -804,6 +822,10 @@ async fn admin_call(cli: &Cli, req: AdminRequest) -> Result<serde_json::Value, C
 /// Finds the running server's socket, or opens the store when no server runs.
 async fn admin_target(cli: &Cli) -> Result<AdminTarget, CliError> {
     let settings = settings(cli, None)?;
+    // A shared database is written directly: every replica hears of it (change feed).
+    if let StoreSetting::Postgres(_) = settings.store {
+        return Ok(AdminTarget::Direct(open_backend(cli, &settings).await?.0));
+    }
     if admin::request(&settings.admin_socket, &AdminRequest::Ping).await?.is_some() {
         return Ok(AdminTarget::Socket(settings.admin_socket));
     }

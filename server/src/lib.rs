@@ -14,6 +14,7 @@
 //! | [`retention`] | background deletion of old audit events and passed replay ids, in bounded batches |
 //! | [`shared`] | state shared between replicas (replay cache, limits, revocations) behind one trait |
 //! | [`state`] | `AppState`: everything a request handler needs, cheap to clone |
+//! | [`change_feed`] | applies a shared store's changes (other replicas, the CLI) to this replica's memory |
 //! | [`key_lifecycle`] | background task: handshake key rotation, destruction of retired keys, document re-signing |
 //! | [`handshake`] | `POST /v1/auth`: request bytes → response bytes |
 //! | [`http`] | routing, endpoints, problem+json errors |
@@ -30,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod change_feed;
 pub mod cli;
 pub mod config;
 pub mod deadline_io;

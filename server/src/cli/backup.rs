@@ -46,6 +46,9 @@ pub enum StoreCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Apply pending schema migrations to the PostgreSQL store (`--store`), for
+    /// operators who run them separately; `serve` also applies them at start.
+    Migrate,
 }
 
 /// Runs a `store` command; returns the process exit code.
@@ -53,6 +56,7 @@ pub async fn run(cli: &Cli, cmd: &StoreCommand) -> i32 {
     let result = match cmd {
         StoreCommand::Backup { file, force, json } => backup(cli, file, *force, *json).await,
         StoreCommand::Verify { file, json } => verify(cli, file, *json).await,
+        StoreCommand::Migrate => migrate(cli).await,
     };
     match result {
         Ok(()) => 0,
@@ -61,6 +65,25 @@ pub async fn run(cli: &Cli, cmd: &StoreCommand) -> i32 {
             code
         }
     }
+}
+
+async fn migrate(cli: &Cli) -> Result<(), (i32, String)> {
+    let settings = super::settings(cli, None).map_err(|e| (super::EXIT_USAGE, e))?;
+    let crate::config::StoreSetting::Postgres(url) = &settings.store else {
+        return Err((
+            super::EXIT_USAGE,
+            "the embedded store has no migrations to run: pass --store postgres://… (or ONETRIP_STORE)".into(),
+        ));
+    };
+    let applied = crate::store::postgres::PgBackend::migrate(url).await.map_err(|e| {
+        let e = super::CliError::from(e);
+        (e.code, e.message)
+    })?;
+    match applied.as_slice() {
+        [] => println!("{}: the schema is up to date", settings.store.shown()),
+        versions => println!("{}: applied migrations {versions:?}", settings.store.shown()),
+    }
+    Ok(())
 }
 
 async fn backup(cli: &Cli, file: &std::path::Path, force: bool, json: bool) -> Result<(), (i32, String)> {

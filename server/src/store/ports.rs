@@ -291,10 +291,35 @@ pub trait TokenStateRepo: Send + Sync {
     async fn sweep_replay_ids(&self, now: u64, max: usize) -> Result<usize, StoreError>;
 }
 
-/// Everything a backend provides.
-pub trait StateStore: KeyRepo + SecretRepo + OtpRepo + AuditLog + TokenStateRepo {}
+/// One change a replica must apply to what it holds in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// An API key record was written (created, revoked, rotated, updated): reload it.
+    Key(KeyId),
+    /// The handshake keys changed: reload them.
+    ServerKeys,
+    /// The token master keys changed: reload them.
+    TokenKeys,
+    /// A token was revoked.
+    TokenRevoked([u8; 16]),
+    /// Changes may have been missed: reload everything.
+    Resync,
+}
 
-impl<T: KeyRepo + SecretRepo + OtpRepo + AuditLog + TokenStateRepo> StateStore for T {}
+/// Changes other processes make to a shared store, for the replicas that keep its
+/// key directory in memory. A store only one process opens has none.
+pub trait ChangeFeed: Send + Sync {
+    /// The changes made by every replica and CLI from now on, or `None` when no other
+    /// process can change this store.
+    fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<Change>> {
+        None
+    }
+}
+
+/// Everything a backend provides.
+pub trait StateStore: KeyRepo + SecretRepo + OtpRepo + AuditLog + TokenStateRepo + ChangeFeed {}
+
+impl<T: KeyRepo + SecretRepo + OtpRepo + AuditLog + TokenStateRepo + ChangeFeed> StateStore for T {}
 
 fn typed<R: 'static>(erased: Erased) -> Result<R, StoreError> {
     erased.downcast::<R>().map(|r| *r).map_err(|_| StoreError::Record("transition result of an unexpected type".into()))

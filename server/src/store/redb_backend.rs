@@ -54,6 +54,9 @@ impl RedbBackend {
     }
 }
 
+/// One process holds the file: the admin socket applies changes to the running server.
+impl super::ports::ChangeFeed for RedbBackend {}
+
 #[async_trait]
 impl KeyRepo for RedbBackend {
     async fn put_api_keys(

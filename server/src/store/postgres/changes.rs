@@ -16,6 +16,7 @@ use tokio_postgres::{AsyncMessage, Socket};
 
 use super::connection::{db_error, tls_connector, TlsMode};
 use super::{query, PgBackend};
+use crate::store::ports::Change;
 use crate::store::StoreError;
 
 /// The notification channel.
@@ -28,21 +29,6 @@ const QUEUE: usize = 1024;
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// One change a replica must apply to what it holds in memory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// An API key record was written (created, revoked, rotated, updated): reload it.
-    Key(KeyId),
-    /// The handshake keys changed: reload them.
-    ServerKeys,
-    /// The token master keys changed: reload them.
-    TokenKeys,
-    /// A token was revoked.
-    TokenRevoked([u8; 16]),
-    /// Changes may have been missed: reload everything.
-    Resync,
-}
 
 impl Change {
     fn payload(&self) -> String {

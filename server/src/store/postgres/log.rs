@@ -5,8 +5,9 @@
 
 use async_trait::async_trait;
 
-use super::changes::{notify, Change};
+use super::changes::notify;
 use super::{append_audit, begin, commit, db_count, db_time, decode, execute, fixed, from_db_time, query, PgBackend};
+use crate::store::ports::Change;
 use crate::store::ports::{AuditLog, TokenStateRepo};
 use crate::store::{AuditEntry, StoreError};
 

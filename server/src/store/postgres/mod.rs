@@ -27,7 +27,13 @@ mod secrets;
 #[cfg(test)]
 mod tests;
 
-pub use changes::Change;
+pub use crate::store::ports::Change;
+
+impl crate::store::ports::ChangeFeed for PgBackend {
+    fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<Change>> {
+        Some(self.listen_changes())
+    }
+}
 pub use connection::{redact_url, TlsMode};
 
 /// The state ports over PostgreSQL. Cheap to clone (the pool and sealer are shared).

@@ -9,7 +9,7 @@ use deadpool_postgres::{GenericClient, Pool};
 use onetrip_protocol::Secret;
 use zeroize::Zeroizing;
 
-use super::changes::{notify, Change};
+use super::changes::notify;
 use super::connection::{db_error, pool_error};
 use super::{append_audit, begin, commit, decode, encode, execute, fixed, query, PgBackend};
 use crate::seal::{SealParams, Sealer};
@@ -17,6 +17,7 @@ use crate::store::genesis::{
     decode_token_records, drop_retired_token_records, encode_token_records, genesis, new_server_key,
     rotate_token_records, token_rotation_event,
 };
+use crate::store::ports::Change;
 use crate::store::ports::SecretRepo;
 use crate::store::{
     hex_array, open_bound, plan_server_keys, server_key_slot, token_key_slot, AuditEntry, KeyChanges, KeyPolicy,

@@ -1,0 +1,176 @@
+//! Several `onetrip serve` processes on one real PostgreSQL: a change made by the CLI
+//! reaches every replica through the change feed, and a PostgreSQL that stops and
+//! starts again degrades the service and then heals it, with no restart and no lost
+//! write. Each test runs its own throw-away cluster (`scripts/pg-throwaway.sh`), so
+//! it can stop that cluster without touching anyone else's.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{http, pop_headers, Server};
+use onetrip_protocol::api_key::ApiKey;
+use onetrip_protocol::handshake::ClientRequest;
+use onetrip_protocol::pop::POP_HEADER;
+use onetrip_protocol::Outcome;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg-throwaway.sh");
+
+/// A PostgreSQL cluster of this test's own, stopped and removed on drop.
+struct Cluster {
+    dir: PathBuf,
+    url: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `None` (after saying why) when PostgreSQL is not installed and the tools are
+    /// not required; with `ONETRIP_REQUIRE_TOOLS=1` a missing PostgreSQL fails.
+    fn start() -> Option<Cluster> {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pg");
+        let out = Command::new("bash").arg(SCRIPT).arg("start").arg(&dir).output().unwrap();
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr).into_owned();
+            if std::env::var("ONETRIP_REQUIRE_TOOLS").as_deref() == Ok("1") {
+                panic!("ONETRIP_REQUIRE_TOOLS=1 and no PostgreSQL cluster could be started: {why}");
+            }
+            eprintln!("skipped: no PostgreSQL here ({why})");
+            return None;
+        }
+        let line = String::from_utf8(out.stdout).unwrap();
+        let url = line.trim().strip_prefix("export ONETRIP_TEST_POSTGRES_URL='").unwrap().trim_end_matches('\'');
+        Some(Cluster { dir, url: url.to_owned(), _tmp: tmp })
+    }
+
+    /// Stops (`halt`) or starts again on the same port (`resume`) the cluster.
+    fn control(&self, what: &str) {
+        let out = Command::new("bash").arg(SCRIPT).arg(what).arg(&self.dir).output().unwrap();
+        assert!(out.status.success(), "pg-throwaway {what}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(SCRIPT).arg("stop").arg(&self.dir).output();
+    }
+}
+
+/// `onetrip <args> --store URL`, against the database directly (no server).
+fn cli(url: &str, dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(common::BIN)
+        .args(args)
+        .args(["--store", url, "--data-dir"])
+        .arg(dir)
+        .env_remove("ONETRIP_PASSPHRASE")
+        .output()
+        .unwrap()
+}
+
+fn create_key(url: &str, dir: &Path, args: &[&str]) -> (ApiKey, String) {
+    let out = cli(url, dir, &[&["keys", "create", "--json"], args].concat());
+    assert!(out.status.success(), "keys create: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (ApiKey::parse(v["api_key"].as_str().unwrap()).unwrap(), v["id"].as_str().unwrap().to_owned())
+}
+
+fn granted(server: &Server, key: &ApiKey) -> bool {
+    matches!(server.handshake(key, &ClientRequest::default()), Outcome::Granted(_))
+}
+
+/// Waits (at most `limit`) until `done`; returns how long it took.
+fn until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+fn serve(url: &str, dir: &Path) -> Server {
+    Server::start_in(dir, &["--store", url]).expect("a replica starts on PostgreSQL")
+}
+
+#[test]
+fn a_key_created_and_revoked_through_the_cli_reaches_both_replicas() {
+    let Some(pg) = Cluster::start() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = serve(&pg.url, &tmp.path().join("a"));
+    let b = serve(&pg.url, &tmp.path().join("b"));
+    assert_eq!(a.fingerprint, b.fingerprint, "replicas of one database are one server");
+
+    // No server is asked: the CLI writes to PostgreSQL, the feed tells the replicas.
+    let (key, id) = create_key(&pg.url, &tmp.path().join("cli"), &["--name", "shared"]);
+    for (name, server) in [("a", &a), ("b", &b)] {
+        let took =
+            until(&format!("replica {name} serves the new key"), Duration::from_secs(10), || granted(server, &key));
+        eprintln!("create reached replica {name} in {took:?}");
+    }
+    let out = cli(&pg.url, &tmp.path().join("cli"), &["keys", "revoke", &id]);
+    assert!(out.status.success(), "keys revoke: {}", String::from_utf8_lossy(&out.stderr));
+    for (name, server) in [("a", &a), ("b", &b)] {
+        let took = until(&format!("replica {name} refuses the revoked key"), Duration::from_secs(10), || {
+            !granted(server, &key)
+        });
+        eprintln!("revoke reached replica {name} in {took:?}");
+    }
+    // The listing through the database shows the revocation too.
+    let out = cli(&pg.url, &tmp.path().join("cli"), &["keys", "list", "--json", "--revoked"]);
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], id.as_str());
+}
+
+/// Creates an OTP verification through the API; returns the HTTP status.
+fn otp_create(server: &Server, grant: &onetrip_protocol::TokenGrant) -> u16 {
+    let path = "/v1/otp/verifications";
+    let body = serde_json::json!({ "to": "ops", "channel": "console" }).to_string();
+    let (auth, pop) = pop_headers(grant, "POST", path, body.as_bytes());
+    let headers = [("authorization", auth.as_str()), (POP_HEADER, pop.as_str()), ("content-type", "application/json")];
+    http(server.port, "POST", path, &headers, body.as_bytes()).status
+}
+
+#[test]
+fn a_stopped_postgres_degrades_the_service_and_it_heals_without_a_restart() {
+    let Some(pg) = Cluster::start() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let server = serve(&pg.url, &tmp.path().join("a"));
+    let cli_dir = tmp.path().join("cli");
+    let (key, _) = create_key(&pg.url, &cli_dir, &["--name", "before", "--scope", "otp"]);
+    until("the replica serves the key", Duration::from_secs(10), || granted(&server, &key));
+    let health = |s: &Server| s.get("/healthz").json()["status"].as_str().unwrap_or("").to_owned();
+    assert_eq!(health(&server), "ok");
+
+    pg.control("halt");
+    // Handshakes of known keys go on from memory; the probe (1 s apart) notices.
+    assert!(granted(&server, &key), "a known key still gets its token while PostgreSQL is down");
+    until("/healthz says degraded", Duration::from_secs(15), || health(&server) == "degraded");
+    let grant = match server.handshake(&key, &ClientRequest { audience: "onetrip", scopes: "otp", second_factor: None })
+    {
+        Outcome::Granted(g) => *g,
+        other => panic!("expected a token, got {other:?}"),
+    };
+    assert_eq!(otp_create(&server, &grant), 503, "an OTP write is a clear 503, never a silent loss");
+    let refused = cli(&pg.url, &cli_dir, &["keys", "create", "--name", "during"]);
+    assert!(!refused.status.success(), "a key write fails loudly while PostgreSQL is down");
+    assert!(!String::from_utf8_lossy(&refused.stderr).is_empty());
+
+    pg.control("resume");
+    until("/healthz is ok again", Duration::from_secs(30), || health(&server) == "ok");
+    until("OTP writes work again", Duration::from_secs(30), || otp_create(&server, &grant) == 201);
+    // Nothing committed was lost, and new writes reach the same process.
+    let (after, _) = create_key(&pg.url, &cli_dir, &["--name", "after"]);
+    until("the key created after the outage is served", Duration::from_secs(10), || granted(&server, &after));
+    assert!(granted(&server, &key));
+    let out = cli(&pg.url, &cli_dir, &["keys", "list", "--json"]);
+    let names: Vec<String> = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names.iter().filter(|n| *n == "before" || *n == "after").count(), 2, "{names:?}");
+    assert!(!names.contains(&"during".to_owned()), "the refused write did not half-happen: {names:?}");
+}
