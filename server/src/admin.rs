@@ -34,6 +34,9 @@ pub enum AdminError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The operation failed for another reason (a file could not be written).
+    #[error("{0}")]
+    Failed(String),
     /// The change is stored, but the running server could not apply it yet.
     #[error("stored, but the running server could not apply it: {0}")]
     Live(String),
@@ -50,6 +53,7 @@ impl AdminError {
             AdminError::Store(StoreError::Unavailable(_) | StoreError::Locked(_)) => "unavailable",
             AdminError::Store(StoreError::Seal(_)) => "passphrase",
             AdminError::Store(_) => "store",
+            AdminError::Failed(_) => "failed",
             AdminError::Live(_) => "live",
         }
     }
@@ -63,6 +67,7 @@ impl AdminError {
             "conflict" => AdminError::Conflict(message),
             "unavailable" => AdminError::Store(StoreError::Unavailable(message)),
             "live" => AdminError::Live(message),
+            "failed" => AdminError::Failed(message),
             _ => AdminError::Store(StoreError::Record(message)),
         }
     }
@@ -551,7 +556,17 @@ pub async fn execute(
             if !path.is_absolute() {
                 return Err(AdminError::Invalid(format!("the backup path {} must be absolute", path.display())));
             }
-            let report = store.backup_to(path.clone(), force).await.map_err(|e| e.to_string())?;
+            let report = store.backup_to(path.clone(), force).await.map_err(|e| {
+                use crate::store::backup::BackupError;
+                match e {
+                    BackupError::Exists(_) | BackupError::WouldReplaceStore(_) => AdminError::Conflict(e.to_string()),
+                    BackupError::Source(e) => AdminError::Store(e),
+                    BackupError::Unsupported(_) | BackupError::NotAFile(_) | BackupError::Destination { .. } => {
+                        AdminError::Invalid(e.to_string())
+                    }
+                    other => AdminError::Failed(other.to_string()),
+                }
+            })?;
             // A backup is a copy of the identity and the sealed keys: record who has one.
             let detail = serde_json::json!({ "path": path.display().to_string(), "api_keys": report.api_keys });
             store.record_audit(crate::store::AuditEntry { at: now, event: "store.backup", detail }).await?;

@@ -45,7 +45,7 @@ mod tests {
     use super::*;
     use crate::config::Settings;
     use crate::shared::MemoryShared;
-    use crate::state::unix_now;
+    use crate::state::{unix_now, ManualClock};
     use crate::store::Store;
 
     async fn stored_ids(state: &AppState<MemoryShared>) -> Vec<[u8; 8]> {
@@ -72,7 +72,14 @@ mod tests {
         settings.server_key_lifetime_secs = 100;
         settings.server_key_overlap_secs = 20;
         settings.server_key_document_ttl_secs = 10;
-        let state = AppState::new(settings, store.into_backend(), MemoryShared::new(16)).await.expect("state");
+        let state = AppState::with_clock(
+            settings,
+            store.into_backend(),
+            MemoryShared::new(16),
+            Arc::new(ManualClock::at(start)),
+        )
+        .await
+        .expect("state");
         // The first key was fitted to the policy at start: valid start ..= start + 100.
         let first = stored_ids(&state).await;
         assert_eq!(first.len(), 1);
@@ -133,7 +140,14 @@ mod tests {
         let (store, _) = Store::open_or_init(dir.path(), None, start).expect("store");
         let mut settings = Settings::defaults(dir.path().into());
         settings.server_key_document_ttl_secs = 600;
-        let state = AppState::new(settings, store.into_backend(), MemoryShared::new(16)).await.expect("state");
+        let state = AppState::with_clock(
+            settings,
+            store.into_backend(),
+            MemoryShared::new(16),
+            Arc::new(ManualClock::at(start)),
+        )
+        .await
+        .expect("state");
         let clock_now = Arc::new(AtomicU64::new(start + 299));
         let c = clock_now.clone();
         let task =

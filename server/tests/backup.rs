@@ -159,7 +159,7 @@ fn a_sealed_backup_needs_the_passphrase_and_bad_files_get_their_own_exit_code() 
 
     // An existing file is kept unless --force.
     let again = run(&data, tmp.path(), &["store", "backup", "sealed.redb"], &[]);
-    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(again.status.code(), Some(7), "not allowed while the file exists");
     assert!(stderr(&again).contains("exists") && stderr(&again).contains("--force"), "{}", stderr(&again));
     assert_eq!(std::fs::read(&backup).unwrap(), before);
 

@@ -174,3 +174,72 @@ fn a_stopped_postgres_degrades_the_service_and_it_heals_without_a_restart() {
     assert_eq!(names.iter().filter(|n| *n == "before" || *n == "after").count(), 2, "{names:?}");
     assert!(!names.contains(&"during".to_owned()), "the refused write did not half-happen: {names:?}");
 }
+
+/// Measurements for the operator notes (ignored: run with `--ignored --nocapture`):
+/// how long a CLI revoke takes to reach two replicas over 100 revokes, and how long a
+/// replica takes to start with 100,000 keys in PostgreSQL.
+#[test]
+#[ignore]
+fn measure_revoke_propagation_and_startup_with_100k_keys() {
+    let Some(pg) = Cluster::start() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = serve(&pg.url, &tmp.path().join("a"));
+    let b = serve(&pg.url, &tmp.path().join("b"));
+    let cli_dir = tmp.path().join("cli");
+    let mut took = Vec::new();
+    for i in 0..100 {
+        let (key, id) = create_key(&pg.url, &cli_dir, &["--name", &format!("k{i}")]);
+        until("created", Duration::from_secs(10), || granted(&a, &key) && granted(&b, &key));
+        let out = cli(&pg.url, &cli_dir, &["keys", "revoke", &id]);
+        assert!(out.status.success());
+        let start = Instant::now();
+        until("revoked on a", Duration::from_secs(10), || !granted(&a, &key));
+        until("revoked on b", Duration::from_secs(10), || !granted(&b, &key));
+        took.push(start.elapsed());
+    }
+    took.sort();
+    eprintln!(
+        "RESULT revoke_to_both_replicas n=100 p50_ms={:.1} max_ms={:.1} (after the CLI returned; includes one handshake per check)",
+        took[49].as_secs_f64() * 1e3,
+        took[99].as_secs_f64() * 1e3
+    );
+    drop((a, b));
+
+    // 100,000 keys written through the port, then a replica's start-up.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use onetrip_server::store::ports::KeyRepo;
+        let (backend, _) =
+            onetrip_server::store::postgres::PgBackend::connect(&pg.url, None, common::now()).await.unwrap();
+        for batch in 0..100u32 {
+            let records = (0..1_000u32)
+                .map(|i| {
+                    let n = batch * 1_000 + i;
+                    let mut id = [0u8; 16];
+                    id[..4].copy_from_slice(&n.to_be_bytes());
+                    id[15] = 0xa5;
+                    let key = onetrip_protocol::api_key::KeyId::from_bytes(id);
+                    let record = onetrip_server::store::ApiKeyRecord {
+                        name: format!("bulk{n}"),
+                        verifier: hex::encode([9u8; 32]),
+                        scopes: vec![],
+                        audiences: vec![],
+                        require_otp: false,
+                        otp_to: None,
+                        created_at: 1,
+                        last_used_at: None,
+                        revoked_at: None,
+                        expires_at: None,
+                        replaced_by: None,
+                    };
+                    (key, record)
+                })
+                .collect();
+            backend.put_api_keys(records, None).await.unwrap();
+        }
+    });
+    let start = Instant::now();
+    let c = serve(&pg.url, &tmp.path().join("c"));
+    eprintln!("RESULT startup_100k_keys_from_postgres_ms={} (process start to listening)", start.elapsed().as_millis());
+    assert!(c.metric("onetrip_api_keys") >= 100_000);
+}

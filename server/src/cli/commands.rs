@@ -1,0 +1,211 @@
+//! The admin commands: `keys …` (with the streamed listing), `token`, `server-key …`.
+
+use super::args::{Cli, KeysCommand, ServerKeyCommand, TokenArgs};
+use super::output::{key_line, print_value};
+use super::store_access::{admin_call, admin_target};
+use super::CliError;
+use crate::admin::{self, AdminRequest};
+
+pub(super) async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<(), CliError> {
+    let (req, json) = match cmd {
+        KeysCommand::Create { name, scopes, audiences, require_otp, otp_to, json } => (
+            AdminRequest::KeysCreate {
+                name: name.clone(),
+                scopes: scopes.clone(),
+                audiences: audiences.clone(),
+                require_otp: *require_otp,
+                otp_to: otp_to.clone(),
+            },
+            *json,
+        ),
+        KeysCommand::List { limit, after, name, audience, scope, revoked, created_after, json } => {
+            let filter = ListFilter {
+                name: name.clone(),
+                audience: audience.clone(),
+                scope: scope.clone(),
+                revoked: *revoked,
+                created_after: *created_after,
+            };
+            return list_keys(cli, *limit, after.clone(), filter, *json).await;
+        }
+        KeysCommand::TotpEnroll { id, replace, json } => {
+            (AdminRequest::KeysTotpEnroll { id: id.clone(), replace: *replace }, *json)
+        }
+        KeysCommand::Show { id, json } => (AdminRequest::KeysShow { id: id.clone() }, *json),
+        KeysCommand::Revoke { id, json } => (AdminRequest::KeysRevoke { id: id.clone() }, *json),
+        KeysCommand::Unlock { id, json } => (AdminRequest::KeysUnlock { id: id.clone() }, *json),
+        KeysCommand::Rotate { id, grace_secs, json } => {
+            (AdminRequest::KeysRotate { id: id.clone(), grace_secs: *grace_secs }, *json)
+        }
+    };
+    let v = admin_call(cli, req).await?;
+    print_value(&v, json, |v| match cmd {
+        KeysCommand::Create { .. } | KeysCommand::Rotate { .. } => format!(
+            "{}\n\n  {}\n\nThis is the only time the API key is shown: store it in your secret manager.{}",
+            key_line(v),
+            v["api_key"].as_str().unwrap_or(""),
+            v["old_key_expires_at"]
+                .as_u64()
+                .map(|t| format!("\nThe old key stays valid until {t} (unix time)."))
+                .unwrap_or_default()
+        ),
+        KeysCommand::TotpEnroll { .. } => {
+            let uri = v["otpauth_uri"].as_str().unwrap_or("");
+            format!(
+                "Scan this with an authenticator app (or enter the secret by hand):\n\n{}\n  secret: {}\n  uri:    {uri}\n\nThis is the only time the secret is shown. Codes: 6 digits, 30 s, SHA-1.",
+                crate::otp::totp::qr_terminal(uri),
+                v["secret"].as_str().unwrap_or(""),
+            )
+        }
+        KeysCommand::Show { .. } | KeysCommand::Unlock { .. } => {
+            let lock = &v["second_factor_lock"];
+            let state = match lock["locked_until"].as_u64() {
+                Some(until) => format!("LOCKED until {until} (unix time): `onetrip keys unlock` clears it"),
+                None => "not locked".to_owned(),
+            };
+            let line = if v["name"].is_null() { v["id"].as_str().unwrap_or("").to_owned() } else { key_line(v) };
+            format!(
+                "{line}\n  second factor: {state}; wrong codes in the last hour: {}; locks since the last right code: {}",
+                lock["wrong_codes_last_hour"],
+                lock["lockouts"]
+            )
+        }
+        _ => key_line(v),
+    });
+    Ok(())
+}
+
+/// The filters of `keys list`.
+struct ListFilter {
+    name: Option<String>,
+    audience: Option<String>,
+    scope: Option<String>,
+    revoked: Option<bool>,
+    created_after: Option<u64>,
+}
+
+/// Prints keys a page at a time as they arrive: memory stays one page, here and in
+/// the server, whatever the number of keys.
+async fn list_keys(
+    cli: &Cli,
+    limit: Option<usize>,
+    mut after: Option<String>,
+    filter: ListFilter,
+    json: bool,
+) -> Result<(), CliError> {
+    use std::io::Write;
+    let target = admin_target(cli).await?;
+    let mut left = limit.unwrap_or(usize::MAX);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut first = true;
+    let io = |e: std::io::Error| format!("cannot write the listing: {e}");
+    if json {
+        write!(out, "[").map_err(io)?;
+    }
+    while left > 0 {
+        let req = AdminRequest::KeysList {
+            after: after.take(),
+            limit: left.min(admin::MAX_KEYS_PAGE),
+            name: filter.name.clone(),
+            audience: filter.audience.clone(),
+            scope: filter.scope.clone(),
+            revoked: filter.revoked,
+            created_after: filter.created_after,
+        };
+        let page = target.call(req).await?;
+        let keys = page["keys"].as_array().cloned().unwrap_or_default();
+        for key in &keys {
+            if json {
+                let sep = if first { "\n" } else { ",\n" };
+                write!(out, "{sep}{}", serde_json::to_string(key).unwrap_or_default()).map_err(io)?;
+            } else {
+                writeln!(out, "{}", key_line(key)).map_err(io)?;
+            }
+            first = false;
+        }
+        left = left.saturating_sub(keys.len());
+        match page["next_after"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    if json {
+        writeln!(out, "{}]", if first { "" } else { "\n" }).map_err(io)?;
+    }
+    Ok(out.flush().map_err(io)?)
+}
+
+pub(super) async fn token(args: &TokenArgs) -> Result<(), CliError> {
+    use onetrip_client::{Client, Error};
+    let api_key = match &args.api_key_file {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?,
+        None => std::env::var("ONETRIP_API_KEY")
+            .map_err(|_| "set ONETRIP_API_KEY (or --api-key-file) to the API key".to_owned())?,
+    };
+    let api_key = zeroize::Zeroizing::new(api_key.trim().to_owned());
+    let mut builder = Client::builder().server(&args.server).api_key(api_key.as_str()).scopes(args.scopes.clone());
+    builder = match (&args.pin, &args.trust_file) {
+        (Some(pin), _) => builder.pin(pin.parse().map_err(|e| format!("--pin: {e}"))?),
+        (None, Some(file)) => builder.trust_on_first_use(file),
+        (None, None) => {
+            return Err(String::from("pass --pin <fingerprint> (see `onetrip server-key show`) or --trust-file").into())
+        }
+    };
+    if let Some(a) = &args.audience {
+        builder = builder.audience(a);
+    }
+    if let Some(ca) = &args.ca_cert {
+        let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+        builder = builder.ca_certificates_pem(&pem);
+    }
+    let client = builder.build().map_err(|e| e.to_string())?;
+    let token = match client.token().await {
+        Err(Error::SecondFactorRequired { operation, channel, destination }) => {
+            eprint!("second factor: enter the code sent by {} to {destination}: ", channel.as_str());
+            let mut line = zeroize::Zeroizing::new(String::new());
+            std::io::stdin().read_line(&mut line).map_err(|e| format!("cannot read the code: {e}"))?;
+            client.token_with_code(operation, line.trim()).await
+        }
+        other => other,
+    }
+    .map_err(|e| e.to_string())?;
+    if args.json {
+        let v = serde_json::json!({
+            "token": &*token.token().to_base64(),
+            "expires_at": token.expires_at(),
+            "second_factor": token.second_factor(),
+        });
+        println!("{v}");
+    } else {
+        println!("{}", &*token.token().to_base64());
+    }
+    Ok(())
+}
+
+pub(super) async fn server_key(cli: &Cli, cmd: &ServerKeyCommand) -> Result<(), CliError> {
+    let (req, json) = match cmd {
+        ServerKeyCommand::Show { json } => (AdminRequest::ServerKeyShow, *json),
+        ServerKeyCommand::Rotate { overlap_secs, json } => {
+            (AdminRequest::ServerKeyRotate { overlap_secs: *overlap_secs }, *json)
+        }
+    };
+    let v = admin_call(cli, req).await?;
+    print_value(&v, json, |v| {
+        let mut s = format!(
+            "identity fingerprint: {}\nprivate keys sealed: {}\n",
+            v["fingerprint"].as_str().unwrap_or(""),
+            v["sealed"].as_bool().unwrap_or(false)
+        );
+        for k in v["keys"].as_array().into_iter().flatten() {
+            s += &format!(
+                "handshake key {}  valid {}..{}{}\n",
+                k["key_id"].as_str().unwrap_or(""),
+                k["not_before"],
+                k["not_after"],
+                if k["valid_now"].as_bool() == Some(true) { "" } else { " (not valid now)" }
+            );
+        }
+        s.trim_end().to_owned()
+    });
+    Ok(())
+}

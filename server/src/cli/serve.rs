@@ -1,0 +1,176 @@
+//! `onetrip serve`: the composition root. Opens the configured store, builds the
+//! state, binds the listener and the admin socket, and runs the background tasks
+//! (maintenance, key lifecycle, retention, the change feed) until a signal stops it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use super::args::{Cli, ServeArgs};
+use super::store_access::{open_backend, settings};
+use super::CliError;
+use crate::admin;
+use crate::config::StoreSetting;
+use crate::shared::MemoryShared;
+use crate::state::AppState;
+
+pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
+    let settings = settings(cli, Some(args))?;
+    init_tracing(&settings.log);
+    let (store, created) = open_backend(cli, &settings).await?;
+    if !store.is_sealed() {
+        tracing::warn!(
+            store = %store.location(),
+            "private keys are stored UNENCRYPTED: set ONETRIP_PASSPHRASE (or --passphrase-file) before the first start to seal them"
+        );
+    }
+    if settings.otp_console_codes {
+        tracing::warn!("--otp-console-codes is on: one-time codes are printed on stderr. Never use this in production");
+    }
+    let tls = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let listener =
+        TcpListener::bind(settings.listen).await.map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let admin_socket = settings.admin_socket.clone();
+    let data_dir = settings.data_dir.clone();
+    let store_shown = matches!(settings.store, StoreSetting::Postgres(_)).then(|| settings.store.shown());
+    let shared = MemoryShared::with_window(settings.clock_window_secs, settings.replay_cache_capacity);
+    let state = AppState::new(settings, store, shared).await.map_err(|e| e.to_string())?;
+    let restored = crate::replay_guard::restore(&state).await.map_err(|e| e.to_string())?;
+    tracing::debug!(restored, "replay ids stamped ahead by the previous run loaded");
+    let revoked = crate::revocation::restore(&state).await.map_err(|e| e.to_string())?;
+    tracing::debug!(revoked, "token revocations loaded");
+    if let StoreSetting::Postgres(_) = state.settings.store {
+        // No store file here, but the admin socket still lives in the data directory.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&data_dir)
+            .map_err(|e| format!("cannot create the data directory {}: {e}", data_dir.display()))?;
+    }
+    let admin_listener = admin::bind_socket(&admin_socket)
+        .map_err(|e| format!("cannot create the admin socket {}: {e}", admin_socket.display()))?;
+    // Before the announcement below: a SIGTERM sent as soon as we are "up" must stop
+    // us gracefully, not by the default action.
+    let shutdown = crate::listener::shutdown_signal();
+    // Stamps in the start second are refused (crate::replay_guard): answer nobody
+    // before the clock has left it, so no client in sync is refused.
+    crate::replay_guard::wait_past_start(&state).await;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("onetrip {} listening on {scheme}://{local}", env!("CARGO_PKG_VERSION"));
+    println!("identity fingerprint: {}", state.fingerprint());
+    match &store_shown {
+        Some(shown) => println!("store: {shown}{}", if created { " (created)" } else { "" }),
+        None => println!("data directory: {}{}", data_dir.display(), if created { " (created)" } else { "" }),
+    }
+    println!("admin socket: {}", admin_socket.display());
+    tracing::info!(%local, fingerprint = %state.fingerprint(), "serving");
+
+    let admin = {
+        let state = state.clone();
+        let socket = admin_socket.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve_socket(admin_listener, state).await {
+                tracing::error!(error = %e, socket = %socket.display(), "admin socket failed; key commands must wait for a restart");
+            }
+        })
+    };
+    let maintenance = tokio::spawn(maintenance(state.clone()));
+    let clock = Arc::clone(&state.clock);
+    let key_lifecycle = tokio::spawn(crate::key_lifecycle::run(
+        state.clone(),
+        Arc::new(move || clock.now()),
+        std::time::Duration::from_secs(1),
+    ));
+    let retention = tokio::spawn(crate::retention::run(state.clone()));
+    // A shared store: other replicas and the CLI change it; apply their changes here.
+    let feed = state.store.changes().map(|changes| tokio::spawn(crate::change_feed::run(state.clone(), changes)));
+    {
+        // Set before the listener runs: no handshake can see a half-warm cache without
+        // the equal-work rule (keys::KeyDirectory::static_static).
+        state.keys.set_warming(true);
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let n = st.warm_keys();
+            st.keys.set_warming(false);
+            tracing::info!(computed = n, elapsed_ms = started.elapsed().as_millis() as u64, "key cache warmed");
+        });
+    }
+    crate::listener::run(listener, tls, state.clone(), shutdown).await;
+    admin.abort();
+    maintenance.abort();
+    key_lifecycle.abort();
+    retention.abort();
+    if let Some(feed) = feed {
+        feed.abort();
+    }
+    // The last flush is the only copy of the uses queued since the previous one.
+    if let Err(e) = state.flush_last_used().await {
+        tracing::warn!(error = %e, "cannot record key last-use times at shutdown");
+    }
+    let _ = std::fs::remove_file(&admin_socket);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Once a second: expire replay ids and rate windows; every ten seconds, persist
+/// `last_used_at`. (Handshake keys have their own task, [`crate::key_lifecycle`].)
+async fn maintenance(state: AppState<MemoryShared>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut ticks: u64 = 0;
+    loop {
+        tick.tick().await;
+        ticks += 1;
+        let now = state.now();
+        state.shared.sweep(now);
+        state.probe_store(std::time::Duration::from_secs(2)).await;
+        if ticks % 10 == 0 {
+            if let Err(e) = state.flush_last_used().await {
+                tracing::warn!(error = %e, "cannot record key last-use times");
+            }
+        }
+        // Expired verifications are kept an hour (status queries), then deleted.
+        if ticks % 60 == 0 {
+            if let Err(e) = state.store.sweep_verifications(now, 3600).await {
+                tracing::warn!(error = %e, "cannot delete expired verifications");
+            }
+        }
+    }
+}
+
+fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read TLS certificate {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("invalid TLS certificate {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("cannot read TLS key {}: {e}", key.display()))?;
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| format!("TLS certificate and key do not fit together: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Logs to stderr through the `log` setting's filter (checked when the settings load).
+fn init_tracing(filter: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = crate::config::log_filter(filter)
+        .unwrap_or_else(|_| tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO));
+    let _ = tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
+        .try_init();
+}
