@@ -121,6 +121,24 @@ pub(crate) async fn keys_are_written_read_paged_filtered_and_updated_with_their_
     assert_eq!((n, seen), (5, all.iter().map(|(id, _)| *id).collect::<Vec<_>>()));
 }
 
+pub(crate) async fn overlapping_imports_in_opposite_orders_both_land(h: &dyn Harness) {
+    let handles = h.handles(2).await;
+    for round in 0..4u64 {
+        let batch: Vec<(KeyId, ApiKeyRecord)> =
+            (0..=255u8).map(|n| (KeyId::from_bytes([n; 16]), record("import", &[], &[], round))).collect();
+        let reversed: Vec<_> = batch.iter().rev().cloned().collect();
+        let (a, b) = (handles[0].clone(), handles[1].clone());
+        let first = tokio::spawn(async move { a.put_api_keys(batch, None).await });
+        let second = tokio::spawn(async move { b.put_api_keys(reversed, None).await });
+        first.await.expect("task").expect("the ascending import");
+        second.await.expect("task").expect("the descending import");
+    }
+    let n = crate::store::ports::for_each_api_key(&*handles[0], 100, |_, r| assert_eq!(r.created_at, 3))
+        .await
+        .expect("each");
+    assert_eq!(n, 256);
+}
+
 pub(crate) async fn a_rotation_writes_new_old_and_audit_together_or_nothing(h: &dyn Harness) {
     let b = h.open().await;
     let mut old = record("old", &["read"], &[], 100);

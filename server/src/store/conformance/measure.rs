@@ -6,7 +6,8 @@
 //! OTP creates (a verification stored with its audit event, as `otp_service` does)
 //! and checks (a wrong code against the key's guard, with its event), 2,000 of each,
 //! from one task and from 8; then the time to read 100,000 keys with
-//! `for_each_api_key`. Bounded loops; nothing here asserts a time.
+//! `for_each_api_key`, and how long a revoke takes to reach another backend's change
+//! feed. Bounded loops; nothing here asserts a time.
 
 use std::time::{Duration, Instant};
 
@@ -162,4 +163,34 @@ async fn measure_backends_side_by_side() {
     for r in [redb, postgres] {
         println!("| {} |", r.join(" | "));
     }
+    let (p50, max) = feed_latency(&pg).await;
+    println!("change feed, 100 revokes from one PgBackend to another's receiver: p50 {p50:?}, max {max:?}");
+}
+
+/// From the start of a revoke on one backend to its arrival on another's feed.
+async fn feed_latency(h: &PgHarness) -> (Duration, Duration) {
+    use crate::store::postgres::{Change, PgBackend};
+    let (writer, _) = PgBackend::connect(h.url(), None, T0).await.expect("writer");
+    let (reader, _) = PgBackend::connect(h.url(), None, T0).await.expect("reader");
+    let ids: Vec<KeyId> = (0..100u8).map(|i| KeyId::from_bytes([i; 16])).collect();
+    let records = ids.iter().map(|id| (*id, ApiKeyRecord::for_tests(None))).collect();
+    crate::store::ports::KeyRepo::put_api_keys(&writer, records, None).await.expect("put");
+    let mut feed = reader.listen_changes();
+    let wait = Duration::from_secs(10);
+    let first = tokio::time::timeout(wait, feed.recv()).await.expect("listening");
+    assert_eq!(first, Some(Change::Resync));
+    let mut latencies = Vec::new();
+    for id in ids {
+        let start = Instant::now();
+        let revoke = Box::new(|_: &KeyId, r: &mut ApiKeyRecord| {
+            r.revoked_at = Some(T0);
+            true
+        });
+        crate::store::ports::KeyRepo::update_api_keys(&writer, vec![id], revoke, None).await.expect("revoke");
+        let got = tokio::time::timeout(wait, feed.recv()).await.expect("the change arrives");
+        assert_eq!(got, Some(Change::Key(id)));
+        latencies.push(start.elapsed());
+    }
+    latencies.sort();
+    (latencies[latencies.len() / 2], latencies[latencies.len() - 1])
 }

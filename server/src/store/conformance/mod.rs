@@ -180,6 +180,7 @@ macro_rules! conformance {
 
 conformance!(
     keys_are_written_read_paged_filtered_and_updated_with_their_audit,
+    overlapping_imports_in_opposite_orders_both_land,
     a_rotation_writes_new_old_and_audit_together_or_nothing,
     fifty_parallel_wrong_checks_across_four_connections_evaluate_exactly_five,
     a_transition_is_written_back_with_its_audit,

@@ -20,9 +20,13 @@ use crate::store::{ApiKeyRecord, AuditEntry, StoreError, TotpEnrolment};
 /// below the protocol's 65,535).
 const KEYS_PER_INSERT: usize = 500;
 
-/// Inserts or replaces `records` (ids unique), many rows per statement.
+/// Inserts or replaces `records` (ids unique), many rows per statement, in id order:
+/// writers that touch the same keys take their row locks in one order, so two
+/// overlapping imports wait for each other instead of deadlocking.
 async fn put_keys(tx: &impl GenericClient, records: &[(KeyId, ApiKeyRecord)]) -> Result<(), StoreError> {
-    for chunk in records.chunks(KEYS_PER_INSERT) {
+    let mut sorted: Vec<&(KeyId, ApiKeyRecord)> = records.iter().collect();
+    sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    for chunk in sorted.chunks(KEYS_PER_INSERT) {
         let mut sql =
             String::from("INSERT INTO api_keys (id, name, scopes, audiences, revoked, created_at, record) VALUES ");
         let mut values: Vec<KeyColumns> = Vec::with_capacity(chunk.len());

@@ -11,6 +11,9 @@ use crate::store::ports::Change;
 use crate::store::ports::{AuditLog, TokenStateRepo};
 use crate::store::{AuditEntry, StoreError};
 
+/// Audit rows read per round trip.
+const AUDIT_PAGE: usize = 1_000;
+
 fn count(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
@@ -23,16 +26,31 @@ impl AuditLog for PgBackend {
     }
 
     async fn audit_since(&self, since: u64, limit: usize) -> Result<Vec<serde_json::Value>, StoreError> {
-        // Newest first, stopping at the first event before `since` (as redb reads it).
+        // Newest first, stopping at the first event before `since` (as redb reads it),
+        // a bounded page at a time so a long log is never held whole.
         let client = self.client().await?;
-        let rows = query(&client, "SELECT entry FROM audit ORDER BY seq DESC LIMIT $1", &[&db_count(limit)]).await?;
         let mut out = Vec::new();
-        for row in &rows {
-            let event: serde_json::Value = decode(row.get(0), "audit")?;
-            if event["at"].as_u64().unwrap_or(0) < since {
+        let mut before = i64::MAX;
+        while out.len() < limit {
+            let page = db_count((limit - out.len()).min(AUDIT_PAGE));
+            let rows = query(
+                &client,
+                "SELECT seq, entry FROM audit WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+                &[&before, &page],
+            )
+            .await?;
+            for row in &rows {
+                let event: serde_json::Value = decode(row.get(1), "audit")?;
+                if event["at"].as_u64().unwrap_or(0) < since {
+                    out.reverse();
+                    return Ok(out);
+                }
+                out.push(event);
+                before = row.get(0);
+            }
+            if rows.len() < usize::try_from(page).unwrap_or(usize::MAX) {
                 break;
             }
-            out.push(event);
         }
         out.reverse();
         Ok(out)

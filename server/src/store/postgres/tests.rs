@@ -244,3 +244,26 @@ async fn verify_full_talks_only_to_a_certificate_of_a_trusted_root_for_the_host(
     assert!(matches!(refused, Err(StoreError::Unavailable(_))), "{:?}", refused.err());
     assert!(!server.await.expect("server task"), "no session with a certificate for another host");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_audit_log_is_read_in_pages_and_stops_at_the_first_older_event() {
+    use crate::store::ports::AuditLog;
+    let Some(h) = PgHarness::new().await else { return };
+    let (b, _) = PgBackend::connect(h.url(), None, T0).await.expect("connect");
+    let client = b.client().await.expect("client");
+    // 2,500 events after the store's own; the 100th of them is stamped long before.
+    client
+        .batch_execute(
+            "INSERT INTO audit (at, entry)
+             SELECT t, convert_to(json_build_object('at', t, 'event', 'test.event', 'detail', n)::text, 'UTF8')
+             FROM (SELECT n, CASE WHEN n = 100 THEN 1 ELSE 10000 + n END AS t FROM generate_series(1, 2500) n) rows",
+        )
+        .await
+        .expect("insert");
+    let all = b.audit_since(5_000, usize::MAX).await.expect("read");
+    let details: Vec<u64> = all.iter().map(|e| e["detail"].as_u64().expect("n")).collect();
+    assert_eq!(details, (101..=2_500).collect::<Vec<u64>>(), "after the older event, oldest first");
+    let newest = b.audit_since(5_000, 1_500).await.expect("read");
+    assert_eq!(newest.first().map(|e| e["detail"].clone()), Some(serde_json::json!(1_001)));
+    assert_eq!(newest.len(), 1_500);
+}
