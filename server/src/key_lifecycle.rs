@@ -48,6 +48,14 @@ mod tests {
     use crate::state::{unix_now, ManualClock};
     use crate::store::Store;
 
+    /// A fresh store in `dir` and its state, on a clock standing at `start` (the
+    /// state's first document is signed at exactly `start`).
+    async fn state_at(dir: &std::path::Path, start: u64, settings: Settings) -> AppState<MemoryShared> {
+        let (store, _) = Store::open_or_init(dir, None, start).expect("store");
+        let clock = Arc::new(ManualClock::at(start));
+        AppState::with_clock(settings, store.into_backend(), MemoryShared::new(16), clock).await.expect("state")
+    }
+
     async fn stored_ids(state: &AppState<MemoryShared>) -> Vec<[u8; 8]> {
         state.store.server_secrets().await.expect("secrets").server_keys.iter().map(|k| k.0).collect()
     }
@@ -67,19 +75,11 @@ mod tests {
     async fn the_task_rotates_and_destroys_the_retired_key_without_any_rotate_command() {
         let dir = tempfile::tempdir().expect("temp dir");
         let start = unix_now();
-        let (store, _) = Store::open_or_init(dir.path(), None, start).expect("store");
         let mut settings = Settings::defaults(dir.path().into());
         settings.server_key_lifetime_secs = 100;
         settings.server_key_overlap_secs = 20;
         settings.server_key_document_ttl_secs = 10;
-        let state = AppState::with_clock(
-            settings,
-            store.into_backend(),
-            MemoryShared::new(16),
-            Arc::new(ManualClock::at(start)),
-        )
-        .await
-        .expect("state");
+        let state = state_at(dir.path(), start, settings).await;
         // The first key was fitted to the policy at start: valid start ..= start + 100.
         let first = stored_ids(&state).await;
         assert_eq!(first.len(), 1);
@@ -137,17 +137,9 @@ mod tests {
     async fn the_document_is_re_signed_before_it_expires() {
         let dir = tempfile::tempdir().expect("temp dir");
         let start = unix_now();
-        let (store, _) = Store::open_or_init(dir.path(), None, start).expect("store");
         let mut settings = Settings::defaults(dir.path().into());
         settings.server_key_document_ttl_secs = 600;
-        let state = AppState::with_clock(
-            settings,
-            store.into_backend(),
-            MemoryShared::new(16),
-            Arc::new(ManualClock::at(start)),
-        )
-        .await
-        .expect("state");
+        let state = state_at(dir.path(), start, settings).await;
         let clock_now = Arc::new(AtomicU64::new(start + 299));
         let c = clock_now.clone();
         let task =
