@@ -241,11 +241,14 @@ pub trait Live: Send + Sync {
 #[async_trait::async_trait]
 impl<S: SharedState> Live for AppState<S> {
     async fn key_changed(&self, id: KeyId, record: &ApiKeyRecord) {
-        if let Some(entry) = KeyEntry::new(id, record.clone()) {
-            self.keys.upsert(entry);
-            let st = self.clone();
-            // Precomputing static-static values is CPU work: off the request threads.
-            let _ = tokio::task::spawn_blocking(move || st.warm_keys()).await;
+        match KeyEntry::new(id, record.clone()) {
+            Some(entry) => {
+                self.keys.upsert(entry);
+                let st = self.clone();
+                // Precomputing static-static values is CPU work: off the request threads.
+                let _ = tokio::task::spawn_blocking(move || st.warm_keys()).await;
+            }
+            None => tracing::error!(key = %id, "a key record in the store is damaged; it is not served"),
         }
     }
     async fn server_keys_changed(&self) -> Result<(), String> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::keys::KeyEntry;
+use crate::admin::Live;
 use crate::shared::SharedState;
 use crate::state::{unix_now, AppState};
 use crate::store::ports::{for_each_api_key, Change};
@@ -47,7 +47,7 @@ pub async fn apply<S: SharedState>(state: &AppState<S>, change: &Change) -> Resu
     match change {
         Change::Key(id) => {
             if let Some(record) = state.store.get_api_key(*id).await? {
-                upsert(state, *id, record).await;
+                state.key_changed(*id, &record).await;
             }
         }
         Change::ServerKeys => state.reload_handshake_keys().await?,
@@ -63,7 +63,7 @@ pub async fn apply<S: SharedState>(state: &AppState<S>, change: &Change) -> Resu
             })
             .await?;
             for (id, record) in fresh {
-                upsert(state, id, record).await;
+                state.key_changed(id, &record).await;
             }
             state.reload_handshake_keys().await?;
             state.reload_token_keys().await?;
@@ -71,21 +71,6 @@ pub async fn apply<S: SharedState>(state: &AppState<S>, change: &Change) -> Resu
         }
     }
     Ok(())
-}
-
-async fn upsert<S: SharedState>(
-    state: &AppState<S>,
-    id: onetrip_protocol::api_key::KeyId,
-    record: crate::store::ApiKeyRecord,
-) {
-    match KeyEntry::new(id, record) {
-        Some(entry) => {
-            state.keys.upsert(entry);
-            let st = state.clone();
-            let _ = tokio::task::spawn_blocking(move || st.warm_keys()).await;
-        }
-        None => tracing::error!(key = %id, "a key record in the store is damaged; it is not served"),
-    }
 }
 
 async fn load_revocations<S: SharedState>(state: &AppState<S>) -> Result<(), StoreError> {
