@@ -13,7 +13,6 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::keys::KeyEntry;
-use crate::shared::SharedState;
 use crate::state::{unix_now, AppState};
 use crate::store::ports::{KeyFilter, KeyRotation};
 use crate::store::{ApiKeyRecord, AuditEntry, StateStore};
@@ -239,7 +238,7 @@ pub trait Live: Send + Sync {
 }
 
 #[async_trait::async_trait]
-impl<S: SharedState> Live for AppState<S> {
+impl Live for AppState {
     async fn key_changed(&self, id: KeyId, record: &ApiKeyRecord) {
         match KeyEntry::new(id, record.clone()) {
             Some(entry) => {
@@ -654,7 +653,7 @@ pub fn bind_socket(socket: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Answers admin requests until the task is dropped.
-pub async fn serve_socket<S: SharedState>(listener: UnixListener, state: AppState<S>) -> std::io::Result<()> {
+pub async fn serve_socket(listener: UnixListener, state: AppState) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let state = state.clone();
@@ -666,7 +665,7 @@ pub async fn serve_socket<S: SharedState>(listener: UnixListener, state: AppStat
     }
 }
 
-async fn handle_admin_connection<S: SharedState>(stream: UnixStream, state: AppState<S>) -> std::io::Result<()> {
+async fn handle_admin_connection(stream: UnixStream, state: AppState) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read.take(MAX_LINE as u64)).lines();
     while let Some(line) = lines.next_line().await? {

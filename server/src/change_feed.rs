@@ -10,7 +10,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::admin::Live;
-use crate::shared::SharedState;
 use crate::state::{unix_now, AppState};
 use crate::store::ports::{for_each_api_key, Change};
 use crate::store::StoreError;
@@ -19,7 +18,7 @@ use crate::store::StoreError;
 pub const RESYNC_PERIOD: Duration = Duration::from_secs(300);
 
 /// Applies changes until the feed ends (the task is aborted at shutdown).
-pub async fn run<S: SharedState>(state: AppState<S>, mut changes: mpsc::Receiver<Change>) {
+pub async fn run(state: AppState, mut changes: mpsc::Receiver<Change>) {
     let mut resync = tokio::time::interval(RESYNC_PERIOD);
     resync.tick().await;
     loop {
@@ -43,7 +42,7 @@ pub async fn run<S: SharedState>(state: AppState<S>, mut changes: mpsc::Receiver
 }
 
 /// Applies one change to the in-memory state.
-pub async fn apply<S: SharedState>(state: &AppState<S>, change: &Change) -> Result<(), StoreError> {
+pub async fn apply(state: &AppState, change: &Change) -> Result<(), StoreError> {
     match change {
         Change::Key(id) => {
             if let Some(record) = state.store.get_api_key(*id).await? {
@@ -73,7 +72,7 @@ pub async fn apply<S: SharedState>(state: &AppState<S>, change: &Change) -> Resu
     Ok(())
 }
 
-async fn load_revocations<S: SharedState>(state: &AppState<S>) -> Result<(), StoreError> {
+async fn load_revocations(state: &AppState) -> Result<(), StoreError> {
     for (id, until) in state.store.revoked_tokens(unix_now()).await? {
         state
             .shared

@@ -29,7 +29,7 @@ const MAX_OUTPUT: usize = 1 << 20;
 
 struct Harness {
     runtime: tokio::runtime::Runtime,
-    state: AppState<MemoryShared>,
+    state: AppState,
     grant: TokenGrant,
     _dir: std::path::PathBuf,
 }

@@ -16,12 +16,11 @@ use rand::RngCore;
 use crate::keys::KeyEntry;
 use crate::otp::service::OtpError;
 use crate::otp::{self, CheckOutcome};
-use crate::shared::SharedState;
 use crate::state::AppState;
 
 /// Answers one handshake request. `Err` means the body is not a request (HTTP 400).
-pub async fn handle_auth<S: SharedState>(
-    state: &AppState<S>,
+pub async fn handle_auth(
+    state: &AppState,
     body: &[u8],
     now: u64,
     out: &mut [u8; RESPONSE_LEN],
@@ -41,12 +40,7 @@ pub async fn handle_auth<S: SharedState>(
     result
 }
 
-async fn answer<S: SharedState>(
-    state: &AppState<S>,
-    body: &[u8],
-    now: u64,
-    out: &mut [u8; RESPONSE_LEN],
-) -> Result<Status, RequestError> {
+async fn answer(state: &AppState, body: &[u8], now: u64, out: &mut [u8; RESPONSE_LEN]) -> Result<Status, RequestError> {
     let hs = state.handshake.load_full();
     let opened = match hs.responder.open_request(body, now) {
         Ok(opened) => opened,
@@ -209,11 +203,7 @@ fn step_up_destination(otp_to: &str) -> (onetrip_protocol::Channel, String) {
 
 /// Starts a step-up for `entry`: stores a verification and sends its code. `None`
 /// never happens here: every path answers.
-async fn start_step_up<S: SharedState>(
-    state: &AppState<S>,
-    entry: &KeyEntry,
-    now: u64,
-) -> Option<(OwnedReply, Status)> {
+async fn start_step_up(state: &AppState, entry: &KeyEntry, now: u64) -> Option<(OwnedReply, Status)> {
     let Some(otp_to) = entry.record.otp_to.as_deref() else {
         // An MFA scope on a key that has no second-factor destination.
         return Some((OwnedReply::ScopeDenied, Status::ScopeDenied));
@@ -250,8 +240,8 @@ async fn start_step_up<S: SharedState>(
 }
 
 /// Checks a step-up code (atomically, in the store).
-async fn check_step_up<S: SharedState>(
-    state: &AppState<S>,
+async fn check_step_up(
+    state: &AppState,
     entry: &KeyEntry,
     operation: [u8; 16],
     code: zeroize::Zeroizing<String>,

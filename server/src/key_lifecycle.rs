@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::shared::SharedState;
 use crate::state::AppState;
 
 /// Unix seconds; [`crate::state::unix_now`] in production.
@@ -16,7 +15,7 @@ pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// Runs the handshake key lifecycle every `period` until the task is aborted.
 /// Errors are logged and retried at the next tick: the store may be briefly busy.
-pub async fn run<S: SharedState>(state: AppState<S>, clock: Clock, period: Duration) {
+pub async fn run(state: AppState, clock: Clock, period: Duration) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -50,13 +49,13 @@ mod tests {
 
     /// A fresh store in `dir` and its state, on a clock standing at `start` (the
     /// state's first document is signed at exactly `start`).
-    async fn state_at(dir: &std::path::Path, start: u64, settings: Settings) -> AppState<MemoryShared> {
+    async fn state_at(dir: &std::path::Path, start: u64, settings: Settings) -> AppState {
         let (store, _) = Store::open_or_init(dir, None, start).expect("store");
         let clock = Arc::new(ManualClock::at(start));
         AppState::with_clock(settings, store.into_backend(), MemoryShared::new(16), clock).await.expect("state")
     }
 
-    async fn stored_ids(state: &AppState<MemoryShared>) -> Vec<[u8; 8]> {
+    async fn stored_ids(state: &AppState) -> Vec<[u8; 8]> {
         state.store.server_secrets().await.expect("secrets").server_keys.iter().map(|k| k.0).collect()
     }
 

@@ -80,8 +80,8 @@ fn normalise_recipient(to: &str) -> String {
 /// Charges one code sent by `owner` to `to`, cheapest refusal first (see the module
 /// doc). `purpose` is [`Purpose::StepUp`] only for a key's step-up, whose destination
 /// is the key's own registered one.
-pub async fn charge_send<S: SharedState>(
-    shared: &S,
+pub async fn charge_send(
+    shared: &dyn SharedState,
     limits: &OtpSettings,
     owner: &[u8; 16],
     purpose: Purpose,
@@ -100,8 +100,8 @@ pub async fn charge_send<S: SharedState>(
     charge(shared, &format!("otp-dest:{dest}"), limits.sends_per_destination_global, now, "to this destination").await
 }
 
-async fn charge<S: SharedState>(
-    shared: &S,
+async fn charge(
+    shared: &dyn SharedState,
     bucket: &str,
     limit: u64,
     now: u64,
@@ -116,8 +116,8 @@ async fn charge<S: SharedState>(
 
 /// Counts one authenticated OTP API call of `owner` (replica-shared, so the budget
 /// is the key's whichever replica answers).
-pub async fn charge_api_call<S: SharedState>(
-    shared: &S,
+pub async fn charge_api_call(
+    shared: &dyn SharedState,
     limits: &OtpSettings,
     owner: &[u8; 16],
     now: u64,

@@ -21,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::deadline_io::{DeadlineIo, Deadlines};
 use crate::http::{route, ConnInfo};
-use crate::shared::{client_key, SharedState};
+use crate::shared::client_key;
 use crate::state::AppState;
 
 /// How long in-flight connections get to finish after shutdown starts.
@@ -40,12 +40,7 @@ const SEND_BUFFER: usize = 64 * 1024;
 const MAX_BUF: usize = 64 * 1024;
 
 /// Serves HTTP (or HTTPS when `tls` is set) on `listener` until `shutdown` resolves.
-pub async fn run<S: SharedState>(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    state: AppState<S>,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, state: AppState, shutdown: impl Future<Output = ()>) {
     let limit = Arc::new(Semaphore::new(state.settings.max_connections));
     let per_client = Arc::new(PerClient::new(state.settings.max_connections_per_ip));
     let graceful = GracefulShutdown::new();
@@ -139,16 +134,16 @@ pub async fn run<S: SharedState>(
 
 /// Holds a connection slot and its client's slot, and counts the connection as open,
 /// while it lives.
-struct ConnGuard<S: SharedState> {
-    state: AppState<S>,
+struct ConnGuard {
+    state: AppState,
     // Fields drop in order: the client's slot must be free before the global permit
     // lets the accept loop take the next connection, which may be the same client's.
     _client: ClientSlot,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
-impl<S: SharedState> ConnGuard<S> {
-    fn new(state: AppState<S>, permit: tokio::sync::OwnedSemaphorePermit, client: ClientSlot) -> Self {
+impl ConnGuard {
+    fn new(state: AppState, permit: tokio::sync::OwnedSemaphorePermit, client: ClientSlot) -> Self {
         let open = state.metrics.connections_open.fetch_add(1, Ordering::Relaxed) + 1;
         state.metrics.connections_peak.fetch_max(open, Ordering::Relaxed);
         Self { state, _client: client, _permit: permit }
@@ -223,7 +218,7 @@ impl Drop for ClientSlot {
     }
 }
 
-impl<S: SharedState> Drop for ConnGuard<S> {
+impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.state.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
     }

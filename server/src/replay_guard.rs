@@ -23,7 +23,7 @@ use onetrip_protocol::pop::TOKEN_BINDING_LEN;
 use onetrip_protocol::PopProof;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::shared::{SharedError, SharedState};
+use crate::shared::SharedError;
 use crate::state::{unix_now, AppState};
 use crate::store::StateStore;
 
@@ -77,7 +77,7 @@ pub struct AheadWriter {
 }
 
 impl AheadWriter {
-    async fn persist<S>(&self, state: &AppState<S>, stamp: u64, id: [u8; 16]) -> Result<(), ReplayGuardError> {
+    async fn persist(&self, state: &AppState, stamp: u64, id: [u8; 16]) -> Result<(), ReplayGuardError> {
         let tx = self.tx.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
             // Weak: the task must not keep the store open after the state is gone.
@@ -116,12 +116,7 @@ async fn write_batches(store: Weak<dyn StateStore>, mut rx: mpsc::Receiver<Job>)
 /// Records a request's replay id: `Ok(true)` when new, `Ok(false)` for a replay.
 /// The caller has already refused stamps at or before the start and outside the
 /// window; an id stamped ahead of `now` is durable before this returns.
-pub async fn remember_once<S: SharedState>(
-    state: &AppState<S>,
-    id: [u8; 16],
-    stamp: u64,
-    now: u64,
-) -> Result<bool, ReplayGuardError> {
+pub async fn remember_once(state: &AppState, id: [u8; 16], stamp: u64, now: u64) -> Result<bool, ReplayGuardError> {
     // Kept until the stamp leaves the window: a request is only acceptable within
     // ±window of its stamp, so after stamp + window it is refused without the cache.
     let expires_at = stamp.saturating_add(state.settings.clock_window_secs);
@@ -141,8 +136,8 @@ pub fn proof_replay_id(proof: &PopProof, binding: &[u8; TOKEN_BINDING_LEN]) -> [
 }
 
 /// Accepts a verified proof once, across restarts too (the same rule as handshakes).
-pub async fn accept_proof<S: SharedState>(
-    state: &AppState<S>,
+pub async fn accept_proof(
+    state: &AppState,
     proof: &PopProof,
     binding: &[u8; TOKEN_BINDING_LEN],
     now: u64,
@@ -158,7 +153,7 @@ pub async fn accept_proof<S: SharedState>(
 
 /// Loads the ids an earlier run accepted ahead of its clock into the replay cache
 /// (before the server answers anything); returns how many.
-pub async fn restore<S: SharedState>(state: &AppState<S>) -> Result<usize, ReplayGuardError> {
+pub async fn restore(state: &AppState) -> Result<usize, ReplayGuardError> {
     let ids =
         state.store.replay_ids_after(state.started_at).await.map_err(|e| ReplayGuardError::Store(e.to_string()))?;
     let (now, window) = (state.now(), state.settings.clock_window_secs);
@@ -174,7 +169,7 @@ pub async fn restore<S: SharedState>(state: &AppState<S>) -> Result<usize, Repla
 }
 
 /// Returns once the clock is past the start second (stamps in it are refused).
-pub async fn wait_past_start<S>(state: &AppState<S>) {
+pub async fn wait_past_start(state: &AppState) {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
     // Bounded: a second and a bit, even if the clock were to stall.
     for _ in 0..50 {
@@ -193,7 +188,7 @@ mod tests {
     use crate::config::Settings;
     use crate::shared::MemoryShared;
 
-    async fn state(dir: &std::path::Path) -> AppState<MemoryShared> {
+    async fn state(dir: &std::path::Path) -> AppState {
         let (store, _) = crate::store::Store::open_or_init(dir, None, unix_now()).expect("store");
         AppState::new(Settings::defaults(dir.into()), store.into_backend(), MemoryShared::new(1_000))
             .await

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use crate::shared::SharedState;
 use crate::state::AppState;
 use crate::store::{StateStore, StoreError};
 
@@ -57,7 +56,7 @@ where
 }
 
 /// The background task: one [`sweep`] at start, then one a minute.
-pub async fn run<S: SharedState>(state: AppState<S>) {
+pub async fn run(state: AppState) {
     let mut tick = tokio::time::interval(PERIOD);
     loop {
         tick.tick().await;

@@ -4,7 +4,7 @@
 //! introspection consult), and listed at `GET /v1/revocations` so that a resource
 //! server verifying tokens in-process with its audience key can poll them cheaply.
 
-use crate::shared::{SharedError, SharedState};
+use crate::shared::SharedError;
 use crate::state::AppState;
 use crate::store::StoreError;
 
@@ -20,7 +20,7 @@ pub enum RevocationError {
 }
 
 /// Loads every revocation still in force into the shared state; returns how many.
-pub async fn restore<S: SharedState>(state: &AppState<S>) -> Result<usize, RevocationError> {
+pub async fn restore(state: &AppState) -> Result<usize, RevocationError> {
     let revoked = state.store.revoked_tokens(state.now()).await?;
     for (id, until) in &revoked {
         state.shared.revoke_token(*id, *until).await?;

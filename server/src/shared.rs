@@ -2,9 +2,11 @@
 //! revocations. Handlers see only the [`SharedState`] trait; [`MemoryShared`] is the
 //! single-node default, and a Redis backend can implement the same trait.
 
-use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
 
 use dashmap::DashMap;
 
@@ -28,32 +30,40 @@ pub enum RateDecision {
 }
 
 /// Replica-shared state. Every method is atomic with respect to other replicas.
+/// Handlers hold it as [`Shared`] (a trait object), so the backend is chosen at start
+/// without a type parameter on every handler.
+#[async_trait]
 pub trait SharedState: Send + Sync + 'static {
     /// Records `id` until `expires_at`; `Ok(true)` if it was new, `Ok(false)` if
     /// already present (a replay). Never records twice.
-    fn remember_once(
-        &self,
-        id: [u8; 16],
-        now: u64,
-        expires_at: u64,
-    ) -> impl Future<Output = Result<bool, SharedError>> + Send;
+    async fn remember_once(&self, id: [u8; 16], now: u64, expires_at: u64) -> Result<bool, SharedError>;
 
     /// Counts one event for `bucket` at a sustained rate of `limit` per `window_secs`
     /// with bursts of at most `limit` ([`gcra`]: no window boundary to burst across).
     /// A refused event is not counted.
-    fn rate_limit(
+    async fn rate_limit(
         &self,
         bucket: &str,
         limit: u64,
         window_secs: u64,
         now: u64,
-    ) -> impl Future<Output = Result<RateDecision, SharedError>> + Send;
+    ) -> Result<RateDecision, SharedError>;
 
     /// Revokes a token id until `until` (its expiry).
-    fn revoke_token(&self, token_id: [u8; 16], until: u64) -> impl Future<Output = Result<(), SharedError>> + Send;
+    async fn revoke_token(&self, token_id: [u8; 16], until: u64) -> Result<(), SharedError>;
 
     /// True when the token id was revoked.
-    fn is_token_revoked(&self, token_id: [u8; 16], now: u64) -> impl Future<Output = Result<bool, SharedError>> + Send;
+    async fn is_token_revoked(&self, token_id: [u8; 16], now: u64) -> Result<bool, SharedError>;
+
+    /// Takes the exclusive lease `name` for `holder` until `expires_at`: `Ok(true)` if
+    /// taken, `Ok(false)` while another holder's lease runs. The expiry bounds how
+    /// long a holder that crashed (or a replica that died) can keep others out. On
+    /// Redis this is `SET name holder NX PX`.
+    async fn try_lease(&self, name: &str, holder: u128, now: u64, expires_at: u64) -> Result<bool, SharedError>;
+
+    /// Ends `holder`'s lease on `name`; a lease that expired and was taken by another
+    /// holder since is left alone.
+    async fn release_lease(&self, name: &str, holder: u128) -> Result<(), SharedError>;
 
     /// Backend hook for `/metrics`: the ids this process's own replay cache holds,
     /// when the backend keeps one here (a shared server's sizes are not this process's).
@@ -62,6 +72,9 @@ pub trait SharedState: Send + Sync + 'static {
     }
 }
 
+/// The shared-state backend as handlers hold it.
+pub type Shared = Arc<dyn SharedState>;
+
 /// Single-node shared state in memory (dashmap), bounded in size.
 #[derive(Debug)]
 pub struct MemoryShared {
@@ -69,6 +82,8 @@ pub struct MemoryShared {
     /// Bucket → GCRA theoretical arrival time in milliseconds (see [`gcra`]).
     limits: DashMap<String, u64>,
     revoked: DashMap<[u8; 16], u64>,
+    /// Lease name → (holder, expiry).
+    leases: DashMap<String, (u128, u64)>,
     last_sweep: AtomicU64,
 }
 
@@ -86,6 +101,7 @@ impl MemoryShared {
             replay: ReplayCache::new(window_secs, replay_capacity),
             limits: DashMap::new(),
             revoked: DashMap::new(),
+            leases: DashMap::new(),
             last_sweep: AtomicU64::new(0),
         }
     }
@@ -118,6 +134,7 @@ pub fn gcra(tat: u64, limit: u64, window_secs: u64, now: u64) -> (RateDecision, 
     (RateDecision::Allowed, start.saturating_add(interval))
 }
 
+#[async_trait]
 impl SharedState for MemoryShared {
     async fn remember_once(&self, id: [u8; 16], now: u64, expires_at: u64) -> Result<bool, SharedError> {
         // Fail closed: better to refuse a handshake than to forget replay ids.
@@ -146,6 +163,21 @@ impl SharedState for MemoryShared {
         Ok(self.revoked.get(&token_id).is_some_and(|until| *until >= now))
     }
 
+    async fn try_lease(&self, name: &str, holder: u128, now: u64, expires_at: u64) -> Result<bool, SharedError> {
+        let mut lease = self.leases.entry(name.to_owned()).or_insert((holder, 0));
+        let (current, until) = *lease;
+        if current != holder && until >= now {
+            return Ok(false);
+        }
+        *lease = (holder, expires_at);
+        Ok(true)
+    }
+
+    async fn release_lease(&self, name: &str, holder: u128) -> Result<(), SharedError> {
+        self.leases.remove_if(name, |_, (current, _)| *current == holder);
+        Ok(())
+    }
+
     fn local_replay_entries(&self) -> Option<usize> {
         Some(self.replay_entries())
     }
@@ -166,6 +198,7 @@ impl MemoryShared {
         }
         self.replay.sweep(now);
         self.revoked.retain(|_, until| *until >= now);
+        self.leases.retain(|_, (_, until)| *until >= now);
         // A bucket whose arrival time has passed is full again: the same as no entry.
         let now_ms = now.saturating_mul(1000);
         self.limits.retain(|_, tat| *tat > now_ms);
@@ -185,6 +218,27 @@ mod tests {
         assert!(!s.remember_once([1; 16], 160, 160).await.unwrap(), "live through its last second");
         assert!(s.remember_once([2; 16], 150, 210).await.unwrap());
         assert!(s.remember_once([1; 16], 221, 281).await.unwrap(), "expired ids may be reused");
+    }
+
+    #[tokio::test]
+    async fn a_lease_has_one_holder_until_released_or_expired() {
+        let s = MemoryShared::new(10);
+        assert!(s.try_lease("otp.resend:aa", 1, 100, 110).await.unwrap());
+        assert!(!s.try_lease("otp.resend:aa", 2, 105, 115).await.unwrap(), "held by 1");
+        assert!(s.try_lease("otp.resend:bb", 2, 105, 115).await.unwrap(), "other names are free");
+        // Only the holder can release; another holder's release changes nothing.
+        s.release_lease("otp.resend:aa", 2).await.unwrap();
+        assert!(!s.try_lease("otp.resend:aa", 3, 106, 116).await.unwrap());
+        s.release_lease("otp.resend:aa", 1).await.unwrap();
+        assert!(s.try_lease("otp.resend:aa", 3, 106, 116).await.unwrap(), "free once released");
+        // A holder that never releases (a replica that died) keeps it until expiry.
+        assert!(!s.try_lease("otp.resend:aa", 4, 116, 126).await.unwrap(), "live through its last second");
+        assert!(s.try_lease("otp.resend:aa", 4, 117, 127).await.unwrap(), "expired leases can be taken");
+        // The old holder's late release does not end the new holder's lease.
+        s.release_lease("otp.resend:aa", 3).await.unwrap();
+        assert!(!s.try_lease("otp.resend:aa", 5, 118, 128).await.unwrap());
+        s.sweep(200);
+        assert!(s.leases.is_empty(), "sweep drops expired leases");
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use onetrip_protocol::{DefaultBackend, IdentityKey, PopProof, Responder, Token, 
 use crate::config::Settings;
 use crate::keys::{KeyDirectory, KeyEntry};
 use crate::metrics::Metrics;
-use crate::shared::{IpLimiter, SharedState};
+use crate::shared::{IpLimiter, Shared, SharedState};
 use crate::store::ports::for_each_api_key;
 use crate::store::{Backend, StoreError};
 
@@ -79,7 +79,7 @@ pub struct Handshake {
 }
 
 /// Shared server state.
-pub struct Inner<S> {
+pub struct Inner {
     /// Resolved settings.
     pub settings: Settings,
     /// The time source ([`SystemClock`] when serving).
@@ -91,7 +91,7 @@ pub struct Inner<S> {
     /// API keys and cached static-static values.
     pub keys: KeyDirectory,
     /// Replica-shared state.
-    pub shared: S,
+    pub shared: Shared,
     /// Counters.
     pub metrics: Metrics,
     /// Server start second; stamps at or before it are refused, so nothing an earlier
@@ -144,24 +144,24 @@ impl TokenKeys {
 }
 
 /// Cheap handle to the shared state.
-pub struct AppState<S>(Arc<Inner<S>>);
+pub struct AppState(Arc<Inner>);
 
-impl<S> Clone for AppState<S> {
+impl Clone for AppState {
     fn clone(&self) -> Self {
         Self(Arc::clone(&self.0))
     }
 }
 
-impl<S> AppState<S> {
+impl AppState {
     /// Unix seconds now, by the state's clock.
     pub fn now(&self) -> u64 {
         self.clock.now()
     }
 }
 
-impl<S> std::ops::Deref for AppState<S> {
-    type Target = Inner<S>;
-    fn deref(&self) -> &Inner<S> {
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
         &self.0
     }
 }
@@ -183,9 +183,9 @@ pub enum TokenCheckError {
     Shared(String),
 }
 
-impl<S: SharedState> AppState<S> {
+impl AppState {
     /// Builds the state from an open store, reading every key into memory.
-    pub async fn new(settings: Settings, store: Backend, shared: S) -> Result<Self, StoreError> {
+    pub async fn new(settings: Settings, store: Backend, shared: impl SharedState) -> Result<Self, StoreError> {
         Self::with_clock(settings, store, shared, Arc::new(SystemClock)).await
     }
 
@@ -193,7 +193,18 @@ impl<S: SharedState> AppState<S> {
     pub async fn with_clock(
         settings: Settings,
         store: Backend,
-        shared: S,
+        shared: impl SharedState,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StoreError> {
+        Self::from_parts(settings, store, Arc::new(shared), clock).await
+    }
+
+    /// [`AppState::with_clock`] on a shared-state backend the caller keeps a handle
+    /// to (the serve loop sweeps its in-memory one).
+    pub async fn from_parts(
+        settings: Settings,
+        store: Backend,
+        shared: Shared,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
         let now = clock.now();

@@ -13,7 +13,7 @@ use super::CliError;
 use crate::admin;
 use crate::config::StoreSetting;
 use crate::shared::MemoryShared;
-use crate::state::AppState;
+use crate::state::{AppState, SystemClock};
 
 pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     let settings = settings(cli, Some(args))?;
@@ -38,8 +38,10 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     let admin_socket = settings.admin_socket.clone();
     let data_dir = settings.data_dir.clone();
     let store_shown = matches!(settings.store, StoreSetting::Postgres(_)).then(|| settings.store.shown());
-    let shared = MemoryShared::with_window(settings.clock_window_secs, settings.replay_cache_capacity);
-    let state = AppState::new(settings, store, shared).await.map_err(|e| e.to_string())?;
+    let shared = Arc::new(MemoryShared::with_window(settings.clock_window_secs, settings.replay_cache_capacity));
+    let state = AppState::from_parts(settings, store, shared.clone(), Arc::new(SystemClock))
+        .await
+        .map_err(|e| e.to_string())?;
     let restored = crate::replay_guard::restore(&state).await.map_err(|e| e.to_string())?;
     tracing::debug!(restored, "replay ids stamped ahead by the previous run loaded");
     let revoked = crate::revocation::restore(&state).await.map_err(|e| e.to_string())?;
@@ -80,7 +82,7 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             }
         })
     };
-    let maintenance = tokio::spawn(maintenance(state.clone()));
+    let maintenance = tokio::spawn(maintenance(state.clone(), shared));
     let clock = Arc::clone(&state.clock);
     let key_lifecycle = tokio::spawn(crate::key_lifecycle::run(
         state.clone(),
@@ -121,14 +123,14 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
 
 /// Once a second: expire replay ids and rate windows; every ten seconds, persist
 /// `last_used_at`. (Handshake keys have their own task, [`crate::key_lifecycle`].)
-async fn maintenance(state: AppState<MemoryShared>) {
+async fn maintenance(state: AppState, shared: Arc<MemoryShared>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
         ticks += 1;
         let now = state.now();
-        state.shared.sweep(now);
+        shared.sweep(now);
         state.probe_store(std::time::Duration::from_secs(2)).await;
         if ticks % 10 == 0 {
             if let Err(e) = state.flush_last_used().await {

@@ -31,7 +31,7 @@ pub(crate) use token_auth::{authenticate, authenticate_once};
 use tokens::{introspect, revocations, whoami};
 
 use crate::problem::{json, octets, problem, rate_limited, Body};
-use crate::shared::{RateDecision, SharedState};
+use crate::shared::RateDecision;
 use crate::state::AppState;
 
 /// The routes [`route`] serves besides `/v1/otp/*` ([`crate::otp::api::ROUTES`]), as
@@ -48,8 +48,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// Serves one request.
-pub async fn route<S: SharedState>(
-    state: AppState<S>,
+pub async fn route(
+    state: AppState,
     req: Request<Incoming>,
     conn: ConnInfo,
 ) -> Result<Response<Body>, std::convert::Infallible> {
@@ -105,12 +105,12 @@ pub async fn route<S: SharedState>(
 /// The per-address limit of the public documents (`/v1/server-key`,
 /// `/v1/openapi.json`): cheap answers, but no route is open to an unbounded rate from
 /// one address. `/healthz` stays unlimited for load balancers' checks.
-fn over_public_limit<S>(state: &AppState<S>, conn: ConnInfo) -> bool {
+fn over_public_limit(state: &AppState, conn: ConnInfo) -> bool {
     let decision = state.public_ip_limiter.check(conn.peer, state.settings.auth_rate_per_ip, state.now());
     matches!(decision, RateDecision::Limited { .. })
 }
 
-async fn auth<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+async fn auth(state: &AppState, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
     let now = state.now();
     if let RateDecision::Limited { retry_after } =
         state.ip_limiter.check(conn.peer, state.settings.auth_rate_per_ip, now)
@@ -137,7 +137,7 @@ async fn auth<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, conn:
     }
 }
 
-fn server_key<S: SharedState>(state: &AppState<S>, query: Option<&str>) -> Response<Body> {
+fn server_key(state: &AppState, query: Option<&str>) -> Response<Body> {
     let hs = state.handshake.load();
     if query.is_some_and(|q| q.split('&').any(|p| p == "format=json")) {
         let Ok(doc) = ServerKeyDocument::parse(&hs.document) else {
@@ -188,7 +188,7 @@ pub(crate) fn metrics_allowed(settings: &crate::config::Settings, peer: IpAddr, 
     }
 }
 
-fn metrics<S: SharedState>(state: &AppState<S>) -> Response<Body> {
+fn metrics(state: &AppState) -> Response<Body> {
     let text =
         state.metrics.render(state.keys.len(), state.shared.local_replay_entries(), state.keys.cached_static_statics());
     let mut resp = Response::new(Body::new(Bytes::from(text)));

@@ -28,7 +28,7 @@ pub struct ConnInfo {
 /// The token-checking routes' per-address guard, before their body or token is read:
 /// an address over its budget of failed authentications ([`super::token_auth::authenticate`]
 /// counts them) gets no AEAD open, store or shared-state work.
-pub(crate) fn failed_auth_guard<S>(state: &AppState<S>, conn: ConnInfo) -> Option<Response<Body>> {
+pub(crate) fn failed_auth_guard(state: &AppState, conn: ConnInfo) -> Option<Response<Body>> {
     match state.otp_ip_limiter.check(conn.peer, state.settings.otp.api_rate_per_ip, state.now()) {
         RateDecision::Allowed => None,
         RateDecision::Limited { retry_after } => {
@@ -38,11 +38,7 @@ pub(crate) fn failed_auth_guard<S>(state: &AppState<S>, conn: ConnInfo) -> Optio
 }
 
 /// Reads a body of at most `max` bytes within the configured time.
-pub(crate) async fn read_body<S>(
-    state: &AppState<S>,
-    req: Request<Incoming>,
-    max: usize,
-) -> Result<Bytes, Response<Body>> {
+pub(crate) async fn read_body(state: &AppState, req: Request<Incoming>, max: usize) -> Result<Bytes, Response<Body>> {
     if let Some(len) = content_length(req.headers()) {
         if len > max as u64 {
             return Err(problem(

@@ -9,7 +9,6 @@ use onetrip_protocol::{PopProof, Token};
 
 use super::request::ConnInfo;
 use crate::problem::{problem, Body};
-use crate::shared::SharedState;
 use crate::state::{AppState, TokenCheckError};
 
 /// 401 with `WWW-Authenticate: Onetrip`.
@@ -21,8 +20,8 @@ pub(crate) fn unauthorized(code: &str, detail: &str) -> Response<Body> {
 
 /// Checks the token presented on a request (PoP over method, path and `body`, or
 /// bearer on TLS) and returns its claims, or the 401/503 answer.
-pub(crate) async fn authenticate<S: SharedState>(
-    state: &AppState<S>,
+pub(crate) async fn authenticate(
+    state: &AppState,
     parts: &Parts,
     body: &[u8],
     conn: ConnInfo,
@@ -35,8 +34,8 @@ pub(crate) async fn authenticate<S: SharedState>(
 /// (PROTOCOL.md §8), so a captured request cannot be sent again within its window,
 /// nor after a restart. Bearer calls carry no proof: TLS is what keeps them from
 /// being captured and replayed.
-pub(crate) async fn authenticate_once<S: SharedState>(
-    state: &AppState<S>,
+pub(crate) async fn authenticate_once(
+    state: &AppState,
     parts: &Parts,
     body: &[u8],
     conn: ConnInfo,
@@ -45,8 +44,8 @@ pub(crate) async fn authenticate_once<S: SharedState>(
     authenticate_with(state, parts, body, conn, now, true).await
 }
 
-async fn authenticate_with<S: SharedState>(
-    state: &AppState<S>,
+async fn authenticate_with(
+    state: &AppState,
     parts: &Parts,
     body: &[u8],
     conn: ConnInfo,
@@ -78,8 +77,8 @@ async fn authenticate_with<S: SharedState>(
 
 /// 401 `pop_replayed` for a proof seen before (or older than the server's start),
 /// 503 when the replay cache or the store cannot record it.
-async fn proof_used_once<S: SharedState>(
-    state: &AppState<S>,
+async fn proof_used_once(
+    state: &AppState,
     proof: &PopProof,
     binding: &[u8; onetrip_protocol::pop::TOKEN_BINDING_LEN],
     now: u64,
@@ -108,8 +107,8 @@ async fn proof_used_once<S: SharedState>(
 
 /// [`authenticate`], then the `introspect` scope that `/v1/introspect` and
 /// `/v1/revocations` need (403 `scope_required` without it).
-pub(crate) async fn authenticate_resource_server<S: SharedState>(
-    state: &AppState<S>,
+pub(crate) async fn authenticate_resource_server(
+    state: &AppState,
     parts: &Parts,
     body: &[u8],
     conn: ConnInfo,

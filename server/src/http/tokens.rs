@@ -12,7 +12,6 @@ use serde::Deserialize;
 use super::request::{read_body, ConnInfo, MAX_JSON_BODY};
 use super::token_auth::{authenticate, authenticate_resource_server};
 use crate::problem::{json, problem, Body};
-use crate::shared::SharedState;
 use crate::state::{AppState, TokenCheckError};
 
 #[derive(Deserialize)]
@@ -30,11 +29,7 @@ struct IntrospectRequest {
 /// The caller authenticates like any API call (a token for the server's audience with
 /// the `introspect` scope, PoP-signed) and learns only about tokens for the audiences
 /// its own key lists; anything else reads `{"active": false}`.
-pub(super) async fn introspect<S: SharedState>(
-    state: &AppState<S>,
-    req: Request<Incoming>,
-    conn: ConnInfo,
-) -> Response<Body> {
+pub(super) async fn introspect(state: &AppState, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let body = match read_body(state, Request::from_parts(parts.clone(), body), MAX_JSON_BODY).await {
         Ok(b) => b,
@@ -90,11 +85,7 @@ pub(super) async fn introspect<S: SharedState>(
 /// `GET /v1/revocations`: the token revocations in force, for resource servers that
 /// verify tokens in-process (poll it; each entry lasts until the token would have
 /// expired). Authenticated like introspection (scope `introspect`).
-pub(super) async fn revocations<S: SharedState>(
-    state: &AppState<S>,
-    req: Request<Incoming>,
-    conn: ConnInfo,
-) -> Response<Body> {
+pub(super) async fn revocations(state: &AppState, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
     let (parts, _) = req.into_parts();
     let now = state.now();
     let caller = match authenticate_resource_server(state, &parts, b"", conn, now).await {
@@ -145,11 +136,7 @@ fn claims_json(c: &onetrip_protocol::Claims, pop_verified: bool) -> serde_json::
     })
 }
 
-pub(super) async fn whoami<S: SharedState>(
-    state: &AppState<S>,
-    req: Request<Incoming>,
-    conn: ConnInfo,
-) -> Response<Body> {
+pub(super) async fn whoami(state: &AppState, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
     let (parts, _) = req.into_parts();
     let pop_verified = parts.headers.contains_key(POP_HEADER);
     match authenticate(state, &parts, b"", conn, state.now()).await {

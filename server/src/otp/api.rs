@@ -14,7 +14,7 @@ use crate::http::{read_body, ConnInfo, MAX_JSON_BODY};
 use crate::otp::service::{self, NewVerification, OtpError};
 use crate::otp::{CheckOutcome, Policy, Purpose, Status, Verification};
 use crate::problem::{bad_json, json, problem, Body};
-use crate::shared::{RateDecision, SharedState};
+use crate::shared::RateDecision;
 use crate::state::AppState;
 
 /// Scope a token needs for `/v1/otp/*`.
@@ -99,7 +99,7 @@ pub fn handles(path: &str) -> bool {
 }
 
 /// Serves one `/v1/otp/*` request.
-pub async fn route<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+pub async fn route(state: &AppState, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
     let now = state.now();
     // Before the token is even parsed: an address that keeps failing authentication
     // gets no more token work. Authenticated calls are limited per key below instead,
@@ -146,7 +146,7 @@ pub async fn route<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, 
         Err(resp) => return resp,
     };
     let owner = *claims.api_key_id.as_bytes();
-    match crate::limits::charge_api_call(&state.shared, &state.settings.otp, &owner, now).await {
+    match crate::limits::charge_api_call(&*state.shared, &state.settings.otp, &owner, now).await {
         Ok(RateDecision::Allowed) => {}
         Ok(RateDecision::Limited { retry_after }) => return key_rate_limited(retry_after),
         Err(e) => return error_response(&OtpError::Unavailable(e.to_string())),
@@ -171,8 +171,8 @@ pub async fn route<S: SharedState>(state: &AppState<S>, req: Request<Incoming>, 
 
 /// Verifies the presented token (PoP over the method, path and body, accepted `once`
 /// for writes; bearer only on TLS) and that it carries the `otp` scope.
-async fn authorize<S: SharedState>(
-    state: &AppState<S>,
+async fn authorize(
+    state: &AppState,
     parts: &Parts,
     body: &[u8],
     conn: ConnInfo,
@@ -195,8 +195,8 @@ async fn authorize<S: SharedState>(
     Ok(claims)
 }
 
-async fn create<S: SharedState>(
-    state: &AppState<S>,
+async fn create(
+    state: &AppState,
     owner: [u8; 16],
     owner_name: String,
     body: &[u8],
@@ -225,8 +225,8 @@ async fn create<S: SharedState>(
     Ok(json(StatusCode::CREATED, &view(&v, now)))
 }
 
-async fn check<S: SharedState>(
-    state: &AppState<S>,
+async fn check(
+    state: &AppState,
     owner: [u8; 16],
     id: [u8; 16],
     body: &[u8],
@@ -251,8 +251,8 @@ async fn check<S: SharedState>(
     Ok(json(StatusCode::OK, &body))
 }
 
-async fn enroll<S: SharedState>(
-    state: &AppState<S>,
+async fn enroll(
+    state: &AppState,
     owner: [u8; 16],
     body: &[u8],
     conn: ConnInfo,

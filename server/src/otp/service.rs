@@ -8,7 +8,6 @@ use zeroize::Zeroizing;
 
 use crate::otp::lockout;
 use crate::otp::{self, CheckOutcome, Policy, Purpose, ResendOutcome, Status, Verification};
-use crate::shared::SharedState;
 use crate::state::AppState;
 use crate::store::ports::{self, StateStore, TotpPut};
 use crate::store::{AuditEntry, StepUpStart, StoreError, TotpEnrolment};
@@ -16,8 +15,10 @@ use crate::store::{AuditEntry, StepUpStart, StoreError, TotpEnrolment};
 /// TOTP account that stands for the API key itself (step-up); API accounts may not
 /// start with `@`.
 pub const STEP_UP_ACCOUNT: &str = "@key";
-/// Locks that serialize resends of one verification (by the id's first byte).
-static RESEND_LOCKS: [tokio::sync::Mutex<()>; 64] = [const { tokio::sync::Mutex::const_new(()) }; 64];
+/// How long a resend may hold its verification's lease: far longer than the store
+/// round trips it covers (delivery runs after it), and short enough that a replica
+/// that died holding it blocks that verification's resends only briefly.
+const RESEND_LEASE_SECS: u64 = 10;
 
 /// Longest destination accepted.
 pub const MAX_DESTINATION_LEN: usize = 256;
@@ -132,7 +133,7 @@ pub fn parse_channel(name: &str) -> Option<Channel> {
 }
 
 /// Checks a destination for its channel before anything is stored or sent.
-pub fn validate_destination<S>(state: &AppState<S>, channel: Channel, to: &str) -> Result<(), OtpError> {
+pub fn validate_destination(state: &AppState, channel: Channel, to: &str) -> Result<(), OtpError> {
     if to.is_empty() || to.len() > MAX_DESTINATION_LEN || to.chars().any(char::is_control) {
         return Err(OtpError::InvalidParameter(format!(
             "`to` must be 1 to {MAX_DESTINATION_LEN} printable characters"
@@ -165,11 +166,7 @@ fn audit_entry(now: u64, event: &'static str, v: &Verification, outcome: &str) -
 }
 
 /// Creates a verification, stores it, and sends its code in the background.
-pub async fn create<S: SharedState>(
-    state: &AppState<S>,
-    new: NewVerification,
-    now: u64,
-) -> Result<Verification, OtpError> {
+pub async fn create(state: &AppState, new: NewVerification, now: u64) -> Result<Verification, OtpError> {
     new.policy.validate().map_err(|e| OtpError::InvalidParameter(e.to_string()))?;
     validate_destination(state, new.channel, &new.to)?;
     if new.channel == Channel::Totp && new.purpose == Purpose::Api {
@@ -182,7 +179,7 @@ pub async fn create<S: SharedState>(
         }
     } else {
         let limits = &state.settings.otp;
-        crate::limits::charge_send(&state.shared, limits, &new.owner, new.purpose, new.channel, &new.to, now).await?;
+        crate::limits::charge_send(&*state.shared, limits, &new.owner, new.purpose, new.channel, &new.to, now).await?;
     }
     let owner_name = new.owner_name.clone();
     let key = state.otp_key().await?;
@@ -217,8 +214,8 @@ enum Checked {
 
 /// Checks a code; the attempt (and, for step-up and TOTP, the lockout count across
 /// verifications) is durable before the answer.
-pub async fn check<S: SharedState>(
-    state: &AppState<S>,
+pub async fn check(
+    state: &AppState,
     owner: [u8; 16],
     purpose: Purpose,
     id: [u8; 16],
@@ -298,11 +295,7 @@ pub async fn check<S: SharedState>(
 /// key, so a new handshake never opens a verification with fresh attempts while one
 /// is pending; refused while the key is locked. Returns the verification and whether
 /// it is new (its code was just sent).
-pub async fn start_step_up<S: SharedState>(
-    state: &AppState<S>,
-    new: NewVerification,
-    now: u64,
-) -> Result<(Verification, bool), OtpError> {
+pub async fn start_step_up(state: &AppState, new: NewVerification, now: u64) -> Result<(Verification, bool), OtpError> {
     let subject = lockout::step_up_subject(&new.owner);
     let resumable = move |v: &mut Verification| {
         v.refresh(now);
@@ -329,7 +322,7 @@ pub async fn start_step_up<S: SharedState>(
         }
     } else {
         crate::limits::charge_send(
-            &state.shared,
+            &*state.shared,
             &state.settings.otp,
             &new.owner,
             new.purpose,
@@ -420,17 +413,45 @@ pub async fn enroll_totp(
 }
 
 /// Sends a new code (it replaces the old one; the expiry does not move).
-pub async fn resend<S: SharedState>(
-    state: &AppState<S>,
+pub async fn resend(
+    state: &AppState,
     owner: [u8; 16],
     owner_name: String,
     id: [u8; 16],
     now: u64,
 ) -> Result<Verification, OtpError> {
-    // One resend of a verification at a time (striped locks, bounded memory): the
-    // look-then-charge below must not let parallel resends spend the send limits for
-    // codes that the store transition then refuses.
-    let _serial = RESEND_LOCKS[usize::from(id[0]) % RESEND_LOCKS.len()].lock().await;
+    // One resend of a verification at a time, across every replica (a lease in the
+    // shared state): the look-then-charge below must not let parallel resends spend
+    // the send limits for codes that the store transition then refuses. A resend
+    // that finds the lease taken is answered like one inside the cooldown, which is
+    // what it will be once the running resend has sent its code.
+    let lease = format!("otp.resend:{}", hex::encode(id));
+    let holder: u128 = rand::random();
+    let taken = state
+        .shared
+        .try_lease(&lease, holder, now, now + RESEND_LEASE_SECS)
+        .await
+        .map_err(|e| OtpError::Unavailable(e.to_string()))?;
+    if !taken {
+        return Err(OtpError::ResendTooSoon { retry_after: 1 });
+    }
+    let result = resend_holding_lease(state, owner, owner_name, id, now).await;
+    if let Err(e) = state.shared.release_lease(&lease, holder).await {
+        // The lease ends by itself at its expiry; until then this verification's
+        // resends are answered "too soon", never sent twice.
+        tracing::warn!(error = %e, "cannot release an OTP resend lease");
+    }
+    result
+}
+
+/// [`resend`] once its lease is held.
+async fn resend_holding_lease(
+    state: &AppState,
+    owner: [u8; 16],
+    owner_name: String,
+    id: [u8; 16],
+    now: u64,
+) -> Result<Verification, OtpError> {
     // Look first, so a refused resend does not use up the send limits.
     let mut current = get(state, owner, Purpose::Api, id, now).await?;
     if current.channel == Channel::Totp.as_str() {
@@ -447,7 +468,7 @@ pub async fn resend<S: SharedState>(
     }
     let channel = parse_channel(&current.channel).ok_or(OtpError::NotFound)?;
     let limits = &state.settings.otp;
-    crate::limits::charge_send(&state.shared, limits, &owner, Purpose::Api, channel, &current.to, now).await?;
+    crate::limits::charge_send(&*state.shared, limits, &owner, Purpose::Api, channel, &current.to, now).await?;
     let key = state.otp_key().await?;
     let (outcome, v, code) = ports::update_verification(
         &*state.store,
@@ -475,12 +496,7 @@ pub async fn resend<S: SharedState>(
 }
 
 /// Cancels a pending verification.
-pub async fn cancel<S: SharedState>(
-    state: &AppState<S>,
-    owner: [u8; 16],
-    id: [u8; 16],
-    now: u64,
-) -> Result<Verification, OtpError> {
+pub async fn cancel(state: &AppState, owner: [u8; 16], id: [u8; 16], now: u64) -> Result<Verification, OtpError> {
     let r = ports::update_verification(
         &*state.store,
         id,
@@ -507,8 +523,8 @@ pub async fn cancel<S: SharedState>(
 }
 
 /// One verification of `owner`, with its status brought up to date.
-pub async fn get<S: SharedState>(
-    state: &AppState<S>,
+pub async fn get(
+    state: &AppState,
     owner: [u8; 16],
     purpose: Purpose,
     id: [u8; 16],
@@ -523,12 +539,7 @@ pub async fn get<S: SharedState>(
 
 /// Sends `code` on the verification's channel without holding up the caller; a
 /// delivery that fails after its retries marks the verification `failed`.
-fn deliver_in_background<S: SharedState>(
-    state: &AppState<S>,
-    v: &Verification,
-    owner_name: String,
-    code: Zeroizing<String>,
-) {
+fn deliver_in_background(state: &AppState, v: &Verification, owner_name: String, code: Zeroizing<String>) {
     let Some(channel) = parse_channel(&v.channel) else { return };
     let state = state.clone();
     let v = v.clone();
