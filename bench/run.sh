@@ -113,6 +113,37 @@ start_onetrip() { # NAME DATA_DIR
 }
 load() { "${LDR[@]}" "$LOAD" "$@" --threads "$LOAD_THREADS" --connections "$CONNS" --server-pid "$SPID"; }
 
+# pctl P VALUES...: the P-th percentile (nearest rank) of integer values.
+pctl() {
+  local p=$1
+  shift
+  printf '%s\n' "$@" | sort -n | awk -v p="$p" '{ v[NR] = $1 } END { i = int((p * NR + 99) / 100); if (i < 1) i = 1; print v[i] }'
+}
+
+# key_changes N DATA_DIR: 100 creates then 100 revokes through the running server's
+# admin socket, each timed from the CLI's start to its exit (so a fixed few ms of
+# process start-up are in every row alike); sets CREATE_P50/P99[N], REVOKE_P50/P99[N]
+# in ms.
+key_changes() {
+  local n=$1 dir=$2 t0 id ids=() c=() r=()
+  for i in $(seq 1 100); do
+    t0=$(date +%s%N)
+    id=$("${LDR[@]}" "$ONETRIP" keys create --name "change$i" --json --data-dir "$dir" | sed -n 's/.*"id": *"\([0-9a-f]*\)".*/\1/p' | head -1)
+    c+=($((($(date +%s%N) - t0) / 1000)))
+    [[ -n $id ]] || { echo "keys create printed no id" >&2; return 1; }
+    ids+=("$id")
+  done
+  for id in "${ids[@]}"; do
+    t0=$(date +%s%N)
+    "${LDR[@]}" "$ONETRIP" keys revoke "$id" --data-dir "$dir" >/dev/null
+    r+=($((($(date +%s%N) - t0) / 1000)))
+  done
+  CREATE_P50[$n]=$(calc "$(pctl 50 "${c[@]}") / 1000" 1)
+  CREATE_P99[$n]=$(calc "$(pctl 99 "${c[@]}") / 1000" 1)
+  REVOKE_P50[$n]=$(calc "$(pctl 50 "${r[@]}") / 1000" 1)
+  REVOKE_P99[$n]=$(calc "$(pctl 99 "${r[@]}") / 1000" 1)
+}
+
 # Pre-generated request pools are sized from the client-in-loop rate: 3x that rate for
 # the run's length, so the pool normally outlasts the run (if not, the run ends when it
 # is used up and the rate is over the time actually run).
@@ -240,7 +271,7 @@ stop "$OIDC_PID"
 
 # ---- 8. flat cost: 100, 10,000, BIG keys ------------------------------------------------------
 # (100, not 1: one key is limited to 1,000 handshakes/s by default.)
-declare -A FLAT FLAT_GEN FLAT_WARM FLAT_RSS FLAT_CPU
+declare -A FLAT FLAT_GEN FLAT_WARM FLAT_RSS FLAT_CPU CREATE_P50 CREATE_P99 REVOKE_P50 REVOKE_P99
 for n in 100 10000 "$BIG"; do
   say "flat cost: $n keys"
   "$LOAD" gen-keys --data-dir "$WORK/data/flat$n" --count "$n" --out "$WORK/keys-flat$n.txt" | tee "$OUT/gen-$n.out" >&2
@@ -257,7 +288,21 @@ for n in 100 10000 "$BIG"; do
     --pregenerate "$POOL" | tee "$OUT/flat-$n.out" >&2
   FLAT[$n]=$(res "$OUT/flat-$n.out" rps)
   FLAT_CPU[$n]=$(res "$OUT/flat-$n.out" server_cpu_us)
+  say "key creates and revokes at $n keys"
+  key_changes "$n" "$WORK/data/flat$n"
   if [[ $n == "$BIG" ]]; then
+    # Handshakes while 1,000 keys are created: server CPU per handshake beside the
+    # quiet run above (the creates' own CPU is in it, as it is in production).
+    say "handshakes during 1,000 key creates at $n keys"
+    load handshake --url "$URL" --keys "$WORK/keys-flat$n.txt" --fingerprint "$FP" --seconds "$SECS" \
+      --pregenerate "$POOL" >"$OUT/flat-creates.out" 2>&1 &
+    LOADPID=$!
+    for i in $(seq 1 1000); do
+      "${LDR[@]}" "$ONETRIP" keys create --name "busy$i" --data-dir "$WORK/data/flat$n" >/dev/null
+    done
+    wait "$LOADPID"
+    BUSY=$(res "$OUT/flat-creates.out" rps)
+    BUSY_CPU=$(res "$OUT/flat-creates.out" server_cpu_us)
     # `keys list` through the serving process: its peak RSS (VmHWM, reset first
     # through clear_refs) must not grow with the key count.
     say "keys list over $n keys"
@@ -334,6 +379,11 @@ row() { printf '| %-46s | %-34s | %-22s | %-16s |\n' "$1" "$2" "$3" "$4"; }
   row "handshakes, 100 keys: per core / measured" "$(pc "${FLAT_CPU[100]}")/s / ${FLAT[100]}/s" "1.00" ""
   row "handshakes, 10,000 keys: per core / measured" "$(pc "${FLAT_CPU[10000]}")/s / ${FLAT[10000]}/s" "$(calc "${FLAT_CPU[100]} / ${FLAT_CPU[10000]}") / $(calc "${FLAT[10000]} / ${FLAT[100]}")x 100 keys" ">= 0.9"
   row "handshakes, $BIG keys: per core / measured" "$(pc "${FLAT_CPU[$BIG]}")/s / ${FLAT[$BIG]}/s" "$(calc "${FLAT_CPU[100]} / ${FLAT_CPU[$BIG]}") / $(calc "${FLAT[$BIG]} / ${FLAT[100]}")x 100 keys" ">= 0.9"
+  for n in 100 10000 "$BIG"; do
+    row "key create p50 / p99 (CLI), $n keys" "${CREATE_P50[$n]} / ${CREATE_P99[$n]} ms" "$(calc "${CREATE_P50[$n]} / ${CREATE_P50[100]}")x 100 keys" "<= 2"
+    row "key revoke p50 / p99 (CLI), $n keys" "${REVOKE_P50[$n]} / ${REVOKE_P99[$n]} ms" "$(calc "${REVOKE_P50[$n]} / ${REVOKE_P50[100]}")x 100 keys" "<= 2"
+  done
+  row "handshakes during 1,000 creates, $BIG keys" "$(pc "$BUSY_CPU")/s / $BUSY/s" "$(calc "${FLAT_CPU[$BIG]} / $BUSY_CPU") / $(calc "$BUSY / ${FLAT[$BIG]}")x quiet" ""
   echo
   echo "errors: every load run above ended with 0 errors (a run with errors stops this script); oidc-provider non-2xx: $OIDC_ERR"
   echo "raw outputs: $OUT"

@@ -242,10 +242,19 @@ impl Live for AppState {
     async fn key_changed(&self, id: KeyId, record: &ApiKeyRecord) {
         match KeyEntry::new(id, record.clone()) {
             Some(entry) => {
-                self.keys.upsert(entry);
-                let st = self.clone();
-                // Precomputing static-static values is CPU work: off the request threads.
-                let _ = tokio::task::spawn_blocking(move || st.warm_keys()).await;
+                let (st, now) = (self.clone(), self.now());
+                // One key's DH values (one per server key) before it is served: CPU
+                // work, so off the request threads, and none for the other keys.
+                let warmed = tokio::task::spawn_blocking(move || {
+                    st.keys.upsert_warm(entry, &st.handshake.load().responder, now)
+                })
+                .await;
+                if warmed.is_err() {
+                    // Serve the key uncached rather than not at all.
+                    if let Some(entry) = KeyEntry::new(id, record.clone()) {
+                        self.keys.upsert(entry);
+                    }
+                }
             }
             None => tracing::error!(key = %id, "a key record in the store is damaged; it is not served"),
         }

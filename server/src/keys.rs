@@ -267,23 +267,34 @@ impl KeyDirectory {
     }
 
     /// Computes the static-static value of every active key under every server key
-    /// that is not cached yet. Run off the runtime after start, key creation and
+    /// that is not cached yet. Run off the runtime after start and server-key
     /// rotation, so that a key's first handshake does not take an extra DH (which
     /// would tell a prober that the key id exists). Returns how many were computed.
     pub fn warm(&self, responder: &Responder, now: u64) -> usize {
-        let server_keys: Vec<[u8; 8]> = responder.entries().map(|e| e.key_id).collect();
         let entries: Vec<Arc<KeyEntry>> =
             self.keys.iter().filter(|e| e.record.is_active(now)).map(|e| Arc::clone(e.value())).collect();
+        entries.iter().map(|entry| Self::warm_entry(entry, responder)).sum()
+    }
+
+    /// Adds or replaces one key with its static-static values already computed: the
+    /// work of a key create, rotate or revoke is this key's, whatever the number of
+    /// keys (a revoked or expired key needs none). Returns how many were computed.
+    pub fn upsert_warm(&self, entry: KeyEntry, responder: &Responder, now: u64) -> usize {
+        let computed = if entry.record.is_active(now) { Self::warm_entry(&entry, responder) } else { 0 };
+        self.upsert(entry);
+        computed
+    }
+
+    /// Caches `entry`'s static-static values under every server key it lacks.
+    fn warm_entry(entry: &KeyEntry, responder: &Responder) -> usize {
         let mut computed = 0;
-        for entry in entries {
-            for sk in &server_keys {
-                if entry.cached(sk).is_some() {
-                    continue;
-                }
-                if let Ok(ss) = responder.static_static(sk, &entry.verifier) {
-                    entry.cache(*sk, ss);
-                    computed += 1;
-                }
+        for sk in responder.entries().map(|e| e.key_id) {
+            if entry.cached(&sk).is_some() {
+                continue;
+            }
+            if let Ok(ss) = responder.static_static(&sk, &entry.verifier) {
+                entry.cache(sk, ss);
+                computed += 1;
             }
         }
         computed
