@@ -5,6 +5,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use dashmap::DashMap;
 use onetrip_protocol::Status;
 
 /// Upper bounds (seconds) of the handshake latency histogram buckets.
@@ -40,6 +41,8 @@ pub struct Metrics {
     pub store_probe_failures: AtomicU64,
     /// 1 while the store answers its probes, 0 while it does not.
     pub store_up: AtomicI64,
+    /// Problem answers by (route, code): every refusal, counted with its reason.
+    refusals: DashMap<(&'static str, &'static str), AtomicU64>,
 }
 
 impl Metrics {
@@ -52,6 +55,26 @@ impl Metrics {
         }
         self.latency_sum_ns.fetch_add(nanos, Ordering::Relaxed);
         self.latency_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a problem answer of `route` (a fixed label, never the raw path) with its
+    /// stable `code`. Both are `'static`, so the label set is bounded by the code.
+    pub fn record_refusal(&self, route: &'static str, code: &'static str) {
+        if let Some(n) = self.refusals.get(&(route, code)) {
+            n.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.refusals.entry((route, code)).or_default().fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Problem answers of `route` with `code` so far.
+    pub fn refusals(&self, route: &'static str, code: &'static str) -> u64 {
+        self.refusals.get(&(route, code)).map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+
+    /// Every problem answer so far, whatever its route and code.
+    pub fn refusals_total(&self) -> u64 {
+        self.refusals.iter().map(|n| n.load(Ordering::Relaxed)).sum()
     }
 
     /// Handshakes answered with `status` so far.
@@ -141,6 +164,17 @@ impl Metrics {
         ];
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP onetrip_refusals_total HTTP answers refused with a problem, by route and stable problem code."
+        );
+        let _ = writeln!(out, "# TYPE onetrip_refusals_total counter");
+        let mut refusals: Vec<_> =
+            self.refusals.iter().map(|e| (*e.key(), e.value().load(Ordering::Relaxed))).collect();
+        refusals.sort_unstable();
+        for ((route, code), n) in refusals {
+            let _ = writeln!(out, "onetrip_refusals_total{{route=\"{route}\",code=\"{code}\"}} {n}");
         }
         out
     }

@@ -8,8 +8,13 @@ use http_body_util::Full;
 /// Response body type of every endpoint.
 pub type Body = Full<Bytes>;
 
+/// The stable `code` of a problem response, kept in its extensions so the router can
+/// count every refusal by reason without parsing the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProblemCode(pub &'static str);
+
 /// A problem response.
-pub fn problem(status: StatusCode, code: &str, title: &str, detail: &str) -> Response<Body> {
+pub fn problem(status: StatusCode, code: &'static str, title: &str, detail: &str) -> Response<Body> {
     let body = serde_json::json!({
         "type": format!("https://onetrip.dev/problems/{code}"),
         "title": title,
@@ -20,6 +25,7 @@ pub fn problem(status: StatusCode, code: &str, title: &str, detail: &str) -> Res
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    resp.extensions_mut().insert(ProblemCode(code));
     resp
 }
 

@@ -126,6 +126,7 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
 async fn maintenance(state: AppState, shared: Arc<MemoryShared>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut ticks: u64 = 0;
+    let mut refused_logged = 0;
     loop {
         tick.tick().await;
         ticks += 1;
@@ -139,6 +140,16 @@ async fn maintenance(state: AppState, shared: Arc<MemoryShared>) {
         }
         // Expired verifications are kept an hour (status queries), then deleted.
         if ticks % 60 == 0 {
+            // Refusals are counted per request in /metrics; the log gets one line a
+            // minute, so a flood is visible there without a line per refused request.
+            let refused = state.metrics.refusals_total();
+            if refused > refused_logged {
+                tracing::warn!(
+                    refused = refused - refused_logged,
+                    "requests refused in the last minute (by route and reason: onetrip_refusals_total)"
+                );
+            }
+            refused_logged = refused;
             if let Err(e) = state.store.sweep_verifications(now, 3600).await {
                 tracing::warn!(error = %e, "cannot delete expired verifications");
             }

@@ -30,7 +30,7 @@ pub use token_auth::INTROSPECT_SCOPE;
 pub(crate) use token_auth::{authenticate, authenticate_once};
 use tokens::{introspect, revocations, whoami};
 
-use crate::problem::{json, octets, problem, rate_limited, Body};
+use crate::problem::{json, octets, problem, rate_limited, Body, ProblemCode};
 use crate::shared::RateDecision;
 use crate::state::AppState;
 
@@ -54,6 +54,7 @@ pub async fn route(
     conn: ConnInfo,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     state.metrics.http_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let route = route_label(req.uri().path());
     let resp = match (req.method(), req.uri().path()) {
         (&Method::POST, "/v1/auth") => auth(&state, req, conn).await,
         (&Method::GET, "/v1/server-key" | "/v1/openapi.json") if over_public_limit(&state, conn) => {
@@ -99,7 +100,35 @@ pub async fn route(
         ),
         _ => problem(StatusCode::NOT_FOUND, "not_found", "Not found", "no such endpoint"),
     };
+    if let Some(ProblemCode(code)) = resp.extensions().get::<ProblemCode>().copied() {
+        state.metrics.record_refusal(route, code);
+        if route == "auth" && resp.status().is_client_error() {
+            // Refused before any cryptography: rate limits and body limits as well
+            // as undecodable bodies (counted in the handshake code).
+            if code != "bad_request" {
+                state.metrics.handshakes_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        tracing::debug!(route, code, status = resp.status().as_u16(), "request refused");
+    }
     Ok(resp)
+}
+
+/// The metrics label of a request path: one of a fixed set, so a client cannot grow
+/// the label set with made-up paths.
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v1/auth" => "auth",
+        "/v1/server-key" => "server_key",
+        "/v1/openapi.json" => "openapi",
+        "/v1/introspect" => "introspect",
+        "/v1/revocations" => "revocations",
+        "/v1/whoami" => "whoami",
+        "/healthz" => "healthz",
+        "/metrics" => "metrics",
+        p if crate::otp::api::handles(p) => "otp",
+        _ => "other",
+    }
 }
 
 /// The per-address limit of the public documents (`/v1/server-key`,

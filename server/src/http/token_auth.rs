@@ -12,7 +12,7 @@ use crate::problem::{problem, Body};
 use crate::state::{AppState, TokenCheckError};
 
 /// 401 with `WWW-Authenticate: Onetrip`.
-pub(crate) fn unauthorized(code: &str, detail: &str) -> Response<Body> {
+pub(crate) fn unauthorized(code: &'static str, detail: &str) -> Response<Body> {
     let mut r = problem(StatusCode::UNAUTHORIZED, code, "Unauthorized", detail);
     r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Onetrip"));
     r
