@@ -126,7 +126,10 @@ async fn answer(state: &AppState, body: &[u8], now: u64, out: &mut [u8; RESPONSE
         auth.respond(&Reply::ScopeDenied, now, &mut rand::thread_rng(), out);
         return Ok(Status::ScopeDenied);
     };
-    let expires_at = now + state.settings.token_ttl_secs;
+    // A token never outlives its key: one minted during a rotation's grace ends with
+    // the grace, not `token_ttl_secs` after it.
+    let ttl_end = now + state.settings.token_ttl_secs;
+    let expires_at = entry.record.expires_at.map_or(ttl_end, |key_end| key_end.min(ttl_end));
     let (token, session_key) = {
         let mut rng = rand::thread_rng();
         let session_key = Secret::random(&mut rng);

@@ -38,3 +38,24 @@ async fn a_key_change_precomputes_only_the_changed_key() {
     assert!(state.keys.get(&key.id()).is_some_and(|e| !e.record.is_active(state.now())));
     assert_eq!(state.keys.cached_static_statics(), 0, "the revoked key's value went with its entry");
 }
+
+#[test]
+fn a_token_minted_during_a_rotation_grace_ends_with_the_grace() {
+    use onetrip_protocol::handshake::ClientRequest;
+    use onetrip_protocol::Outcome;
+    let server = common::Server::start(&[]);
+    let (old_key, id) = server.create_key(&["--name", "svc"]);
+    let out = server.cli(&["keys", "rotate", &id, "--grace-secs", "60", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rotated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new_key = ApiKey::parse(rotated["api_key"].as_str().unwrap()).unwrap();
+    let grant = |key: &ApiKey| match server.handshake(key, &ClientRequest::default()) {
+        Outcome::Granted(g) => g,
+        other => panic!("expected a token, got {other:?}"),
+    };
+    let old = grant(&old_key);
+    assert!(old.expires_at <= old.server_time + 61, "capped at the grace: {} vs {}", old.expires_at, old.server_time);
+    assert!(old.expires_at + 1 >= old.server_time + 59, "and not shorter than it");
+    let new = grant(&new_key);
+    assert_eq!(new.expires_at - new.server_time, 900, "a key without an end gets the full lifetime");
+}
