@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod error;
+pub use error::{ConfigError, LogProblem};
+
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
 /// Longest token lifetime a server may be configured with; a revocation whose token's
@@ -150,13 +153,13 @@ pub enum StoreSetting {
 
 impl StoreSetting {
     /// Reads `redb` / `embedded` (or nothing) and `postgres://…` / `postgresql://…`.
-    pub fn parse(value: Option<&str>) -> Result<Self, String> {
+    pub fn parse(value: Option<&str>) -> Result<Self, ConfigError> {
         match value.map(str::trim) {
             None | Some("" | "redb" | "embedded") => Ok(Self::Embedded),
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 Ok(Self::Postgres(url.to_owned().into()))
             }
-            Some(_) => Err("store must be `redb` (the embedded default) or a postgres:// URL".into()),
+            Some(_) => Err(ConfigError::Store),
         }
     }
 
@@ -258,7 +261,7 @@ impl OtpSettings {
         cfg: OtpFileConfig,
         smtp_password: Option<String>,
         webhook_secret: Option<String>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConfigError> {
         let d = Self::default();
         let smtp = match cfg.smtp {
             Some(SmtpFileConfig { host: Some(host), port, tls, username, from }) => {
@@ -267,20 +270,16 @@ impl OtpSettings {
                     "starttls" => 587,
                     "tls" => 465,
                     "none" => 25,
-                    other => return Err(format!("otp.smtp.tls must be starttls, tls or none, not {other:?}")),
+                    other => return Err(ConfigError::SmtpTls(other.to_owned())),
                 };
                 if tls == "none" && !is_loopback_host(&host) {
                     // Codes and the SMTP password would cross the network in clear.
-                    return Err(format!(
-                        "otp.smtp.tls = \"none\" sends codes and the SMTP password unencrypted, so it is allowed \
-                         only for a relay on this machine (127.0.0.1, ::1 or localhost), not {host:?}: use \
-                         tls = \"starttls\" (port 587) or \"tls\" (port 465), or run a local relay"
-                    ));
+                    return Err(ConfigError::SmtpCleartext(host));
                 }
-                let from = from.ok_or("otp.smtp.from (the sender address) is required with otp.smtp.host")?;
+                let from = from.ok_or(ConfigError::SmtpFrom)?;
                 let password = smtp_password.filter(|p| !p.is_empty()).map(|p| SecretSetting(p.into()));
                 if username.is_some() != password.is_some() {
-                    return Err("SMTP authentication needs both otp.smtp.username and ONETRIP_SMTP_PASSWORD".into());
+                    return Err(ConfigError::SmtpAuth);
                 }
                 Some(SmtpConfig { host, port: port.unwrap_or(default_port), tls, username, password, from })
             }
@@ -289,11 +288,9 @@ impl OtpSettings {
         let webhook = match cfg.webhook.and_then(|w| w.url) {
             Some(url) => {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(format!("otp.webhook.url must be an http:// or https:// URL, not {url:?}"));
+                    return Err(ConfigError::WebhookUrl(url));
                 }
-                let secret = webhook_secret
-                    .filter(|s| s.len() >= 16)
-                    .ok_or("otp.webhook.url needs ONETRIP_WEBHOOK_SECRET (at least 16 characters)")?;
+                let secret = webhook_secret.filter(|s| s.len() >= 16).ok_or(ConfigError::WebhookSecret)?;
                 Some(WebhookConfig { url, secret: SecretSetting(secret.into()) })
             }
             None => None,
@@ -320,15 +317,13 @@ impl OtpSettings {
         };
         let limits = [s.sends_per_destination, s.sends_per_key, s.api_rate_per_ip, s.api_rate_per_key];
         if limits.contains(&0) {
-            return Err("otp.sends_per_destination, otp.sends_per_key, otp.api_rate_per_ip and \
-                        otp.api_rate_per_key must be positive"
-                .into());
+            return Err(ConfigError::OtpZeroLimit);
         }
         if s.sends_per_destination_global < s.sends_per_destination {
-            return Err("otp.sends_per_destination_global must be at least otp.sends_per_destination".into());
+            return Err(ConfigError::OtpGlobalBelowPerKey);
         }
         if s.lockout.max_failures == 0 || s.lockout.max_failures > 100 || s.lockout.lock_secs == 0 {
-            return Err("otp.max_code_failures must be 1 to 100 and otp.lockout_secs positive".into());
+            return Err(ConfigError::OtpLockout);
         }
         Ok(s)
     }
@@ -343,9 +338,10 @@ fn is_loopback_host(host: &str) -> bool {
 
 impl FileConfig {
     /// Reads and parses a TOML file.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
     }
 }
 
@@ -449,7 +445,7 @@ impl Settings {
     }
 
     /// Fills every unset field from the file, then from defaults.
-    pub fn merge(overrides: FileConfig, file: FileConfig, default_data_dir: PathBuf) -> Result<Self, String> {
+    pub fn merge(overrides: FileConfig, file: FileConfig, default_data_dir: PathBuf) -> Result<Self, ConfigError> {
         let otp = merge_otp(overrides.otp.clone().unwrap_or_default(), file.otp.clone().unwrap_or_default());
         let otp = OtpSettings::resolve(
             otp,
@@ -498,15 +494,15 @@ impl Settings {
         Ok(s)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if !(60..=MAX_TOKEN_TTL_SECS).contains(&self.token_ttl_secs) {
-            return Err("token_ttl_secs must be between 60 and 86400".into());
+            return Err(ConfigError::TokenTtl);
         }
         if !(5..=3600).contains(&self.clock_window_secs) {
-            return Err("clock_window_secs must be between 5 and 3600".into());
+            return Err(ConfigError::ClockWindow);
         }
         if self.default_audience.is_empty() || self.default_audience.len() > 64 {
-            return Err("default_audience must be 1 to 64 characters".into());
+            return Err(ConfigError::DefaultAudience);
         }
         if self.max_connections == 0
             || self.max_connections_per_ip == 0
@@ -514,29 +510,27 @@ impl Settings {
             || self.auth_rate_per_ip == 0
             || self.auth_rate_per_key == 0
         {
-            return Err("max_connections, max_connections_per_ip, replay_cache_capacity, auth_rate_per_ip and \
-                 auth_rate_per_key must be positive"
-                .into());
+            return Err(ConfigError::ZeroLimit);
         }
-        for (name, ms) in [
+        for (setting, ms) in [
             ("header_timeout_ms", self.header_timeout_ms),
             ("body_timeout_ms", self.body_timeout_ms),
             ("write_timeout_ms", self.write_timeout_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
         ] {
             if !(100..=3_600_000).contains(&ms) {
-                return Err(format!("{name} must be between 100 (0.1 s) and 3600000 (1 h), not {ms}"));
+                return Err(ConfigError::Timeout { setting, ms });
             }
         }
         if self.metrics_token.as_ref().is_some_and(|t| t.0.len() < 16) {
-            return Err("ONETRIP_METRICS_TOKEN must be at least 16 characters".into());
+            return Err(ConfigError::MetricsToken);
         }
         self.validate_server_keys()?;
         if !(1..=MAX_AUDIT_RETENTION_DAYS).contains(&self.audit_retention_days) {
-            return Err(format!("audit_retention_days must be between 1 and {MAX_AUDIT_RETENTION_DAYS}"));
+            return Err(ConfigError::AuditRetention);
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err("TLS needs both tls_cert and tls_key".into());
+            return Err(ConfigError::TlsPair);
         }
         log_filter(&self.log)?;
         Ok(())
@@ -552,22 +546,17 @@ impl Settings {
         }
     }
 
-    fn validate_server_keys(&self) -> Result<(), String> {
+    fn validate_server_keys(&self) -> Result<(), ConfigError> {
         let (lifetime, overlap, ttl) =
             (self.server_key_lifetime_secs, self.server_key_overlap_secs, self.server_key_document_ttl_secs);
         if !(3_600..=366 * 86_400).contains(&lifetime) {
-            return Err("server_key_lifetime_secs must be between 3600 (1 hour) and 31622400 (366 days)".into());
+            return Err(ConfigError::ServerKeyLifetime);
         }
         if overlap < 2 * self.clock_window_secs || overlap.saturating_mul(2) > lifetime {
-            return Err(format!(
-                "server_key_overlap_secs must be at least twice clock_window_secs ({}) and at most half of server_key_lifetime_secs ({lifetime})",
-                2 * self.clock_window_secs
-            ));
+            return Err(ConfigError::ServerKeyOverlap { least: 2 * self.clock_window_secs, lifetime });
         }
         if ttl < 60 || ttl > overlap {
-            return Err(format!(
-                "server_key_document_ttl_secs must be between 60 and server_key_overlap_secs ({overlap}): a document must not outlive the overlap of the key it names"
-            ));
+            return Err(ConfigError::ServerKeyDocumentTtl { overlap });
         }
         Ok(())
     }
@@ -577,24 +566,19 @@ impl Settings {
 /// `off`) for everything, and/or `target=level` pairs, comma-separated
 /// (`warn,onetrip_server=debug`). A bare word must be a level: tracing would read
 /// `infoo` as a target name and silently log nothing else.
-pub fn log_filter(spec: &str) -> Result<tracing_subscriber::filter::Targets, String> {
+pub fn log_filter(spec: &str) -> Result<tracing_subscriber::filter::Targets, ConfigError> {
     const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
-    let explain = |why: &str| {
-        format!(
-            "log must be a level (error, warn, info, debug, trace, off) and/or target=level pairs \
-             separated by commas, e.g. `warn,onetrip_server=debug`; {spec:?} is not: {why}"
-        )
-    };
+    let explain = |problem| ConfigError::Log { spec: spec.to_owned(), problem };
     let directives: Vec<&str> = spec.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
     if let Some(typo) =
         directives.iter().find(|d| !d.contains('=') && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)))
     {
-        return Err(explain(&format!("`{typo}` is not a level")));
+        return Err(explain(LogProblem::NotALevel((*typo).to_owned())));
     }
     if directives.is_empty() {
-        return Err(explain("it is empty (use `off` to log nothing)"));
+        return Err(explain(LogProblem::Empty));
     }
-    directives.join(",").parse().map_err(|e| explain(&format!("{e}")))
+    directives.join(",").parse().map_err(|e| explain(LogProblem::Directive(e)))
 }
 
 /// Flag values win over the file, field by field.
@@ -641,10 +625,10 @@ mod tests {
 
     #[test]
     fn the_store_setting_names_an_engine_and_never_shows_a_password() {
-        assert_eq!(StoreSetting::parse(None), Ok(StoreSetting::Embedded));
-        assert_eq!(StoreSetting::parse(Some("redb")), Ok(StoreSetting::Embedded));
-        assert!(StoreSetting::parse(Some("mysql://x")).is_err());
-        assert!(StoreSetting::parse(Some("/var/lib/onetrip")).is_err());
+        assert!(matches!(StoreSetting::parse(None), Ok(StoreSetting::Embedded)));
+        assert!(matches!(StoreSetting::parse(Some("redb")), Ok(StoreSetting::Embedded)));
+        assert!(matches!(StoreSetting::parse(Some("mysql://x")), Err(ConfigError::Store)));
+        assert!(matches!(StoreSetting::parse(Some("/var/lib/onetrip")), Err(ConfigError::Store)));
         let pg = StoreSetting::parse(Some("postgres://app:hunter2secret@db.internal:5432/onetrip?sslmode=verify-full"))
             .expect("postgres");
         assert!(matches!(pg, StoreSetting::Postgres(_)));
@@ -670,11 +654,34 @@ mod tests {
     #[test]
     fn invalid_settings_are_explained() {
         let bad = FileConfig { token_ttl_secs: Some(5), ..Default::default() };
-        assert!(Settings::merge(bad, FileConfig::default(), "/tmp".into()).unwrap_err().contains("token_ttl_secs"));
+        let e = Settings::merge(bad, FileConfig::default(), "/tmp".into()).unwrap_err();
+        assert!(matches!(e, ConfigError::TokenTtl), "{e:?}");
+        assert_eq!(e.to_string(), "token_ttl_secs must be between 60 and 86400");
         assert!(toml::from_str::<FileConfig>("no_such_option = 1").is_err());
         let bad_log = FileConfig { log: Some("verbose".into()), ..Default::default() };
-        let e = Settings::merge(bad_log, FileConfig::default(), "/tmp".into()).unwrap_err();
+        let e = Settings::merge(bad_log, FileConfig::default(), "/tmp".into()).unwrap_err().to_string();
         assert!(e.contains("log must be a level") && e.contains("`verbose` is not a level"), "{e}");
+        let e = Settings::merge(
+            FileConfig { header_timeout_ms: Some(99), ..Default::default() },
+            FileConfig::default(),
+            "/tmp".into(),
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "header_timeout_ms must be between 100 (0.1 s) and 3600000 (1 h), not 99");
+    }
+
+    #[test]
+    fn an_unreadable_or_invalid_config_file_is_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let missing = dir.path().join("missing.toml");
+        let e = FileConfig::load(&missing).unwrap_err();
+        assert!(matches!(&e, ConfigError::Read { path, .. } if *path == missing), "{e:?}");
+        assert!(e.to_string().starts_with(&format!("cannot read config {}: ", missing.display())), "{e}");
+        let typo = dir.path().join("typo.toml");
+        std::fs::write(&typo, "no_such_option = 1\n").expect("write");
+        let e = FileConfig::load(&typo).unwrap_err();
+        assert!(matches!(&e, ConfigError::Parse { path, .. } if *path == typo), "{e:?}");
+        assert!(e.to_string().contains("no_such_option"), "{e}");
     }
 
     #[test]
@@ -682,9 +689,12 @@ mod tests {
         let s = OtpSettings::resolve(OtpFileConfig::default(), None, None).unwrap();
         assert_eq!((s.sends_per_destination, s.sends_per_destination_global, s.api_rate_per_key), (5, 20, 200));
         let zero = OtpFileConfig { api_rate_per_key: Some(0), ..Default::default() };
-        assert!(OtpSettings::resolve(zero, None, None).unwrap_err().contains("api_rate_per_key"));
+        let e = OtpSettings::resolve(zero, None, None).unwrap_err();
+        assert!(matches!(e, ConfigError::OtpZeroLimit) && e.to_string().contains("api_rate_per_key"), "{e}");
         let low = OtpFileConfig { sends_per_destination_global: Some(4), ..Default::default() };
-        assert!(OtpSettings::resolve(low, None, None).unwrap_err().contains("sends_per_destination_global"));
+        let e = OtpSettings::resolve(low, None, None).unwrap_err();
+        assert!(matches!(e, ConfigError::OtpGlobalBelowPerKey), "{e:?}");
+        assert!(e.to_string().contains("sends_per_destination_global"), "{e}");
         let raised = OtpFileConfig { sends_per_destination: Some(30), ..Default::default() };
         assert_eq!(OtpSettings::resolve(raised, None, None).unwrap().sends_per_destination_global, 30);
         let file: FileConfig =
@@ -728,6 +738,8 @@ mod tests {
     fn smtp_without_tls_is_refused_unless_the_relay_is_on_this_machine() {
         for host in ["smtp.example.com", "192.0.2.25", "10.0.0.1", "2001:db8::25", "localhost.example.com"] {
             let e = OtpSettings::resolve(smtp(host, "none"), None, None).unwrap_err();
+            assert!(matches!(&e, ConfigError::SmtpCleartext(h) if h == host), "{host}: {e:?}");
+            let e = e.to_string();
             assert!(e.contains("unencrypted") && e.contains("starttls"), "{host}: {e}");
         }
         for host in ["127.0.0.1", "127.0.0.53", "::1", "[::1]", "localhost", "LOCALHOST."] {
@@ -751,7 +763,7 @@ mod tests {
         .unwrap();
         let s = Settings::merge(FileConfig::default(), file, "/tmp".into()).unwrap();
         assert_eq!(s.key_policy(), crate::store::KeyPolicy { lifetime_secs: 604_800, overlap_secs: 7_200 });
-        let merge = |f: FileConfig| Settings::merge(f, FileConfig::default(), "/tmp".into()).unwrap_err();
+        let merge = |f: FileConfig| Settings::merge(f, FileConfig::default(), "/tmp".into()).unwrap_err().to_string();
         let e = merge(FileConfig { server_key_lifetime_secs: Some(253_402_300_799), ..Default::default() });
         assert!(e.contains("server_key_lifetime_secs"), "{e}");
         let e = merge(FileConfig { server_key_overlap_secs: Some(30 * 86_400), ..Default::default() });
@@ -771,7 +783,8 @@ mod tests {
         assert!(log_filter(" info ").unwrap().would_enable("x", &Level::INFO));
         for bad in ["", " , ", "infoo", "verbose", "onetrip_server=loud", "warn,onetrip=nope"] {
             let e = log_filter(bad).unwrap_err();
-            assert!(e.starts_with("log must be a level"), "{bad:?}: {e}");
+            assert!(matches!(&e, ConfigError::Log { spec, .. } if spec == bad), "{bad:?}: {e:?}");
+            assert!(e.to_string().starts_with("log must be a level"), "{bad:?}: {e}");
         }
     }
 }

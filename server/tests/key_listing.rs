@@ -158,3 +158,25 @@ fn cli_failures_have_their_own_exit_codes() {
     let empty = tempfile::tempdir().unwrap();
     assert_eq!(common::cli(empty.path(), &["keys", "list"]).status.code(), Some(5));
 }
+
+#[test]
+fn unusable_settings_exit_as_invalid_values_and_name_the_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(tmp.path())
+            .env_remove("ONETRIP_PASSPHRASE")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["serve", "--listen", "127.0.0.1:0", "--token-ttl-secs", "5"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "error: token_ttl_secs must be between 60 and 86400\n");
+    let missing = tmp.path().join("missing.toml");
+    let out = run(&["--config", missing.to_str().unwrap(), "keys", "list"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with(&format!("error: cannot read config {}: ", missing.display())), "{stderr}");
+}

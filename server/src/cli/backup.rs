@@ -68,7 +68,7 @@ pub async fn run(cli: &Cli, cmd: &StoreCommand) -> i32 {
 }
 
 async fn migrate(cli: &Cli) -> Result<(), (i32, String)> {
-    let settings = super::settings(cli, None).map_err(|e| (super::EXIT_USAGE, e))?;
+    let settings = super::settings(cli, None).map_err(|e| (super::EXIT_USAGE, e.to_string()))?;
     let crate::config::StoreSetting::Postgres(url) = &settings.store else {
         return Err((
             super::EXIT_USAGE,

@@ -36,6 +36,13 @@ impl From<String> for CliError {
     }
 }
 
+/// A setting that cannot be used is an invalid value, like a bad flag.
+impl From<crate::config::ConfigError> for CliError {
+    fn from(e: crate::config::ConfigError) -> Self {
+        CliError { code: EXIT_USAGE, message: e.to_string() }
+    }
+}
+
 impl From<crate::admin::AdminError> for CliError {
     fn from(e: crate::admin::AdminError) -> Self {
         CliError { code: e.exit_code(), message: e.to_string() }

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use super::args::{Cli, ServeArgs};
 use super::{CliError, EXIT_NOT_FOUND};
 use crate::admin::{self, AdminError, AdminRequest};
-use crate::config::{default_data_dir, FileConfig, Settings, StoreSetting};
+use crate::config::{default_data_dir, ConfigError, FileConfig, Settings, StoreSetting};
 use crate::seal::SealError;
 use crate::state::unix_now;
 use crate::store::{Store, StoreError};
 
-pub(super) fn settings(cli: &Cli, args: Option<&ServeArgs>) -> Result<Settings, String> {
+pub(super) fn settings(cli: &Cli, args: Option<&ServeArgs>) -> Result<Settings, ConfigError> {
     let file = match &cli.config {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
