@@ -14,7 +14,7 @@ mod serve;
 mod store_access;
 
 pub use args::{
-    parse_since, Cli, Command, KeysCommand, ServeArgs, ServerKeyCommand, Since, TokenArgs, TokenKeyCommand,
+    parse_since, Cli, Command, KeysCommand, ServeArgs, ServerKeyCommand, Since, SinceError, TokenArgs, TokenKeyCommand,
     TokensCommand,
 };
 use commands::{keys, server_key, token};
@@ -131,7 +131,8 @@ mod tests {
         assert_eq!(parse_since("3600"), Ok(Since::Ago(3600)));
         assert_eq!(parse_since("1795600000"), Ok(Since::At(1_795_600_000)));
         for bad in ["", "h", "5w", "-1h", "1.5h", "99999999999999999999d", "12hh"] {
-            assert!(parse_since(bad).unwrap_err().contains("duration"), "{bad}");
+            let e: SinceError = parse_since(bad).unwrap_err();
+            assert_eq!(e.to_string(), format!("`{bad}` is neither a duration (90s, 30m, 12h, 7d) nor a Unix time"));
         }
     }
 }

@@ -346,10 +346,15 @@ pub enum Since {
     At(u64),
 }
 
+/// A `--since` value that is neither a duration nor a Unix time (clap prints it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is neither a duration (90s, 30m, 12h, 7d) nor a Unix time")]
+pub struct SinceError(String);
+
 /// `90s`, `30m`, `12h`, `7d`, a bare number of seconds, or a Unix time (≥ 10⁹).
-pub fn parse_since(text: &str) -> Result<Since, String> {
+pub fn parse_since(text: &str) -> Result<Since, SinceError> {
     let text = text.trim();
-    let bad = || format!("`{text}` is neither a duration (90s, 30m, 12h, 7d) nor a Unix time");
+    let bad = || SinceError(text.to_owned());
     let (digits, unit) = match text.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], Some(c)),
         _ => (text, None),

@@ -2,7 +2,7 @@
 //! state, binds the listener and the admin socket, and runs the background tasks
 //! (maintenance, key lifecycle, retention, the change feed) until a signal stops it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -157,21 +157,65 @@ async fn maintenance(state: AppState, shared: Arc<MemoryShared>) {
     }
 }
 
-fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+/// Why the `tls_cert` / `tls_key` files cannot serve TLS.
+#[derive(Debug, thiserror::Error)]
+enum TlsSetupError {
+    /// The certificate file cannot be opened or holds no PEM.
+    #[error("cannot read TLS certificate {}: {source}", path.display())]
+    ReadCert {
+        /// `tls_cert`.
+        path: PathBuf,
+        /// The PEM reader's error.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// A certificate in the file is not valid PEM.
+    #[error("invalid TLS certificate {}: {source}", path.display())]
+    InvalidCert {
+        /// `tls_cert`.
+        path: PathBuf,
+        /// The PEM reader's error.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The key file cannot be read or holds no private key.
+    #[error("cannot read TLS key {}: {source}", path.display())]
+    ReadKey {
+        /// `tls_key`.
+        path: PathBuf,
+        /// The PEM reader's error.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The crypto provider offers no safe protocol version (a build problem).
+    #[error(transparent)]
+    Provider(rustls::Error),
+    /// The key is not the certificate's, or of a kind rustls does not take.
+    #[error("TLS certificate and key do not fit together: {0}")]
+    Mismatch(rustls::Error),
+}
+
+/// Exit 1 ("other failure"), as before: the files may be right and only unreadable
+/// now (permissions, a certificate renewal half-written).
+impl From<TlsSetupError> for CliError {
+    fn from(e: TlsSetupError) -> Self {
+        CliError { code: super::EXIT_FAILURE, message: e.to_string() }
+    }
+}
+
+fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, TlsSetupError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("cannot read TLS certificate {}: {e}", cert.display()))?
+        .map_err(|source| TlsSetupError::ReadCert { path: cert.to_owned(), source })?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("invalid TLS certificate {}: {e}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("cannot read TLS key {}: {e}", key.display()))?;
+        .map_err(|source| TlsSetupError::InvalidCert { path: cert.to_owned(), source })?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|source| TlsSetupError::ReadKey { path: key.to_owned(), source })?;
     let mut config =
         rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(TlsSetupError::Provider)?
             .with_no_client_auth()
             .with_single_cert(certs, key)
-            .map_err(|e| format!("TLS certificate and key do not fit together: {e}"))?;
+            .map_err(TlsSetupError::Mismatch)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
