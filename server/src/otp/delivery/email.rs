@@ -110,21 +110,34 @@ pub(super) fn parse_address(to: &str) -> Result<Address, DeliveryError> {
     })
 }
 
+/// Why `smtp_from` is not a sender (shown after the setting's name and value).
+#[derive(Debug, thiserror::Error)]
+enum SenderError {
+    /// The address part does not parse.
+    #[error("not an email address ({0})")]
+    Address(#[from] lettre::address::AddressError),
+    /// `Name <addr` without the closing bracket.
+    #[error("missing `>` after the address")]
+    Unclosed,
+    /// The display name could break out of its quoted string in the header.
+    #[error("the display name must be printable ASCII without quotes or backslashes")]
+    DisplayName,
+}
+
 /// `addr@example.com`, `Name <addr@example.com>` or `"Name" <addr@example.com>`; the
 /// name must be printable ASCII without quotes or backslashes (it goes into a header
 /// as a quoted string).
-fn parse_sender(from: &str) -> Result<Sender, String> {
+fn parse_sender(from: &str) -> Result<Sender, SenderError> {
     let from = from.trim();
     let Some(open) = from.rfind('<') else {
-        let address = from.parse::<Address>().map_err(|e| format!("not an email address ({e})"))?;
-        return Ok(Sender { name: None, address });
+        return Ok(Sender { name: None, address: from.parse::<Address>()? });
     };
-    let address = from[open + 1..].strip_suffix('>').ok_or("missing `>` after the address")?;
-    let address = address.parse::<Address>().map_err(|e| format!("not an email address ({e})"))?;
+    let address = from[open + 1..].strip_suffix('>').ok_or(SenderError::Unclosed)?;
+    let address = address.parse::<Address>()?;
     let name = from[..open].trim();
     let name = name.strip_prefix('"').and_then(|n| n.strip_suffix('"')).unwrap_or(name);
     if name.chars().any(|c| !(' '..='~').contains(&c) || c == '"' || c == '\\') {
-        return Err("the display name must be printable ASCII without quotes or backslashes".into());
+        return Err(SenderError::DisplayName);
     }
     Ok(Sender { name: (!name.is_empty()).then(|| name.to_owned()), address })
 }
@@ -214,8 +227,12 @@ mod tests {
         assert_eq!(s.name.as_deref(), Some("onetrip"));
         let s = parse_sender("\"Example Co\" <no-reply@example.com>").unwrap();
         assert_eq!(s.name.as_deref(), Some("Example Co"));
-        for bad in ["", "x", "a <b@c", "a\r\nBcc: x@y.z <b@c.d>", "Ünïcode <b@c.d>", "<not an address>"] {
-            assert!(parse_sender(bad).is_err(), "{bad:?}");
+        for bad in ["", "x", "<not an address>"] {
+            assert!(matches!(parse_sender(bad), Err(SenderError::Address(_))), "{bad:?}");
+        }
+        assert!(matches!(parse_sender("a <b@c"), Err(SenderError::Unclosed)));
+        for bad in ["a\r\nBcc: x@y.z <b@c.d>", "Ünïcode <b@c.d>"] {
+            assert!(matches!(parse_sender(bad), Err(SenderError::DisplayName)), "{bad:?}");
         }
     }
 
