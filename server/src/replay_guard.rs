@@ -25,22 +25,29 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::shared::SharedError;
 use crate::state::{unix_now, AppState};
-use crate::store::StateStore;
+use crate::store::{StateStore, StoreError};
 
 /// Ids written in one store transaction at most.
 const MAX_BATCH: usize = 1024;
 /// Ids waiting for the writer at most; further requests wait for room.
 const QUEUE: usize = 8192;
 
-/// Why an id could not be recorded; the request then fails closed.
-#[derive(Debug, thiserror::Error)]
+/// Why an id could not be recorded; the request then fails closed. `Clone`: one
+/// failed transaction answers every request whose id it carried.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ReplayGuardError {
     /// The replay cache refused (full, or a clock jump).
     #[error(transparent)]
-    Shared(#[from] SharedError),
-    /// The store write failed.
+    Shared(Arc<SharedError>),
+    /// The store could not write (or, at start, read) the ids stamped ahead.
     #[error("cannot record a replay id in the store: {0}")]
-    Store(String),
+    Store(Arc<StoreError>),
+    /// The writer task is gone: the server is stopping.
+    #[error("cannot record a replay id in the store: the replay id writer stopped")]
+    WriterStopped,
+    /// The store was closed before the writer reached the id.
+    #[error("cannot record a replay id in the store: the store is closed")]
+    StoreClosed,
     /// A persisted id does not fit the replay cache: the clock window was shortened
     /// while ids stamped far ahead were live.
     #[error("a replay id stamped {stamp} does not fit a clock window of {window} s at {now}: start with the previous clock_window_secs, or after {stamp}")]
@@ -52,6 +59,18 @@ pub enum ReplayGuardError {
         /// The time of the start.
         now: u64,
     },
+}
+
+impl From<SharedError> for ReplayGuardError {
+    fn from(e: SharedError) -> Self {
+        Self::Shared(Arc::new(e))
+    }
+}
+
+impl From<StoreError> for ReplayGuardError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(Arc::new(e))
+    }
 }
 
 /// What became of a presented proof of possession.
@@ -67,7 +86,7 @@ pub enum ProofUse {
 
 /// An id to write, and where to say how it went: `Ok(true)` for the first id of its
 /// transaction (one fsync), `Ok(false)` for the others.
-type Job = (u64, [u8; 16], oneshot::Sender<Result<bool, String>>);
+type Job = (u64, [u8; 16], oneshot::Sender<Result<bool, ReplayGuardError>>);
 
 /// Group commit of ids stamped ahead: the first caller starts a writer task; each of
 /// its transactions takes every id queued meanwhile, so a burst costs one fsync.
@@ -85,9 +104,8 @@ impl AheadWriter {
             tx
         });
         let (ack, done) = oneshot::channel();
-        let gone = || ReplayGuardError::Store("the replay id writer stopped".into());
-        tx.send((stamp, id, ack)).await.map_err(|_| gone())?;
-        let first = done.await.map_err(|_| gone())?.map_err(ReplayGuardError::Store)?;
+        tx.send((stamp, id, ack)).await.map_err(|_| ReplayGuardError::WriterStopped)?;
+        let first = done.await.map_err(|_| ReplayGuardError::WriterStopped)??;
         state.metrics.replay_ids_persisted.fetch_add(1, Ordering::Relaxed);
         if first {
             state.metrics.replay_id_writes.fetch_add(1, Ordering::Relaxed);
@@ -101,8 +119,8 @@ async fn write_batches(store: Weak<dyn StateStore>, mut rx: mpsc::Receiver<Job>)
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let ids: Vec<(u64, [u8; 16])> = batch.iter().map(|(stamp, id, _)| (*stamp, *id)).collect();
         let result = match store.upgrade() {
-            Some(st) => st.put_replay_ids(ids).await.map_err(|e| e.to_string()),
-            None => Err("the store is closed".to_owned()),
+            Some(st) => st.put_replay_ids(ids).await.map_err(ReplayGuardError::from),
+            None => Err(ReplayGuardError::StoreClosed),
         };
         if let Err(e) = &result {
             tracing::error!(error = %e, "cannot persist replay ids; refusing the requests stamped ahead");
@@ -154,8 +172,7 @@ pub async fn accept_proof(
 /// Loads the ids an earlier run accepted ahead of its clock into the replay cache
 /// (before the server answers anything); returns how many.
 pub async fn restore(state: &AppState) -> Result<usize, ReplayGuardError> {
-    let ids =
-        state.store.replay_ids_after(state.started_at).await.map_err(|e| ReplayGuardError::Store(e.to_string()))?;
+    let ids = state.store.replay_ids_after(state.started_at).await?;
     let (now, window) = (state.now(), state.settings.clock_window_secs);
     for (stamp, id) in &ids {
         let expires_at = stamp.saturating_add(window);
