@@ -109,16 +109,14 @@ fn revoke_and_rotate_take_effect_without_restart() {
     let server = Server::start(&[]);
     let (key, id) = server.create_key(&["--name", "svc"]);
     assert!(matches!(server.handshake(&key, &ClientRequest::default()), Outcome::Granted(_)));
-    // Rotate with a 2 s grace: old and new both work, then only the new one.
-    let out = server.cli(&["keys", "rotate", &id, "--grace-secs", "2", "--json"]);
+    // Rotate: old and new both work during the grace (its end is tested on a moved
+    // clock, tests/clock.rs).
+    let out = server.cli(&["keys", "rotate", &id, "--grace-secs", "3600", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let new_key = ApiKey::parse(v["api_key"].as_str().unwrap()).unwrap();
     assert_ne!(new_key.id(), key.id());
     assert!(matches!(server.handshake(&key, &ClientRequest::default()), Outcome::Granted(_)));
-    assert!(matches!(server.handshake(&new_key, &ClientRequest::default()), Outcome::Granted(_)));
-    std::thread::sleep(Duration::from_millis(3100));
-    assert!(matches!(server.handshake(&key, &ClientRequest::default()), Outcome::AuthFailed));
     assert!(matches!(server.handshake(&new_key, &ClientRequest::default()), Outcome::Granted(_)));
     // Revoke the new key: the next handshake fails at once.
     let out = server.cli(&["keys", "revoke", &new_key.id().to_string()]);
@@ -129,8 +127,10 @@ fn revoke_and_rotate_take_effect_without_restart() {
     assert_eq!(v["active"], false);
 }
 
+/// Through the CLI and the admin socket: the overlap's end and the refetch are tested
+/// on a moved clock (`tests/clock.rs`).
 #[test]
-fn server_key_rotation_keeps_old_clients_during_overlap_then_they_refetch_once() {
+fn server_key_rotation_keeps_old_clients_during_the_overlap() {
     let server = Server::start(&[]);
     let (key, _) = server.create_key(&["--name", "svc"]);
     let old_doc = server.document();
@@ -140,7 +140,7 @@ fn server_key_rotation_keeps_old_clients_during_overlap_then_they_refetch_once()
     // Static-static values are precomputed, so no key's first handshake costs an
     // extra DH that a prober could time.
     assert_eq!(server.metric("onetrip_static_static_cached"), 1);
-    let out = server.cli(&["server-key", "rotate", "--overlap-secs", "2", "--json"]);
+    let out = server.cli(&["server-key", "rotate", "--overlap-secs", "3600", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(server.metric("onetrip_static_static_cached"), 2, "warmed for the new server key too");
     let new_doc = server.document();
@@ -153,26 +153,11 @@ fn server_key_rotation_keeps_old_clients_during_overlap_then_they_refetch_once()
         pending.finish(&resp.body).unwrap()
     };
     assert!(matches!(attempt(&old_client), Outcome::Granted(_)), "old key works during the overlap");
-    std::thread::sleep(Duration::from_millis(3200));
-    let Outcome::ServerKeyChanged { current_key_id, .. } = attempt(&old_client) else {
-        panic!("expected server_key_changed after the overlap");
-    };
-    // One refetch recovers. The expired key leaves the document at the next
-    // once-a-second maintenance tick (polled: a loaded machine may delay the tick).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let doc = loop {
-        let doc = server.document();
-        if doc.entries().len() == 1 || std::time::Instant::now() > deadline {
-            break doc;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(doc.current(now()).unwrap().key_id, current_key_id);
-    assert_eq!(doc.entries().len(), 1, "the expired key left the document");
     let fresh =
-        onetrip_protocol::ClientHandshake::new(onetrip_protocol::DefaultBackend::default(), &key, &doc, now()).unwrap();
+        onetrip_protocol::ClientHandshake::new(onetrip_protocol::DefaultBackend::default(), &key, &new_doc, now())
+            .unwrap();
     assert!(matches!(attempt(&fresh), Outcome::Granted(_)));
-    assert_eq!(doc.fingerprint(), server.fingerprint, "rotation keeps the identity");
+    assert_eq!(new_doc.fingerprint(), server.fingerprint, "rotation keeps the identity");
 }
 
 #[test]

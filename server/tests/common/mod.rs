@@ -162,14 +162,18 @@ impl Server {
     }
 
     pub fn metric(&self, name: &str) -> u64 {
-        let text = String::from_utf8(self.get("/metrics").body).unwrap();
-        text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|v| v as u64)
-            .unwrap_or_else(|| panic!("metric {name} missing"))
+        metric_in(&String::from_utf8(self.get("/metrics").body).unwrap(), name)
     }
+}
+
+/// The value of metric `name` (with its labels) in a `/metrics` text.
+pub fn metric_in(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("metric {name} missing"))
 }
 
 impl Drop for Server {
@@ -260,13 +264,24 @@ pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body:
 /// The `Authorization` and `Onetrip-PoP` values for a request signed with `grant`'s
 /// session key (PoP over method, path and body).
 pub fn pop_headers(grant: &onetrip_protocol::TokenGrant, method: &str, path: &str, body: &[u8]) -> (String, String) {
+    pop_headers_at(grant, method, path, body, now())
+}
+
+/// [`pop_headers`] with the proof stamped `at` (a server on a test clock).
+pub fn pop_headers_at(
+    grant: &onetrip_protocol::TokenGrant,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    at: u64,
+) -> (String, String) {
     let proof = onetrip_protocol::PopProof::sign(
         &grant.session_key,
         grant.token.binding(),
         method,
         path,
         body,
-        now(),
+        at,
         &mut rand_core::OsRng,
     )
     .unwrap();
