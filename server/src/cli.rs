@@ -10,6 +10,7 @@ mod backup;
 mod commands;
 mod exit;
 mod output;
+mod reload;
 mod serve;
 mod store_access;
 

@@ -55,3 +55,4 @@ pub mod seal;
 pub mod shared;
 pub mod state;
 pub mod store;
+pub mod tls;

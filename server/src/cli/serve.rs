@@ -2,7 +2,6 @@
 //! state, binds the listener and the admin socket, and runs the background tasks
 //! (maintenance, key lifecycle, retention, the change feed) until a signal stops it.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -14,10 +13,11 @@ use crate::admin;
 use crate::config::StoreSetting;
 use crate::shared::MemoryShared;
 use crate::state::{AppState, SystemClock};
+use crate::tls::{CertificateFiles, TlsSetupError};
 
 pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     let settings = settings(cli, Some(args))?;
-    init_tracing(&settings.log);
+    let log_filter = init_tracing(&settings.log);
     let (store, created) = open_backend(cli, &settings).await?;
     if !store.is_sealed() {
         tracing::warn!(
@@ -28,10 +28,11 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     if settings.otp_console_codes {
         tracing::warn!("--otp-console-codes is on: one-time codes are printed on stderr. Never use this in production");
     }
-    let tls = match (&settings.tls_cert, &settings.tls_key) {
-        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+    let certificates = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => Some(CertificateFiles::load(cert, key)?),
         _ => None,
     };
+    let tls = certificates.as_ref().map(|c| c.acceptor()).transpose()?;
     let listener =
         TcpListener::bind(settings.listen).await.map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
@@ -60,6 +61,7 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     // Before the announcement below: a SIGTERM sent as soon as we are "up" must stop
     // us gracefully, not by the default action.
     let shutdown = crate::listener::shutdown_signal();
+    let hangups = super::reload::Hangups::listen()?;
     // Stamps in the start second are refused (crate::replay_guard): answer nobody
     // before the clock has left it, so no client in sync is refused.
     crate::replay_guard::wait_past_start(&state).await;
@@ -104,7 +106,11 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             tracing::info!(computed = n, elapsed_ms = started.elapsed().as_millis() as u64, "key cache warmed");
         });
     }
-    crate::listener::run(listener, tls, state.clone(), shutdown).await;
+    let reload = super::reload::Reloader { cli, args, state: &state, certificates, log_filter };
+    tokio::select! {
+        () = crate::listener::run(listener, tls, state.clone(), shutdown) => {}
+        never = reload.on_each(hangups) => match never {},
+    }
     admin.abort();
     maintenance.abort();
     key_lifecycle.abort();
@@ -157,77 +163,26 @@ async fn maintenance(state: AppState, shared: Arc<MemoryShared>) {
     }
 }
 
-/// Why the `tls_cert` / `tls_key` files cannot serve TLS.
-#[derive(Debug, thiserror::Error)]
-enum TlsSetupError {
-    /// The certificate file cannot be opened or holds no PEM.
-    #[error("cannot read TLS certificate {}: {source}", path.display())]
-    ReadCert {
-        /// `tls_cert`.
-        path: PathBuf,
-        /// The PEM reader's error.
-        source: rustls_pki_types::pem::Error,
-    },
-    /// A certificate in the file is not valid PEM.
-    #[error("invalid TLS certificate {}: {source}", path.display())]
-    InvalidCert {
-        /// `tls_cert`.
-        path: PathBuf,
-        /// The PEM reader's error.
-        source: rustls_pki_types::pem::Error,
-    },
-    /// The key file cannot be read or holds no private key.
-    #[error("cannot read TLS key {}: {source}", path.display())]
-    ReadKey {
-        /// `tls_key`.
-        path: PathBuf,
-        /// The PEM reader's error.
-        source: rustls_pki_types::pem::Error,
-    },
-    /// The crypto provider offers no safe protocol version (a build problem).
-    #[error(transparent)]
-    Provider(rustls::Error),
-    /// The key is not the certificate's, or of a kind rustls does not take.
-    #[error("TLS certificate and key do not fit together: {0}")]
-    Mismatch(rustls::Error),
-}
-
-/// Exit 1 ("other failure"), as before: the files may be right and only unreadable
-/// now (permissions, a certificate renewal half-written).
 impl From<TlsSetupError> for CliError {
     fn from(e: TlsSetupError) -> Self {
         CliError { code: super::EXIT_FAILURE, message: e.to_string() }
     }
 }
 
-fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, TlsSetupError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|source| TlsSetupError::ReadCert { path: cert.to_owned(), source })?
-        .collect::<Result<_, _>>()
-        .map_err(|source| TlsSetupError::InvalidCert { path: cert.to_owned(), source })?;
-    let key =
-        PrivateKeyDer::from_pem_file(key).map_err(|source| TlsSetupError::ReadKey { path: key.to_owned(), source })?;
-    let mut config =
-        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(TlsSetupError::Provider)?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(TlsSetupError::Mismatch)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}
-
-/// Logs to stderr through the `log` setting's filter (checked when the settings load).
-fn init_tracing(filter: &str) {
+/// Logs to stderr through the `log` setting's filter (checked when the settings load),
+/// in colour only when stderr is a terminal. Returns the handle SIGHUP reloads the
+/// filter through.
+fn init_tracing(filter: &str) -> Option<super::reload::LogFilterHandle> {
+    use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = crate::config::log_filter(filter)
         .unwrap_or_else(|_| tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO));
-    let _ = tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
         .with(filter)
-        .try_init();
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()))
+        .try_init()
+        .ok()
+        .map(|()| handle)
 }
