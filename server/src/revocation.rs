@@ -1,5 +1,5 @@
 //! Token revocation across restarts and for resource servers: revocations are kept
-//! in the store (`store::revocations`) until the token would have expired, loaded
+//! in the store (`store::redb::revocations`) until the token would have expired, loaded
 //! into the shared state at start (which `AppState::check_own_token` and
 //! introspection consult), and listed at `GET /v1/revocations` so that a resource
 //! server verifying tokens in-process with its audience key can poll them cheaply.

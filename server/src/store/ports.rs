@@ -16,12 +16,41 @@ use async_trait::async_trait;
 use onetrip_protocol::api_key::KeyId;
 use onetrip_protocol::Secret;
 
-use super::{
-    ApiKeyRecord, AuditEntry, CheckView, KeyChanges, KeyPolicy, KeyValidity, ServerSecrets, StepUpStart, StoreError,
-    TotpEnrolment,
-};
+use super::{ApiKeyRecord, AuditEntry, KeyChanges, KeyPolicy, KeyValidity, ServerSecrets, StoreError};
 use crate::otp::lockout::Guard;
 use crate::otp::Verification;
+
+/// What an enrolment did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TotpEnrolment {
+    /// The account had no enrolment.
+    Enrolled,
+    /// An enrolment existed and `replace` was asked: the old secret is gone.
+    Replaced,
+    /// An enrolment exists and `replace` was not asked: nothing changed.
+    AlreadyEnrolled,
+}
+
+/// The check transaction's view of one verification.
+pub struct CheckView<'a> {
+    /// The verification (its attempt counter and status are written back).
+    pub verification: &'a mut Verification,
+    /// The opened TOTP secret and last accepted step, when its owner enrolled `to`.
+    pub totp: Option<(&'a [u8], &'a mut Option<u64>)>,
+    /// The lockout guard named by the caller, if any (written back).
+    pub guard: Option<&'a mut Guard>,
+}
+
+/// How a step-up start ended.
+#[derive(Debug)]
+pub enum StepUpStart {
+    /// A new verification was stored and is now the key's pending one.
+    Created(Verification),
+    /// The key already had a pending verification: it is returned, nothing stored.
+    Pending(Verification),
+    /// The key is locked for this many more seconds.
+    Locked(u64),
+}
 
 /// The state every replica shares, as one handle.
 pub type Backend = Arc<dyn StateStore>;

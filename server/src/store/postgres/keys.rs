@@ -13,7 +13,7 @@ use super::changes::notify_keys;
 use super::{append_audit, begin, commit, db_count, db_time, decode, encode, execute, fixed, query, PgBackend};
 use crate::otp::lockout::Guard;
 use crate::store::ports::{GuardChange, KeyFilter, KeyRepo, KeyRotation, KeyUpdate, TotpAudit, TotpPut};
-use crate::store::second_factor::{totp_slot, TotpRecord};
+use crate::store::{totp_slot, TotpRecord};
 use crate::store::{ApiKeyRecord, AuditEntry, StoreError, TotpEnrolment};
 
 /// Rows per INSERT when many keys are written at once (7 parameters each, far

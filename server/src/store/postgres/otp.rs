@@ -14,7 +14,7 @@ use crate::otp::Verification;
 use crate::store::ports::{
     Erased, GuardSubject, OtpRepo, StillPending, TransitionAudit, VerificationChange, VerificationCheck,
 };
-use crate::store::second_factor::{totp_slot, TotpRecord};
+use crate::store::{totp_slot, TotpRecord};
 use crate::store::{AuditEntry, CheckView, StepUpStart, StoreError};
 
 async fn put(tx: &impl GenericClient, v: &Verification) -> Result<(), StoreError> {

@@ -25,11 +25,13 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{
-    builder, check_contents, contain_panics, damaged, map_db_error, read_server_secrets, restrict_permissions, Store,
-    StoreError, API_KEYS, META,
+use super::store::{
+    builder, check_contents, contain_panics, damaged, map_db_error, read_server_secrets, restrict_permissions,
+    API_KEYS, META,
 };
+use super::Store;
 use crate::seal::SealError;
+use crate::store::StoreError;
 
 /// Rows written per write transaction of the copy: bounds the memory the new file's
 /// uncommitted pages take with a million-key store. Only the last commit is durable.

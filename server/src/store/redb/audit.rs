@@ -1,12 +1,69 @@
-//! Audit log retention: deletes the oldest audit rows in bounded batches, so that a
-//! busy key cannot grow the store without end and no single transaction (or the
-//! write lock it holds) grows with the backlog.
+//! The audit log in the embedded store: events appended in the transaction of the
+//! change they record, read back newest last, and retention, which deletes the
+//! oldest rows in bounded batches, so that a busy key cannot grow the store without
+//! end and no single transaction (or the write lock it holds) grows with the backlog.
+
+use std::path::Path;
 
 use redb::{ReadableDatabase, ReadableTable};
 
-use super::{damaged, Store, StoreError, AUDIT};
+use super::store::{damaged, AUDIT};
+use super::Store;
+use crate::store::{AuditEntry, StoreError};
+
+/// Appends the audit entry an update produced, if any, and hands back its result.
+pub(super) fn append_audit_of<R>(
+    w: &redb::WriteTransaction,
+    path: &Path,
+    result: Option<(R, Option<AuditEntry>)>,
+) -> Result<Option<R>, StoreError> {
+    let Some((r, entry)) = result else { return Ok(None) };
+    if let Some(entry) = entry {
+        append_audit(w, path, &entry)?;
+    }
+    Ok(Some(r))
+}
+
+pub(super) fn append_audit(w: &redb::WriteTransaction, path: &Path, entry: &AuditEntry) -> Result<(), StoreError> {
+    let mut table = w.open_table(AUDIT).map_err(|e| damaged(path, e))?;
+    let next = table.last().map_err(|e| damaged(path, e))?.map_or(0, |(k, _)| k.value() + 1);
+    let v = serde_json::to_vec(&serde_json::json!({ "at": entry.at, "event": entry.event, "detail": entry.detail }))
+        .map_err(|_| StoreError::Record("audit".into()))?;
+    table.insert(next, &v[..]).map_err(|e| damaged(path, e))?;
+    Ok(())
+}
 
 impl Store {
+    /// Appends an audit event.
+    pub fn audit(&self, now: u64, event: &'static str, detail: serde_json::Value) -> Result<(), StoreError> {
+        self.record_audit(&AuditEntry { at: now, event, detail })
+    }
+
+    /// Appends an audit event that goes with no other change, in its own transaction.
+    pub fn record_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        append_audit(&w, &self.path, entry)?;
+        w.commit().map_err(|e| damaged(&self.path, e))
+    }
+
+    /// Audit events at or after `since` (unix seconds), newest `limit`, oldest first.
+    pub fn audit_since(&self, since: u64, limit: usize) -> Result<Vec<serde_json::Value>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
+        let table = read.open_table(AUDIT).map_err(|e| damaged(&self.path, e))?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|e| damaged(&self.path, e))?.rev() {
+            let (_, v) = row.map_err(|e| damaged(&self.path, e))?;
+            let event: serde_json::Value =
+                serde_json::from_slice(v.value()).map_err(|_| StoreError::Record("audit".into()))?;
+            if event["at"].as_u64().unwrap_or(0) < since || out.len() >= limit {
+                break;
+            }
+            out.push(event);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
     /// Deletes at most `max` audit rows recorded before `cutoff` (unix seconds),
     /// oldest first, in one transaction; returns how many went. Rows are appended in
     /// time order, so the scan stops at the first row at or after `cutoff`.

@@ -8,20 +8,20 @@ use async_trait::async_trait;
 use onetrip_protocol::api_key::KeyId;
 use onetrip_protocol::Secret;
 
-use super::ports::{
+use super::Store;
+use crate::otp::lockout::Guard;
+use crate::otp::Verification;
+use crate::store::ports::{
     AuditLog, Erased, GuardChange, GuardSubject, KeyFilter, KeyRepo, KeyRotation, KeyUpdate, OtpRepo, SecretRepo,
     StillPending, TokenStateRepo, TotpAudit, TotpPut, TransitionAudit, VerificationChange, VerificationCheck,
 };
-use super::{
-    ApiKeyRecord, AuditEntry, KeyChanges, KeyPolicy, KeyValidity, ServerSecrets, StepUpStart, Store, StoreError,
-    TotpEnrolment,
+use crate::store::{
+    ApiKeyRecord, AuditEntry, KeyChanges, KeyPolicy, KeyValidity, ServerSecrets, StepUpStart, StoreError, TotpEnrolment,
 };
-use crate::otp::lockout::Guard;
-use crate::otp::Verification;
 
 impl Store {
     /// This store behind the ports.
-    pub fn into_backend(self) -> super::Backend {
+    pub fn into_backend(self) -> crate::store::Backend {
         Arc::new(RedbBackend::new(self))
     }
 }
@@ -55,7 +55,7 @@ impl RedbBackend {
 }
 
 /// One process holds the file: the admin socket applies changes to the running server.
-impl super::ports::ChangeFeed for RedbBackend {}
+impl crate::store::ports::ChangeFeed for RedbBackend {}
 
 #[async_trait]
 impl KeyRepo for RedbBackend {

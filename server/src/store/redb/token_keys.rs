@@ -5,10 +5,13 @@
 
 use redb::ReadableTable;
 
-use super::genesis::{
+use super::audit::append_audit;
+use super::store::{damaged, META};
+use super::Store;
+use crate::store::genesis::{
     decode_token_records, drop_retired_token_records, encode_token_records, rotate_token_records, token_rotation_event,
 };
-use super::{append_audit, damaged, AuditEntry, Store, StoreError, TokenKeyRecord, META};
+use crate::store::{AuditEntry, StoreError, TokenKeyRecord};
 
 fn read_records(
     meta: &impl ReadableTable<&'static str, &'static [u8]>,

@@ -6,56 +6,15 @@
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{append_audit, append_audit_of, damaged, AuditEntry, Store, StoreError, OTP};
+use super::audit::{append_audit, append_audit_of};
+use super::store::{damaged, OTP};
+use super::Store;
 use crate::otp::lockout::Guard;
 use crate::otp::Verification;
+use crate::store::{totp_slot, AuditEntry, CheckView, StepUpStart, StoreError, TotpEnrolment, TotpRecord};
 
 const TOTP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("totp_enrollments");
 const GUARDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("otp_guards");
-
-/// A TOTP enrolment: the authenticator secret (sealed like the server keys) and the
-/// last accepted time step, so a code is never accepted twice, even across restarts.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TotpRecord {
-    /// Sealed secret, hex.
-    pub secret: String,
-    /// Enrolment time.
-    pub created_at: u64,
-    /// Last time step whose code was accepted.
-    pub last_step: Option<u64>,
-}
-
-/// What an enrolment did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TotpEnrolment {
-    /// The account had no enrolment.
-    Enrolled,
-    /// An enrolment existed and `replace` was asked: the old secret is gone.
-    Replaced,
-    /// An enrolment exists and `replace` was not asked: nothing changed.
-    AlreadyEnrolled,
-}
-
-/// The check transaction's view of one verification.
-pub struct CheckView<'a> {
-    /// The verification (its attempt counter and status are written back).
-    pub verification: &'a mut Verification,
-    /// The opened TOTP secret and last accepted step, when its owner enrolled `to`.
-    pub totp: Option<(&'a [u8], &'a mut Option<u64>)>,
-    /// The lockout guard named by the caller, if any (written back).
-    pub guard: Option<&'a mut Guard>,
-}
-
-/// How a step-up start ended.
-#[derive(Debug)]
-pub enum StepUpStart {
-    /// A new verification was stored and is now the key's pending one.
-    Created(Verification),
-    /// The key already had a pending verification: it is returned, nothing stored.
-    Pending(Verification),
-    /// The key is locked for this many more seconds.
-    Locked(u64),
-}
 
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|_| StoreError::Record(what.into()))
@@ -286,8 +245,4 @@ fn totp_key(owner: &[u8; 16], account: &str) -> Vec<u8> {
     let mut k = owner.to_vec();
     k.extend_from_slice(account.as_bytes());
     k
-}
-
-pub(crate) fn totp_slot(owner: &[u8; 16], account: &str) -> String {
-    format!("totp:{}:{account}", hex::encode(owner))
 }

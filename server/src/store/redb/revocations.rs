@@ -5,7 +5,10 @@
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{append_audit, damaged, AuditEntry, Store, StoreError};
+use super::audit::append_audit;
+use super::store::damaged;
+use super::Store;
+use crate::store::{AuditEntry, StoreError};
 
 const REVOKED_TOKENS: TableDefinition<&[u8], u64> = TableDefinition::new("revoked_tokens");
 

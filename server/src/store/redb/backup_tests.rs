@@ -265,7 +265,7 @@ fn a_damaged_record_in_a_backup_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let store = populated(&dir.path().join("data"), None, 1);
     let w = store.db.begin_write().unwrap();
-    w.open_table(crate::store::API_KEYS).unwrap().insert(&[7u8; 16][..], &b"{not json"[..]).unwrap();
+    w.open_table(super::super::store::API_KEYS).unwrap().insert(&[7u8; 16][..], &b"{not json"[..]).unwrap();
     w.commit().unwrap();
     let dest = dir.path().join("backup.redb");
     store.backup_to(&dest, false).unwrap();

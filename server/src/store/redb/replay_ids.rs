@@ -11,7 +11,9 @@
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{damaged, Store, StoreError};
+use super::store::damaged;
+use super::Store;
+use crate::store::StoreError;
 
 const REPLAY_IDS: TableDefinition<&[u8], ()> = TableDefinition::new("replay_ids_ahead");
 const ROW_LEN: usize = 8 + 16;
