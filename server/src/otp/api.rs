@@ -7,11 +7,12 @@ use http::request::Parts;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use onetrip_protocol::{Channel, Claims};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::http::{read_body, ConnInfo, MAX_JSON_BODY};
 use crate::otp::service::{self, NewVerification, OtpError};
+use crate::otp::totp::{TotpEnrolmentAnswer, TotpParams};
 use crate::otp::{CheckOutcome, Policy, Purpose, Status, Verification};
 use crate::problem::{bad_json, json, problem, Body};
 use crate::shared::RateDecision;
@@ -272,19 +273,21 @@ async fn enroll(
     };
     validate_account(&b.account)?;
     let secret = service::enroll_totp(&*state.store, owner, &b.account, b.replace, now).await?;
-    let params = crate::otp::totp::TotpParams::default();
-    let uri = crate::otp::totp::otpauth_uri(&secret, &params, &state.settings.otp.totp_issuer, &b.account);
-    Ok(json(
-        StatusCode::CREATED,
-        &serde_json::json!({
-            "account": b.account,
-            "secret": &*secret.to_base32(),
-            "otpauth_uri": uri,
-            "algorithm": "SHA1",
-            "digits": 6,
-            "period": 30,
-        }),
-    ))
+    let params = TotpParams::default();
+    let answer = TotpEnrolled {
+        account: b.account.clone(),
+        enrolment: TotpEnrolmentAnswer::new(&secret, &params, &state.settings.otp.totp_issuer, &b.account),
+    };
+    let body = serde_json::to_value(&answer).map_err(|e| OtpError::Unavailable(e.to_string()))?;
+    Ok(json(StatusCode::CREATED, &body))
+}
+
+/// The answer to `POST /v1/otp/totp/enroll`: the account and its enrolment.
+#[derive(Debug, Serialize)]
+struct TotpEnrolled {
+    account: String,
+    #[serde(flatten)]
+    enrolment: TotpEnrolmentAnswer,
 }
 
 /// TOTP account names: printable, 1 to 128 bytes, not starting with `@` (reserved

@@ -337,6 +337,47 @@ pub fn otpauth_uri(secret: &TotpSecret, params: &TotpParams, issuer: &str, accou
     )
 }
 
+/// What a new enrolment hands the enrolling user, the same on the OTP API and in
+/// `onetrip keys totp-enroll`: the secret (base32, for entering by hand), its
+/// `otpauth://` URI and the code parameters. Shown once; fields in alphabetical order,
+/// the order of the JSON the server has always sent.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TotpEnrolmentAnswer {
+    /// HMAC hash function, as in the URI (`SHA1`).
+    pub algorithm: String,
+    /// Code length.
+    pub digits: u32,
+    /// The enrolment URI ([`otpauth_uri`]); it contains the secret.
+    pub otpauth_uri: String,
+    /// Time step in seconds.
+    pub period: u64,
+    /// The secret, base32 without padding.
+    pub secret: String,
+}
+
+impl TotpEnrolmentAnswer {
+    /// The answer for `secret` under `params`, labelled `issuer:account` in the app.
+    pub fn new(secret: &TotpSecret, params: &TotpParams, issuer: &str, account: &str) -> Self {
+        Self {
+            algorithm: params.algorithm.as_str().to_owned(),
+            digits: params.digits,
+            otpauth_uri: otpauth_uri(secret, params, issuer, account),
+            period: params.step_secs,
+            secret: secret.to_base32().to_string(),
+        }
+    }
+}
+
+impl fmt::Debug for TotpEnrolmentAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TotpEnrolmentAnswer")
+            .field("algorithm", &self.algorithm)
+            .field("digits", &self.digits)
+            .field("period", &self.period)
+            .finish_non_exhaustive()
+    }
+}
+
 /// `uri` as a QR code drawn with Unicode half blocks, light modules on a dark
 /// terminal background, quiet zone included. Input too long for any QR version
 /// yields a one-line note instead (an `otpauth://` URI is far below the limit).
