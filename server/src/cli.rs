@@ -2,6 +2,7 @@
 //! Key commands go to a running server over its admin socket, or open the store
 //! directly when no server runs.
 
+use crate::admin::answers::{AudienceKeys, AuditEvent, TokenKeyRotated, TokenRevoked};
 use crate::admin::AdminRequest;
 use crate::state::unix_now;
 
@@ -19,7 +20,7 @@ pub use args::{
     TokensCommand,
 };
 use commands::{keys, server_key, token};
-use output::print_value;
+use output::{print_answer, print_value};
 use serve::serve;
 use store_access::admin_call;
 use store_access::{passphrase, settings};
@@ -56,57 +57,36 @@ pub fn main_with(cli: Cli) -> i32 {
                     (None, Since::At(at)) => at,
                 };
                 let v = admin_call(&cli, AdminRequest::Audit { since, limit }).await?;
-                print_value(&v, json, |v| {
-                    v.as_array()
-                        .map(|a| {
-                            a.iter()
-                                .map(|e| {
-                                    format!("{}  {:<20} {}", e["at"], e["event"].as_str().unwrap_or(""), e["detail"])
-                                })
-                                .collect::<Vec<_>>()
-                                .join("\n")
-                        })
-                        .unwrap_or_default()
-                });
-                Ok(())
+                print_answer(&v, json, |events: &Vec<AuditEvent>| {
+                    let lines: Vec<String> =
+                        events.iter().map(|e| format!("{}  {:<20} {}", e.at, e.event, e.detail)).collect();
+                    lines.join("\n")
+                })
             }
             Command::TokenKey(TokenKeyCommand::Rotate { overlap_secs, json }) => {
                 let v = admin_call(&cli, AdminRequest::TokenKeyRotate { overlap_secs }).await?;
-                print_value(&v, json, |v| {
+                print_answer(&v, json, |a: &TokenKeyRotated| {
                     format!(
                         "new token key {}; older keys open tokens until {} (unix time), then go.\nRun `onetrip audience-key <audience>` for each resource server now.",
-                        v["new_key_id"].as_str().unwrap_or(""),
-                        v["older_keys_retire_at"]
+                        a.new_key_id, a.older_keys_retire_at
                     )
-                });
-                Ok(())
+                })
             }
             Command::Tokens(TokensCommand::Revoke { ref token_id, json }) => {
                 let v = admin_call(&cli, AdminRequest::TokensRevoke { token_id: token_id.clone() }).await?;
-                print_value(&v, json, |v| {
-                    format!(
-                        "token {} revoked until {} (unix time)",
-                        v["token_id"].as_str().unwrap_or(""),
-                        v["revoked_until"]
-                    )
-                });
-                Ok(())
+                print_answer(&v, json, |a: &TokenRevoked| {
+                    format!("token {} revoked until {} (unix time)", a.token_id, a.revoked_until)
+                })
             }
             Command::Store(_) => unreachable!("handled above"),
             Command::AudienceKey { ref audience, json } => {
                 let v = admin_call(&cli, AdminRequest::AudienceKey { audience: audience.clone() }).await?;
-                print_value(&v, json, |v| {
-                    // One `<key_id>:<key>` per line, current first: the form
-                    // ONETRIP_AUDIENCE_KEY and TokenVerifier users take as it is.
-                    let lines: Vec<String> = v["keys"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|k| format!("{}:{}", k["key_id"].as_str().unwrap_or(""), k["key"].as_str().unwrap_or("")))
-                        .collect();
+                // One `<key_id>:<key>` per line, current first: the form
+                // ONETRIP_AUDIENCE_KEY and TokenVerifier users take as it is.
+                print_answer(&v, json, |a: &AudienceKeys| {
+                    let lines: Vec<String> = a.keys.iter().map(|k| format!("{}:{}", k.key_id, k.key.expose())).collect();
                     lines.join("\n")
-                });
-                Ok(())
+                })
             }
         }
     });

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use super::{admin_call, passphrase, print_value, Cli};
+use super::{admin_call, passphrase, print_answer, print_value, Cli};
 use crate::admin::AdminRequest;
 use crate::seal::SealError;
 use crate::store::backup::{verify_backup, BackupError, BackupSummary};
@@ -90,9 +90,8 @@ async fn backup(cli: &Cli, file: &std::path::Path, force: bool, json: bool) -> R
     // The server resolves paths from its own working directory: send an absolute one.
     let path = std::path::absolute(file).map_err(|e| (1, format!("{}: {e}", file.display())))?;
     let v = admin_call(cli, AdminRequest::StoreBackup { path, force }).await.map_err(|e| (e.code, e.message))?;
-    let summary: BackupSummary = serde_json::from_value(v.clone()).map_err(|e| (1, e.to_string()))?;
-    print_value(&v, json, |_| format!("backup written: {}", describe(&summary)));
-    Ok(())
+    print_answer(&v, json, |s: &BackupSummary| format!("backup written: {}", describe(s)))
+        .map_err(|e| (e.code, e.message))
 }
 
 async fn verify(cli: &Cli, file: &std::path::Path, json: bool) -> Result<(), (i32, String)> {
@@ -126,7 +125,7 @@ async fn verify(cli: &Cli, file: &std::path::Path, json: bool) -> Result<(), (i3
         (code, e.to_string())
     })?;
     let v = serde_json::to_value(&summary).map_err(|e| (1, e.to_string()))?;
-    print_value(&v, json, |_| format!("backup OK: {}", describe(&summary)));
+    print_value(&v, json, || format!("backup OK: {}", describe(&summary)));
     Ok(())
 }
 

@@ -1,10 +1,14 @@
 //! The admin commands: `keys …` (with the streamed listing), `token`, `server-key …`.
 
 use super::args::{Cli, KeysCommand, ServerKeyCommand, TokenArgs};
-use super::output::{key_line, print_value};
+use super::output::{decode, key_line, print_answer};
 use super::store_access::{admin_call, admin_target};
 use super::CliError;
-use crate::admin::{self, AdminRequest};
+use crate::admin::answers::{
+    KeyCreated, KeyPage, KeyRotated, KeyShown, KeyTotpEnrolled, KeyUnlocked, SecondFactorLock, ServerKeyRotated,
+    ServerKeys,
+};
+use crate::admin::{self, AdminError, AdminRequest};
 
 pub(super) async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<(), CliError> {
     let (req, json) = match cmd {
@@ -39,40 +43,60 @@ pub(super) async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<(), CliError> {
         }
     };
     let v = admin_call(cli, req).await?;
-    print_value(&v, json, |v| match cmd {
-        KeysCommand::Create { .. } | KeysCommand::Rotate { .. } => format!(
-            "{}\n\n  {}\n\nThis is the only time the API key is shown: store it in your secret manager.{}",
-            key_line(v),
-            v["api_key"].as_str().unwrap_or(""),
-            v["old_key_expires_at"]
-                .as_u64()
-                .map(|t| format!("\nThe old key stays valid until {t} (unix time)."))
-                .unwrap_or_default()
-        ),
-        KeysCommand::TotpEnroll { .. } => {
-            let uri = v["otpauth_uri"].as_str().unwrap_or("");
+    match cmd {
+        KeysCommand::Create { .. } => print_answer(&v, json, |a: &KeyCreated| new_key(a, None)),
+        KeysCommand::Rotate { .. } => {
+            print_answer(&v, json, |a: &KeyRotated| new_key(&a.new, Some(a.old_key_expires_at)))
+        }
+        KeysCommand::TotpEnroll { .. } => print_answer(&v, json, |a: &KeyTotpEnrolled| {
+            let uri = &a.enrolment.otpauth_uri;
             format!(
-                "Scan this with an authenticator app (or enter the secret by hand):\n\n{}\n  secret: {}\n  uri:    {uri}\n\nThis is the only time the secret is shown. Codes: 6 digits, 30 s, SHA-1.",
+                "Scan this with an authenticator app (or enter the secret by hand):\n\n{}\n  secret: {}\n  uri:    {uri}\n\nThis is the only time the secret is shown. Codes: {} digits, {} s, {}.",
                 crate::otp::totp::qr_terminal(uri),
-                v["secret"].as_str().unwrap_or(""),
+                a.enrolment.secret,
+                a.enrolment.digits,
+                a.enrolment.period,
+                algorithm_name(&a.enrolment.algorithm),
             )
+        }),
+        KeysCommand::Show { .. } => {
+            print_answer(&v, json, |a: &KeyShown| lock_lines(&key_line(&a.key), &a.second_factor_lock))
         }
-        KeysCommand::Show { .. } | KeysCommand::Unlock { .. } => {
-            let lock = &v["second_factor_lock"];
-            let state = match lock["locked_until"].as_u64() {
-                Some(until) => format!("LOCKED until {until} (unix time): `onetrip keys unlock` clears it"),
-                None => "not locked".to_owned(),
-            };
-            let line = if v["name"].is_null() { v["id"].as_str().unwrap_or("").to_owned() } else { key_line(v) };
-            format!(
-                "{line}\n  second factor: {state}; wrong codes in the last hour: {}; locks since the last right code: {}",
-                lock["wrong_codes_last_hour"],
-                lock["lockouts"]
-            )
+        KeysCommand::Unlock { .. } => {
+            print_answer(&v, json, |a: &KeyUnlocked| lock_lines(&a.id, &a.second_factor_lock))
         }
-        _ => key_line(v),
-    });
-    Ok(())
+        KeysCommand::Revoke { .. } | KeysCommand::List { .. } => print_answer(&v, json, key_line),
+    }
+}
+
+/// What `keys create` and `keys rotate` print: the key, once.
+fn new_key(a: &KeyCreated, old_key_expires_at: Option<u64>) -> String {
+    format!(
+        "{}\n\n  {}\n\nThis is the only time the API key is shown: store it in your secret manager.{}",
+        key_line(&a.key),
+        a.api_key.expose(),
+        old_key_expires_at.map(|t| format!("\nThe old key stays valid until {t} (unix time).")).unwrap_or_default()
+    )
+}
+
+/// `SHA1` as people write it: `SHA-1`.
+fn algorithm_name(a: &str) -> String {
+    match a.strip_prefix("SHA") {
+        Some(bits) => format!("SHA-{bits}"),
+        None => a.to_owned(),
+    }
+}
+
+/// A key's line and its second-factor lockout.
+fn lock_lines(line: &str, lock: &SecondFactorLock) -> String {
+    let state = match lock.locked_until {
+        Some(until) => format!("LOCKED until {until} (unix time): `onetrip keys unlock` clears it"),
+        None => "not locked".to_owned(),
+    };
+    format!(
+        "{line}\n  second factor: {state}; wrong codes in the last hour: {}; locks since the last right code: {}",
+        lock.wrong_codes_last_hour, lock.lockouts
+    )
 }
 
 /// The filters of `keys list`.
@@ -112,20 +136,21 @@ async fn list_keys(
             revoked: filter.revoked,
             created_after: filter.created_after,
         };
-        let page = target.call(req).await?;
-        let keys = page["keys"].as_array().cloned().unwrap_or_default();
-        for key in &keys {
+        let page: KeyPage = decode(&target.call(req).await?)?;
+        for key in &page.keys {
             if json {
                 let sep = if first { "\n" } else { ",\n" };
-                write!(out, "{sep}{}", serde_json::to_string(key).unwrap_or_default()).map_err(io)?;
+                // Through a `Value`, as each page came: keys in alphabetical order.
+                let key = serde_json::to_value(key).map_err(AdminError::Answer)?;
+                write!(out, "{sep}{key}").map_err(io)?;
             } else {
                 writeln!(out, "{}", key_line(key)).map_err(io)?;
             }
             first = false;
         }
-        left = left.saturating_sub(keys.len());
-        match page["next_after"].as_str() {
-            Some(next) => after = Some(next.to_owned()),
+        left = left.saturating_sub(page.keys.len());
+        match page.next_after {
+            Some(next) => after = Some(next),
             None => break,
         }
     }
@@ -190,22 +215,21 @@ pub(super) async fn server_key(cli: &Cli, cmd: &ServerKeyCommand) -> Result<(), 
         }
     };
     let v = admin_call(cli, req).await?;
-    print_value(&v, json, |v| {
-        let mut s = format!(
-            "identity fingerprint: {}\nprivate keys sealed: {}\n",
-            v["fingerprint"].as_str().unwrap_or(""),
-            v["sealed"].as_bool().unwrap_or(false)
-        );
-        for k in v["keys"].as_array().into_iter().flatten() {
+    let human = |k: &ServerKeys| {
+        let mut s = format!("identity fingerprint: {}\nprivate keys sealed: {}\n", k.fingerprint, k.sealed);
+        for k in &k.keys {
             s += &format!(
                 "handshake key {}  valid {}..{}{}\n",
-                k["key_id"].as_str().unwrap_or(""),
-                k["not_before"],
-                k["not_after"],
-                if k["valid_now"].as_bool() == Some(true) { "" } else { " (not valid now)" }
+                k.key_id,
+                k.not_before,
+                k.not_after,
+                if k.valid_now { "" } else { " (not valid now)" }
             );
         }
         s.trim_end().to_owned()
-    });
-    Ok(())
+    };
+    match cmd {
+        ServerKeyCommand::Show { .. } => print_answer(&v, json, human),
+        ServerKeyCommand::Rotate { .. } => print_answer(&v, json, |a: &ServerKeyRotated| human(&a.keys)),
+    }
 }
