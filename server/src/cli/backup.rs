@@ -95,7 +95,7 @@ async fn backup(cli: &Cli, file: &std::path::Path, force: bool, json: bool) -> R
 }
 
 async fn verify(cli: &Cli, file: &std::path::Path, json: bool) -> Result<(), (i32, String)> {
-    let pass = passphrase(cli).map_err(|e| (1, e))?;
+    let pass = passphrase(cli).map_err(|e| (1, e.to_string()))?;
     let path = file.to_owned();
     let given = pass.clone();
     let first = tokio::task::spawn_blocking(move || verify_backup(&path, given.as_deref().map(String::as_str)))

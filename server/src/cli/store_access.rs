@@ -72,9 +72,31 @@ pub(super) fn settings(cli: &Cli, args: Option<&ServeArgs>) -> Result<Settings, 
     Settings::merge(overrides, file, default_data_dir())
 }
 
+/// Why the passphrase could not be had.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum PassphraseError {
+    /// The parent process's hand-over of the passphrase failed.
+    #[error(transparent)]
+    HandOver(#[from] crate::environ::EnvironError),
+    /// `--passphrase-file` cannot be read.
+    #[error("cannot read passphrase file {}: {source}", path.display())]
+    File {
+        /// The file named.
+        path: std::path::PathBuf,
+        /// Why it cannot be read.
+        source: std::io::Error,
+    },
+}
+
+impl From<PassphraseError> for CliError {
+    fn from(e: PassphraseError) -> Self {
+        CliError { code: super::EXIT_FAILURE, message: e.to_string() }
+    }
+}
+
 /// The passphrase from ONETRIP_PASSPHRASE or the passphrase file, if any.
-pub(super) fn passphrase(cli: &Cli) -> Result<Option<zeroize::Zeroizing<String>>, String> {
-    if let Some(p) = crate::environ::handed_over_passphrase().map_err(|e| e.to_string())? {
+pub(super) fn passphrase(cli: &Cli) -> Result<Option<zeroize::Zeroizing<String>>, PassphraseError> {
+    if let Some(p) = crate::environ::handed_over_passphrase()? {
         return Ok(Some(p));
     }
     if let Ok(p) = std::env::var("ONETRIP_PASSPHRASE") {
@@ -83,8 +105,8 @@ pub(super) fn passphrase(cli: &Cli) -> Result<Option<zeroize::Zeroizing<String>>
         }
     }
     if let Some(path) = &cli.passphrase_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read passphrase file {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| PassphraseError::File { path: path.clone(), source })?;
         return Ok(Some(zeroize::Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_owned())));
     }
     Ok(None)
