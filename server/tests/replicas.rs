@@ -143,11 +143,16 @@ fn a_stopped_postgres_degrades_the_service_and_it_heals_without_a_restart() {
     until("the replica serves the key", Duration::from_secs(10), || granted(&server, &key));
     let health = |s: &Server| s.get("/healthz").json()["status"].as_str().unwrap_or("").to_owned();
     assert_eq!(health(&server), "ok");
+    assert_eq!(server.get("/readyz").status, 200);
 
     pg.control("halt");
     // Handshakes of known keys go on from memory; the probe (1 s apart) notices.
     assert!(granted(&server, &key), "a known key still gets its token while PostgreSQL is down");
     until("/healthz says degraded", Duration::from_secs(15), || health(&server) == "degraded");
+    let not_ready = server.get("/readyz");
+    assert_eq!(not_ready.status, 503, "a load balancer takes the replica out while its store is down");
+    assert_eq!(not_ready.json()["code"], "store_unavailable");
+    assert_eq!(not_ready.header("retry-after"), Some("1"));
     let grant = match server.handshake(&key, &ClientRequest { audience: "onetrip", scopes: "otp", second_factor: None })
     {
         Outcome::Granted(g) => *g,
@@ -160,6 +165,7 @@ fn a_stopped_postgres_degrades_the_service_and_it_heals_without_a_restart() {
 
     pg.control("resume");
     until("/healthz is ok again", Duration::from_secs(30), || health(&server) == "ok");
+    assert_eq!(server.get("/readyz").status, 200, "ready again without a restart");
     until("OTP writes work again", Duration::from_secs(30), || otp_create(&server, &grant) == 201);
     // Nothing committed was lost, and new writes reach the same process.
     let (after, _) = create_key(&pg.url, &cli_dir, &["--name", "after"]);

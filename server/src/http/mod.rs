@@ -10,7 +10,7 @@
 //! | `GET /v1/whoami` | claims of the presented token (PoP, or bearer on TLS) |
 //! | `/v1/otp/*` | the OTP API ([`crate::otp::api`]) |
 //! | `GET /v1/openapi.json` | the OpenAPI 3.1 document of the JSON endpoints |
-//! | `GET /healthz`, `GET /metrics` | liveness, Prometheus text |
+//! | `GET /healthz`, `GET /readyz`, `GET /metrics` | liveness, readiness (the store takes writes), Prometheus text |
 
 use std::net::IpAddr;
 
@@ -44,6 +44,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/revocations"),
     ("get", "/v1/openapi.json"),
     ("get", "/healthz"),
+    ("get", "/readyz"),
     ("get", "/metrics"),
 ];
 
@@ -79,6 +80,21 @@ pub async fn route(
         (&Method::GET, "/healthz") => {
             json(StatusCode::OK, &serde_json::json!({ "status": "degraded", "store": "unreachable" }))
         }
+        // Readiness: a load balancer sends writes (key changes, OTP) elsewhere while
+        // this replica's store cannot take them.
+        (&Method::GET, "/readyz") if state.store_up() => {
+            json(StatusCode::OK, &serde_json::json!({ "status": "ready" }))
+        }
+        (&Method::GET, "/readyz") => {
+            let mut resp = problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "Not ready",
+                "the store does not answer or does not take writes now; see the server log",
+            );
+            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            resp
+        }
         (&Method::GET, "/v1/openapi.json") => crate::otp::api::openapi_json(),
         (_, path) if crate::otp::api::handles(path) => crate::otp::api::route(&state, req, conn).await,
         (&Method::GET, "/metrics") if metrics_allowed(&state.settings, conn.peer, req.headers()) => metrics(&state),
@@ -91,7 +107,7 @@ pub async fn route(
         (
             _,
             "/v1/auth" | "/v1/server-key" | "/v1/introspect" | "/v1/whoami" | "/v1/revocations" | "/healthz"
-            | "/metrics" | "/v1/openapi.json",
+            | "/readyz" | "/metrics" | "/v1/openapi.json",
         ) => problem(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -125,6 +141,7 @@ fn route_label(path: &str) -> &'static str {
         "/v1/revocations" => "revocations",
         "/v1/whoami" => "whoami",
         "/healthz" => "healthz",
+        "/readyz" => "readyz",
         "/metrics" => "metrics",
         p if crate::otp::api::handles(p) => "otp",
         _ => "other",
@@ -133,7 +150,7 @@ fn route_label(path: &str) -> &'static str {
 
 /// The per-address limit of the public documents (`/v1/server-key`,
 /// `/v1/openapi.json`): cheap answers, but no route is open to an unbounded rate from
-/// one address. `/healthz` stays unlimited for load balancers' checks.
+/// one address. `/healthz` and `/readyz` stay unlimited for load balancers' checks.
 fn over_public_limit(state: &AppState, conn: ConnInfo) -> bool {
     let decision = state.public_ip_limiter.check(conn.peer, state.settings.auth_rate_per_ip, state.now());
     matches!(decision, RateDecision::Limited { .. })
@@ -218,8 +235,9 @@ pub(crate) fn metrics_allowed(settings: &crate::config::Settings, peer: IpAddr, 
 }
 
 fn metrics(state: &AppState) -> Response<Body> {
-    let text =
+    let mut text =
         state.metrics.render(state.keys.len(), state.shared.local_replay_entries(), state.keys.cached_static_statics());
+    crate::metrics::render_store_errors(&mut text, &state.store.store_errors());
     let mut resp = Response::new(Body::new(Bytes::from(text)));
     resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
     resp
