@@ -187,6 +187,9 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `onetrip_server=debug` [default: info].
     #[arg(long, env = "ONETRIP_LOG")]
     pub log: Option<String>,
+    /// Log lines as `text` or `json` (one object a line, with the request id) [default: text].
+    #[arg(long, env = "ONETRIP_LOG_FORMAT", value_enum)]
+    pub log_format: Option<crate::config::LogFormat>,
     /// DEVELOPMENT ONLY: the console OTP channel prints the codes on stderr.
     #[arg(long, env = "ONETRIP_OTP_CONSOLE_CODES")]
     pub otp_console_codes: bool,

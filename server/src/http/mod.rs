@@ -21,6 +21,7 @@ use onetrip_protocol::handshake::{REQUEST_LEN, RESPONSE_LEN};
 use onetrip_protocol::ServerKeyDocument;
 
 mod request;
+pub mod request_id;
 mod token_auth;
 mod tokens;
 
@@ -48,12 +49,22 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/metrics"),
 ];
 
-/// Serves one request.
+/// Serves one request, under its request id ([`request_id`]): a span field of every
+/// log line it causes, and the `X-Request-Id` header of the answer.
 pub async fn route(
     state: AppState,
     req: Request<Incoming>,
     conn: ConnInfo,
 ) -> Result<Response<Body>, std::convert::Infallible> {
+    use tracing::Instrument;
+    let id = request_id::of(req.headers());
+    let span = tracing::info_span!("request", id = id.to_str().unwrap_or("-"));
+    let mut resp = dispatch(state, req, conn).instrument(span).await;
+    resp.headers_mut().insert(request_id::HEADER, id);
+    Ok(resp)
+}
+
+async fn dispatch(state: AppState, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
     state.metrics.http_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let route = route_label(req.uri().path());
     let resp = match (req.method(), req.uri().path()) {
@@ -127,7 +138,7 @@ pub async fn route(
         }
         tracing::debug!(route, code, status = resp.status().as_u16(), "request refused");
     }
-    Ok(resp)
+    resp
 }
 
 /// The metrics label of a request path: one of a fixed set, so a client cannot grow
