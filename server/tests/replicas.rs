@@ -122,6 +122,26 @@ fn a_key_created_and_revoked_through_the_cli_reaches_both_replicas() {
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["id"], id.as_str());
+
+    // A batch, one transaction each way, reaches both replicas too.
+    let file = tmp.path().join("batch.keys");
+    let out = cli(
+        &pg.url,
+        &tmp.path().join("cli"),
+        &["keys", "create", "--name", "batch", "--count", "40", "--out", file.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "bulk create: {}", String::from_utf8_lossy(&out.stderr));
+    let batch: Vec<ApiKey> =
+        std::fs::read_to_string(&file).unwrap().lines().map(|l| ApiKey::parse(l).unwrap()).collect();
+    assert_eq!(batch.len(), 40);
+    for server in [&a, &b] {
+        until("the batch is served", Duration::from_secs(10), || batch.iter().all(|k| granted(server, k)));
+    }
+    let out = cli(&pg.url, &tmp.path().join("cli"), &["keys", "revoke", "--from", file.to_str().unwrap()]);
+    assert!(out.status.success(), "bulk revoke: {}", String::from_utf8_lossy(&out.stderr));
+    for server in [&a, &b] {
+        until("the batch is refused", Duration::from_secs(10), || batch.iter().all(|k| !granted(server, k)));
+    }
 }
 
 /// Creates an OTP verification through the API; returns the HTTP status.

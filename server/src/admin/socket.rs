@@ -11,7 +11,7 @@ use super::{execute, AdminError, AdminRequest};
 use crate::state::AppState;
 
 /// Longest admin request line.
-const MAX_LINE: usize = 64 * 1024;
+const MAX_LINE: usize = 1024 * 1024;
 
 /// Binds the admin socket (mode 0600). Call before announcing the server, so a CLI
 /// that sees the server also finds its socket.
