@@ -44,6 +44,7 @@ pub mod key_lifecycle;
 pub mod keys;
 pub mod limits;
 pub mod listener;
+pub mod low_priority;
 pub mod metrics;
 pub mod otp;
 pub mod problem;

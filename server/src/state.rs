@@ -293,9 +293,10 @@ impl AppState {
     pub async fn reload_handshake_keys_at(&self, now: u64) -> Result<(), StoreError> {
         let hs = Arc::new(build_handshake(&self.store, now, self.settings.server_key_document_ttl_secs).await?);
         let live: Vec<[u8; 8]> = hs.responder.entries().map(|e| e.key_id).collect();
-        // Precomputing is CPU work over every key: off the request threads.
+        // Precomputing is CPU work over every key: off the request threads, at the
+        // lowest priority, so that handshakes meanwhile keep their CPU.
         let (keys, responder_hs) = (self.clone(), Arc::clone(&hs));
-        tokio::task::spawn_blocking(move || keys.keys.warm(&responder_hs.responder, now))
+        crate::low_priority::run("onetrip-warm", move || keys.keys.warm(&responder_hs.responder, now))
             .await
             .map_err(|e| StoreError::Unavailable(format!("key warm-up did not finish: {e}")))?;
         self.handshake.store(Arc::clone(&hs));

@@ -101,12 +101,12 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         // the equal-work rule (keys::KeyDirectory::static_static).
         state.keys.set_warming(true);
         let st = state.clone();
-        tokio::task::spawn_blocking(move || {
+        tokio::spawn(crate::low_priority::run("onetrip-warm", move || {
             let started = std::time::Instant::now();
             let n = st.warm_keys();
             st.keys.set_warming(false);
             tracing::info!(computed = n, elapsed_ms = started.elapsed().as_millis() as u64, "key cache warmed");
-        });
+        }));
     }
     let reload = super::reload::Reloader { cli, args, state: &state, certificates, log_filter };
     tokio::select! {
