@@ -69,6 +69,7 @@ fn harness() -> &'static Harness {
                     require_otp: false,
                     otp_to: None,
                 },
+                &admin::Actor::this_process(),
             ))
             .expect("fuzz key");
         let key = onetrip_protocol::ApiKey::parse(created["api_key"].as_str().expect("key string")).expect("key");

@@ -47,6 +47,10 @@ fn a_batch_is_created_into_a_private_file_and_revoked_from_it_in_one_transaction
     let created = audit_events(&server, "key.created_many");
     assert_eq!(created.len(), 1, "one event for the one transaction");
     assert_eq!(created[0]["detail"]["ids"].as_array().map(Vec::len), Some(25));
+    // Who asked: the admin socket's peer uid, as the kernel reports it.
+    let actor = &created[0]["detail"]["actor"];
+    assert_eq!(actor["via"], "admin_socket", "{actor}");
+    assert!(actor["uid"].as_u64().is_some(), "{actor}");
 
     // An existing file is never overwritten.
     let before = std::fs::read(&file).unwrap();
@@ -103,6 +107,10 @@ fn bulk_creation_works_on_the_store_directly_and_needs_an_output_file() {
     let listed: Vec<serde_json::Value> =
         serde_json::from_slice(&cli(&data, &["keys", "list", "--json"]).stdout).expect("json");
     assert_eq!(listed.len(), 3);
+    let audit: Vec<serde_json::Value> =
+        serde_json::from_slice(&cli(&data, &["audit", "--json"]).stdout).expect("audit json");
+    let created = audit.iter().find(|e| e["event"] == "key.created_many").expect("the batch's event");
+    assert_eq!(created["detail"]["actor"]["via"], "cli", "the CLI wrote to the store itself");
 
     let no_file = cli(&data, &["keys", "create", "--name", "x", "--count", "3"]);
     assert_eq!(no_file.status.code(), Some(2), "--count without --out is a usage error");

@@ -16,7 +16,7 @@ use onetrip_protocol::api_key::ApiKey;
 use onetrip_protocol::handshake::{ClientRequest, REQUEST_LEN};
 use onetrip_protocol::pop::POP_HEADER;
 use onetrip_protocol::{ClientHandshake, DefaultBackend, Outcome, ServerKeyDocument, TokenGrant};
-use onetrip_server::admin::{execute, AdminRequest};
+use onetrip_server::admin::{execute, Actor, AdminRequest};
 use onetrip_server::config::{SecretSetting, Settings, WebhookConfig};
 use onetrip_server::shared::MemoryShared;
 use onetrip_server::state::{AppState, Clock, ManualClock};
@@ -73,7 +73,7 @@ impl Harness {
 
     /// An admin operation, as the CLI sends it to a running server.
     fn admin(&self, req: AdminRequest) -> Value {
-        self.runtime.block_on(execute(&*self.state.store, Some(&self.state), req)).unwrap()
+        self.runtime.block_on(execute(&*self.state.store, Some(&self.state), req, &Actor::this_process())).unwrap()
     }
 
     fn create_key(&self, scopes: &[&str]) -> ApiKey {

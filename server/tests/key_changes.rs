@@ -3,7 +3,7 @@
 //! other key alone, so a create at 1M keys costs what it costs at 1k.
 
 use onetrip_protocol::api_key::ApiKey;
-use onetrip_server::admin::{execute, AdminRequest};
+use onetrip_server::admin::{execute, Actor, AdminRequest};
 use onetrip_server::config::Settings;
 use onetrip_server::shared::MemoryShared;
 use onetrip_server::state::AppState;
@@ -22,19 +22,21 @@ async fn a_key_change_precomputes_only_the_changed_key() {
     let backend = store.into_backend();
     // Three keys written while no server ran: loaded at start, not yet warmed.
     for i in 0..3 {
-        execute(&*backend, None, create(&format!("old{i}"))).await.unwrap();
+        execute(&*backend, None, create(&format!("old{i}")), &Actor::this_process()).await.unwrap();
     }
     let state = AppState::new(Settings::defaults(dir.path().into()), backend, MemoryShared::new(1000)).await.unwrap();
     assert_eq!(state.keys.len(), 3);
     assert_eq!(state.keys.cached_static_statics(), 0, "start-up warming is the serve loop's");
 
-    let created = execute(&*state.store, Some(&state), create("new")).await.unwrap();
+    let created = execute(&*state.store, Some(&state), create("new"), &Actor::this_process()).await.unwrap();
     let key = ApiKey::parse(created["api_key"].as_str().unwrap()).unwrap();
     assert_eq!(state.keys.cached_static_statics(), 1, "the new key's value, and no other key's");
     assert!(state.keys.get(&key.id()).is_some_and(|e| e.record.is_active(state.now())));
 
     // Revoking does no DH at all, and the key stops being served at once.
-    execute(&*state.store, Some(&state), AdminRequest::KeysRevoke { id: key.id().to_string() }).await.unwrap();
+    execute(&*state.store, Some(&state), AdminRequest::KeysRevoke { id: key.id().to_string() }, &Actor::this_process())
+        .await
+        .unwrap();
     assert!(state.keys.get(&key.id()).is_some_and(|e| !e.record.is_active(state.now())));
     assert_eq!(state.keys.cached_static_statics(), 0, "the revoked key's value went with its entry");
 }

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use onetrip_protocol::api_key::KeyId;
-use onetrip_server::admin::{execute, AdminRequest, MAX_KEYS_PAGE};
+use onetrip_server::admin::{execute, Actor, AdminRequest, MAX_KEYS_PAGE};
 use onetrip_server::store::{ApiKeyRecord, Store};
 
 fn id(i: u32) -> KeyId {
@@ -45,7 +45,7 @@ async fn pages(store: &dyn onetrip_server::store::StateStore, req: AdminRequest)
         if let AdminRequest::KeysList { after: a, .. } = &mut req {
             *a = after.take();
         }
-        let page = execute(store, None, req).await.expect("page");
+        let page = execute(store, None, req, &Actor::this_process()).await.expect("page");
         let ids: Vec<String> =
             page["keys"].as_array().expect("keys").iter().map(|k| k["id"].as_str().expect("id").to_owned()).collect();
         out.push(ids);
@@ -104,7 +104,7 @@ async fn pages_are_bounded_cover_every_key_once_in_order_and_filter_on_the_serve
     assert_eq!(count(pages(&*backend, filtered(Some("nobody"), None, None, None, None)).await), 0);
 
     // A cursor that is not a key id is a clear error, not an empty page.
-    let bad = execute(&*backend, None, list(Some("not-an-id".into()), 10)).await.unwrap_err();
+    let bad = execute(&*backend, None, list(Some("not-an-id".into()), 10), &Actor::this_process()).await.unwrap_err();
     assert!(matches!(bad, onetrip_server::admin::AdminError::Invalid(_)), "{bad:?}");
     assert!(bad.to_string().contains("not a key id"), "{bad}");
 }

@@ -7,8 +7,8 @@ use onetrip_protocol::api_key::KeyId;
 
 use super::answers::{KeyCreated, KeySummary, KeysCreated, KeysRevoked};
 use super::ops::{key_id, NewKeySpec};
-use super::{AdminError, Live, MAX_BULK};
-use crate::store::{ApiKeyRecord, AuditEntry, StateStore};
+use super::{Actor, AdminError, Live, MAX_BULK};
+use crate::store::{ApiKeyRecord, StateStore};
 
 /// Creates `count` keys like `spec` in one transaction.
 pub(super) async fn create_many(
@@ -17,6 +17,7 @@ pub(super) async fn create_many(
     spec: NewKeySpec,
     count: usize,
     now: u64,
+    actor: &Actor,
 ) -> Result<KeysCreated, AdminError> {
     within_bulk_limit(count)?;
     let mut keys = Vec::with_capacity(count);
@@ -27,11 +28,8 @@ pub(super) async fn create_many(
         keys.push(key);
     }
     let ids: Vec<String> = records.iter().map(|(id, _)| id.to_string()).collect();
-    let audit = AuditEntry {
-        at: now,
-        event: "key.created_many",
-        detail: serde_json::json!({ "ids": ids, "name": spec.name, "count": count }),
-    };
+    let audit =
+        actor.event(now, "key.created_many", serde_json::json!({ "ids": ids, "name": spec.name, "count": count }));
     store.put_api_keys(records.clone(), Some(audit)).await?;
     if let Some(live) = live {
         for (id, record) in &records {
@@ -56,6 +54,7 @@ pub(super) async fn revoke_many(
     live: Option<&dyn Live>,
     ids: &[String],
     now: u64,
+    actor: &Actor,
 ) -> Result<KeysRevoked, AdminError> {
     within_bulk_limit(ids.len())?;
     let mut wanted: Vec<KeyId> = ids.iter().map(|s| key_id(s)).collect::<Result<_, _>>()?;
@@ -69,11 +68,11 @@ pub(super) async fn revoke_many(
         r.revoked_at.get_or_insert(now);
         fresh
     });
-    let audit = AuditEntry {
-        at: now,
-        event: "key.revoked_many",
-        detail: serde_json::json!({ "ids": wanted.iter().map(KeyId::to_string).collect::<Vec<_>>() }),
-    };
+    let audit = actor.event(
+        now,
+        "key.revoked_many",
+        serde_json::json!({ "ids": wanted.iter().map(KeyId::to_string).collect::<Vec<_>>() }),
+    );
     let written = store.update_api_keys(wanted.clone(), revoke, Some(audit)).await?;
     if let Some(live) = live {
         for (id, record) in &written {

@@ -15,6 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
+mod actor;
 pub mod answers;
 mod bulk;
 mod error;
@@ -22,6 +23,7 @@ mod live;
 mod ops;
 mod socket;
 
+pub use actor::Actor;
 pub use error::{AdminError, LiveError};
 pub use live::Live;
 pub use ops::execute;

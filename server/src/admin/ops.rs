@@ -10,12 +10,12 @@ use super::answers::{
     AudienceKey, AudienceKeys, HandshakeKey, KeyCreated, KeyPage, KeyRotated, KeyShown, KeySummary, KeyTotpEnrolled,
     KeyUnlocked, Pong, SecondFactorLock, ServerKeyRotated, ServerKeys, TokenKeyRotated, TokenRevoked,
 };
-use super::{AdminError, AdminRequest, Live, MAX_KEYS_PAGE};
+use super::{Actor, AdminError, AdminRequest, Live, MAX_KEYS_PAGE};
 use crate::otp::lockout::{step_up_subject, Guard};
 use crate::otp::totp::{TotpEnrolmentAnswer, TotpParams};
 use crate::state::unix_now;
 use crate::store::ports::{KeyFilter, KeyRotation};
-use crate::store::{ApiKeyRecord, AuditEntry, StateStore, StoreError};
+use crate::store::{ApiKeyRecord, StateStore, StoreError};
 
 /// Runs one admin operation against `store`, telling `live` (a running server) about
 /// changes. The answer is the JSON object of the operation's answer type.
@@ -23,18 +23,19 @@ pub async fn execute(
     store: &dyn StateStore,
     live: Option<&dyn Live>,
     req: AdminRequest,
+    actor: &Actor,
 ) -> Result<serde_json::Value, AdminError> {
     let now = unix_now();
     match req {
         AdminRequest::KeysCreate { name, scopes, audiences, require_otp, otp_to } => {
             let spec = NewKeySpec::checked(name, scopes, audiences, require_otp, otp_to)?;
-            answer(create_key(store, live, spec, now).await?)
+            answer(create_key(store, live, spec, now, actor).await?)
         }
         AdminRequest::KeysCreateMany { name, scopes, audiences, require_otp, otp_to, count } => {
             let spec = NewKeySpec::checked(name, scopes, audiences, require_otp, otp_to)?;
-            answer(super::bulk::create_many(store, live, spec, count, now).await?)
+            answer(super::bulk::create_many(store, live, spec, count, now, actor).await?)
         }
-        AdminRequest::KeysRevokeMany { ids } => answer(super::bulk::revoke_many(store, live, &ids, now).await?),
+        AdminRequest::KeysRevokeMany { ids } => answer(super::bulk::revoke_many(store, live, &ids, now, actor).await?),
         AdminRequest::KeysList { after, limit, name, audience, scope, revoked, created_after } => {
             let after = after.as_deref().map(key_id).transpose()?;
             let limit = limit.clamp(1, MAX_KEYS_PAGE);
@@ -57,14 +58,15 @@ pub async fn execute(
         AdminRequest::KeysUnlock { id } => {
             let id = key_id(&id)?;
             existing_key(store, id).await?;
+            let actor = actor.clone();
             let unlock = Box::new(move |g: &mut Guard| {
                 let was = SecondFactorLock::new(g, now);
                 g.unlock();
-                Some(AuditEntry {
-                    at: now,
-                    event: "otp.unlocked",
-                    detail: serde_json::json!({ "key_id": id.to_string(), "before": was, "by": "admin" }),
-                })
+                Some(actor.event(
+                    now,
+                    "otp.unlocked",
+                    serde_json::json!({ "key_id": id.to_string(), "before": was, "by": "admin" }),
+                ))
             });
             let guard = store.update_guard(step_up_subject(id.as_bytes()), unlock).await?;
             answer(KeyUnlocked { id: id.to_string(), second_factor_lock: SecondFactorLock::new(&guard, now) })
@@ -76,8 +78,7 @@ pub async fn execute(
                 r.revoked_at.get_or_insert(now);
                 fresh
             });
-            let audit =
-                AuditEntry { at: now, event: "key.revoked", detail: serde_json::json!({ "id": id.to_string() }) };
+            let audit = actor.event(now, "key.revoked", serde_json::json!({ "id": id.to_string() }));
             store.update_api_keys(vec![id], revoke, Some(audit)).await?;
             let r = existing_key(store, id).await?;
             if let Some(live) = live {
@@ -85,7 +86,9 @@ pub async fn execute(
             }
             answer(KeySummary::new(&id, &r, now))
         }
-        AdminRequest::KeysRotate { id, grace_secs } => answer(rotate_key(store, live, &id, grace_secs, now).await?),
+        AdminRequest::KeysRotate { id, grace_secs } => {
+            answer(rotate_key(store, live, &id, grace_secs, now, actor).await?)
+        }
         AdminRequest::KeysTotpEnroll { id, replace } => answer(enroll_totp(store, &id, replace, now).await?),
         AdminRequest::Ping => answer(Pong::Pong),
         AdminRequest::ServerKeyShow => answer(server_keys(store, now).await?),
@@ -106,7 +109,7 @@ pub async fn execute(
             let key_ids = store.server_secrets().await?.token_keys.iter().map(|(id, _)| hex::encode(id)).collect();
             answer(TokenKeyRotated { new_key_id: hex::encode(new), key_ids, older_keys_retire_at: now + overlap_secs })
         }
-        AdminRequest::TokensRevoke { token_id } => answer(revoke_token(store, live, &token_id, now).await?),
+        AdminRequest::TokensRevoke { token_id } => answer(revoke_token(store, live, &token_id, now, actor).await?),
         AdminRequest::StoreBackup { path, force } => {
             if !path.is_absolute() {
                 return Err(AdminError::Invalid(format!("the backup path {} must be absolute", path.display())));
@@ -124,7 +127,7 @@ pub async fn execute(
             })?;
             // A backup is a copy of the identity and the sealed keys: record who has one.
             let detail = serde_json::json!({ "path": path.display().to_string(), "api_keys": report.api_keys });
-            store.record_audit(AuditEntry { at: now, event: "store.backup", detail }).await?;
+            store.record_audit(actor.event(now, "store.backup", detail)).await?;
             answer(report)
         }
         // Audit events are stored as the JSON they are listed in (`answers::AuditEvent`).
@@ -197,13 +200,10 @@ async fn create_key(
     live: Option<&dyn Live>,
     spec: NewKeySpec,
     now: u64,
+    actor: &Actor,
 ) -> Result<KeyCreated, AdminError> {
     let (key, record) = spec.generate(now)?;
-    let audit = AuditEntry {
-        at: now,
-        event: "key.created",
-        detail: serde_json::json!({ "id": key.id().to_string(), "name": record.name }),
-    };
+    let audit = actor.event(now, "key.created", serde_json::json!({ "id": key.id().to_string(), "name": record.name }));
     store.put_api_keys(vec![(key.id(), record.clone())], Some(audit)).await?;
     if let Some(live) = live {
         live.key_changed(key.id(), &record).await;
@@ -217,6 +217,7 @@ async fn rotate_key(
     id: &str,
     grace_secs: u64,
     now: u64,
+    actor: &Actor,
 ) -> Result<KeyRotated, AdminError> {
     let old_id = key_id(id)?;
     let current = existing_key(store, old_id).await?;
@@ -238,11 +239,11 @@ async fn rotate_key(
         old: old_id,
         new: (key.id(), new.clone()),
         old_expires_at: now + grace_secs,
-        audit: AuditEntry {
-            at: now,
-            event: "key.rotated",
-            detail: serde_json::json!({ "old": old_id.to_string(), "new": key.id().to_string(), "grace_secs": grace_secs }),
-        },
+        audit: actor.event(
+            now,
+            "key.rotated",
+            serde_json::json!({ "old": old_id.to_string(), "new": key.id().to_string(), "grace_secs": grace_secs }),
+        ),
     };
     let old = store.rotate_api_key(rotation).await?.ok_or_else(|| no_key(old_id))?;
     if let Some(live) = live {
@@ -283,6 +284,7 @@ async fn revoke_token(
     live: Option<&dyn Live>,
     token_id: &str,
     now: u64,
+    actor: &Actor,
 ) -> Result<TokenRevoked, AdminError> {
     let token: [u8; 16] = hex::decode(token_id.trim()).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| {
         AdminError::Invalid(format!(
@@ -292,11 +294,8 @@ async fn revoke_token(
     // The token's own expiry is inside it, sealed: keep the revocation for the
     // longest lifetime a token can have.
     let until = now + crate::config::MAX_TOKEN_TTL_SECS;
-    let audit = AuditEntry {
-        at: now,
-        event: "token.revoked",
-        detail: serde_json::json!({ "token_id": hex::encode(token), "until": until }),
-    };
+    let audit =
+        actor.event(now, "token.revoked", serde_json::json!({ "token_id": hex::encode(token), "until": until }));
     let until = store.revoke_token(token, until, audit).await?;
     if let Some(live) = live {
         live.token_revoked(token, until).await?;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::{execute, AdminError, AdminRequest};
+use super::{execute, Actor, AdminError, AdminRequest};
 use crate::state::AppState;
 
 /// Longest admin request line.
@@ -58,13 +58,14 @@ async fn handle_admin_connection(stream: UnixStream, state: AppState) -> std::io
     // Who asked: the socket is mode 0600, so this is the server's own user or root,
     // but the log says which.
     let uid = stream.peer_cred().ok().map(|c| c.uid());
+    let actor = Actor::admin_socket(uid);
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read.take(MAX_LINE as u64)).lines();
     while let Some(line) = lines.next_line().await? {
         let reply = match serde_json::from_str::<AdminRequest>(&line) {
             Ok(req) => {
                 let asked = Asked::of(&req);
-                let result = execute(&*state.store, Some(&state), req).await;
+                let result = execute(&*state.store, Some(&state), req, &actor).await;
                 asked.log(uid, &result);
                 match result {
                     Ok(data) => Reply::answer(data),

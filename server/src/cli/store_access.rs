@@ -163,7 +163,7 @@ impl AdminTarget {
                     )))
                 })
                 .map_err(CliError::from),
-            AdminTarget::Direct(store) => Ok(admin::execute(&**store, None, req).await?),
+            AdminTarget::Direct(store) => Ok(admin::execute(&**store, None, req, &admin::Actor::this_process()).await?),
         }
     }
 }
