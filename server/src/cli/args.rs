@@ -122,6 +122,11 @@ pub enum Command {
 /// `onetrip serve` options; each also reads an `ONETRIP_*` variable.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Load and validate the settings (flags, variables, config file), print
+    /// `settings OK`, and exit without opening the store, the TLS files or a socket:
+    /// for `ExecStartPre=` and for checking a config file before a reload.
+    #[arg(long)]
+    pub check: bool,
     /// Address to listen on [default: 127.0.0.1:7420].
     #[arg(long, env = "ONETRIP_LISTEN")]
     pub listen: Option<SocketAddr>,
