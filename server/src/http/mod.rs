@@ -218,8 +218,11 @@ pub(crate) fn metrics_allowed(settings: &crate::config::Settings, peer: IpAddr, 
 }
 
 fn metrics(state: &AppState) -> Response<Body> {
-    let text =
-        state.metrics.render(state.keys.len(), state.shared.local_replay_entries(), state.keys.cached_static_statics());
+    let text = state.metrics.render(
+        state.keys.active_len(state.now()),
+        state.shared.local_replay_entries(),
+        state.keys.cached_static_statics(),
+    );
     let mut resp = Response::new(Body::new(Bytes::from(text)));
     resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
     resp
