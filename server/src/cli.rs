@@ -8,6 +8,7 @@ use crate::state::unix_now;
 
 mod args;
 mod backup;
+mod bulk;
 mod commands;
 mod exit;
 mod output;

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod error;
+mod logging;
 pub use error::{ConfigError, LogProblem};
+pub use logging::LogFormat;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
@@ -73,6 +75,8 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     /// See [`Settings::log`].
     pub log: Option<String>,
+    /// See [`Settings::log_format`].
+    pub log_format: Option<LogFormat>,
     /// See [`Settings::otp_console_codes`].
     pub otp_console_codes: Option<bool>,
     /// The `[otp]` table: limits, MFA scopes, delivery channels.
@@ -401,6 +405,8 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     /// tracing filter (e.g. `info`, `onetrip_server=debug`).
     pub log: String,
+    /// Text or JSON lines.
+    pub log_format: LogFormat,
     /// Development only: the console channel prints the codes it "sends".
     pub otp_console_codes: bool,
     /// OTP limits and delivery channels.
@@ -438,6 +444,7 @@ impl Settings {
             tls_cert: None,
             tls_key: None,
             log: "info".into(),
+            log_format: LogFormat::Text,
             otp_console_codes: false,
             otp: OtpSettings::default(),
             metrics_token: None,
@@ -483,6 +490,7 @@ impl Settings {
             tls_cert: overrides.tls_cert.or(file.tls_cert),
             tls_key: overrides.tls_key.or(file.tls_key),
             log: pick!(log),
+            log_format: pick!(log_format),
             otp_console_codes: pick!(otp_console_codes),
             otp,
             metrics_token: std::env::var("ONETRIP_METRICS_TOKEN")

@@ -185,3 +185,13 @@ impl Metrics {
         out
     }
 }
+
+/// Appends `onetrip_store_errors_total{op}`: failed store operations by port method
+/// (a fixed set of names, so the label set stays bounded).
+pub fn render_store_errors(out: &mut String, errors: &[(&'static str, u64)]) {
+    let _ = writeln!(out, "# HELP onetrip_store_errors_total Failed store operations, by operation.");
+    let _ = writeln!(out, "# TYPE onetrip_store_errors_total counter");
+    for (op, n) in errors {
+        let _ = writeln!(out, "onetrip_store_errors_total{{op=\"{op}\"}} {n}");
+    }
+}

@@ -95,7 +95,7 @@ mod tests {
         let now = 1_000 * day;
         let (store, _) = Store::open_or_init(dir.path(), None, now - 100 * day).expect("store");
         let backend = RedbBackend::new(store);
-        let store = backend.store();
+        let store = backend.store().expect("open");
         // 25 events from 91 to 67 days ago, one a day, in the order they were written.
         for age in (67..=91).rev() {
             store.audit(now - age * day, "test.event", serde_json::json!({ "age": age })).expect("audit");

@@ -122,6 +122,26 @@ fn a_key_created_and_revoked_through_the_cli_reaches_both_replicas() {
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["id"], id.as_str());
+
+    // A batch, one transaction each way, reaches both replicas too.
+    let file = tmp.path().join("batch.keys");
+    let out = cli(
+        &pg.url,
+        &tmp.path().join("cli"),
+        &["keys", "create", "--name", "batch", "--count", "40", "--out", file.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "bulk create: {}", String::from_utf8_lossy(&out.stderr));
+    let batch: Vec<ApiKey> =
+        std::fs::read_to_string(&file).unwrap().lines().map(|l| ApiKey::parse(l).unwrap()).collect();
+    assert_eq!(batch.len(), 40);
+    for server in [&a, &b] {
+        until("the batch is served", Duration::from_secs(10), || batch.iter().all(|k| granted(server, k)));
+    }
+    let out = cli(&pg.url, &tmp.path().join("cli"), &["keys", "revoke", "--from", file.to_str().unwrap()]);
+    assert!(out.status.success(), "bulk revoke: {}", String::from_utf8_lossy(&out.stderr));
+    for server in [&a, &b] {
+        until("the batch is refused", Duration::from_secs(10), || batch.iter().all(|k| !granted(server, k)));
+    }
 }
 
 /// Creates an OTP verification through the API; returns the HTTP status.
@@ -143,11 +163,16 @@ fn a_stopped_postgres_degrades_the_service_and_it_heals_without_a_restart() {
     until("the replica serves the key", Duration::from_secs(10), || granted(&server, &key));
     let health = |s: &Server| s.get("/healthz").json()["status"].as_str().unwrap_or("").to_owned();
     assert_eq!(health(&server), "ok");
+    assert_eq!(server.get("/readyz").status, 200);
 
     pg.control("halt");
     // Handshakes of known keys go on from memory; the probe (1 s apart) notices.
     assert!(granted(&server, &key), "a known key still gets its token while PostgreSQL is down");
     until("/healthz says degraded", Duration::from_secs(15), || health(&server) == "degraded");
+    let not_ready = server.get("/readyz");
+    assert_eq!(not_ready.status, 503, "a load balancer takes the replica out while its store is down");
+    assert_eq!(not_ready.json()["code"], "store_unavailable");
+    assert_eq!(not_ready.header("retry-after"), Some("1"));
     let grant = match server.handshake(&key, &ClientRequest { audience: "onetrip", scopes: "otp", second_factor: None })
     {
         Outcome::Granted(g) => *g,
@@ -160,6 +185,7 @@ fn a_stopped_postgres_degrades_the_service_and_it_heals_without_a_restart() {
 
     pg.control("resume");
     until("/healthz is ok again", Duration::from_secs(30), || health(&server) == "ok");
+    assert_eq!(server.get("/readyz").status, 200, "ready again without a restart");
     until("OTP writes work again", Duration::from_secs(30), || otp_create(&server, &grant) == 201);
     // Nothing committed was lost, and new writes reach the same process.
     let (after, _) = create_key(&pg.url, &cli_dir, &["--name", "after"]);

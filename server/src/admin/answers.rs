@@ -105,6 +105,24 @@ pub struct KeyCreated {
     pub api_key: SecretText,
 }
 
+/// `keys create --count`: every key made, secrets included (shown once).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeysCreated {
+    /// The keys, in the order made.
+    pub keys: Vec<KeyCreated>,
+}
+
+/// `keys revoke --from`: what became of each id asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeysRevoked {
+    /// Revoked by this request.
+    pub revoked: Vec<String>,
+    /// Revoked before; left as they were.
+    pub already_revoked: Vec<String>,
+    /// No such key.
+    pub not_found: Vec<String>,
+}
+
 /// `keys rotate`: the new key, and when the old one stops working.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyRotated {

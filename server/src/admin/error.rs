@@ -72,7 +72,9 @@ impl AdminError {
             AdminError::Invalid(_) => "invalid",
             AdminError::NotFound(_) => "not_found",
             AdminError::Conflict(_) => "conflict",
-            AdminError::Store(StoreError::Unavailable(_) | StoreError::Locked(_)) => "unavailable",
+            AdminError::Store(StoreError::Unavailable(_) | StoreError::Locked(_) | StoreError::Disk { .. }) => {
+                "unavailable"
+            }
             AdminError::Store(StoreError::Seal(_)) => "passphrase",
             AdminError::Store(_) => "store",
             AdminError::Live(_) => "live",

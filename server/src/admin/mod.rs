@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod answers;
 mod audit;
+mod bulk;
 mod error;
 mod live;
 mod ops;
@@ -31,6 +32,10 @@ pub use socket::{bind_socket, request, serve_socket};
 
 /// Most keys in one `keys_list` answer.
 pub const MAX_KEYS_PAGE: usize = 1_000;
+
+/// The most keys one bulk create or revoke changes, in one transaction; the CLI
+/// splits larger files into transactions of this size.
+pub const MAX_BULK: usize = 10_000;
 
 fn default_keys_page() -> usize {
     MAX_KEYS_PAGE
@@ -92,6 +97,27 @@ pub enum AdminRequest {
     KeysRevoke {
         /// Key id (hex).
         id: String,
+    },
+    /// Create `count` keys alike (at most [`MAX_BULK`]) in one transaction; the
+    /// answer carries every key string, shown once.
+    KeysCreateMany {
+        /// Human name, shared by all.
+        name: String,
+        /// Scopes they may request.
+        scopes: Vec<String>,
+        /// Audiences they may request tokens for.
+        audiences: Vec<String>,
+        /// Require a second factor.
+        require_otp: bool,
+        /// Where codes go.
+        otp_to: Option<String>,
+        /// How many.
+        count: usize,
+    },
+    /// Revoke these keys (at most [`MAX_BULK`]) in one transaction.
+    KeysRevokeMany {
+        /// Key ids (hex).
+        ids: Vec<String>,
     },
     /// New key with the same settings; the old one stays valid `grace_secs`.
     KeysRotate {

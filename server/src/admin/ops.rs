@@ -27,8 +27,14 @@ pub async fn execute(
     let now = unix_now();
     match req {
         AdminRequest::KeysCreate { name, scopes, audiences, require_otp, otp_to } => {
-            answer(create_key(store, live, name, scopes, audiences, require_otp, otp_to, now).await?)
+            let spec = NewKeySpec::checked(name, scopes, audiences, require_otp, otp_to)?;
+            answer(create_key(store, live, spec, now).await?)
         }
+        AdminRequest::KeysCreateMany { name, scopes, audiences, require_otp, otp_to, count } => {
+            let spec = NewKeySpec::checked(name, scopes, audiences, require_otp, otp_to)?;
+            answer(super::bulk::create_many(store, live, spec, count, now).await?)
+        }
+        AdminRequest::KeysRevokeMany { ids } => answer(super::bulk::revoke_many(store, live, &ids, now).await?),
         AdminRequest::KeysList { after, limit, name, audience, scope, revoked, created_after } => {
             let after = after.as_deref().map(key_id).transpose()?;
             let limit = limit.clamp(1, MAX_KEYS_PAGE);
@@ -135,43 +141,66 @@ fn answer(a: impl Serialize) -> Result<serde_json::Value, AdminError> {
     Ok(serde_json::to_value(a)?)
 }
 
-#[allow(clippy::too_many_arguments)] // the fields of `KeysCreate`, as they come
+/// What `keys create` asks for, checked: the fields of `KeysCreate`.
+pub(super) struct NewKeySpec {
+    pub(super) name: String,
+    pub(super) scopes: Vec<String>,
+    pub(super) audiences: Vec<String>,
+    pub(super) require_otp: bool,
+    pub(super) otp_to: Option<String>,
+}
+
+impl NewKeySpec {
+    /// Checks the fields as `keys create` takes them.
+    pub(super) fn checked(
+        name: String,
+        scopes: Vec<String>,
+        audiences: Vec<String>,
+        require_otp: bool,
+        otp_to: Option<String>,
+    ) -> Result<Self, AdminError> {
+        validate_names("scope", &scopes, 128)?;
+        validate_names("audience", &audiences, usize::MAX)?;
+        validate_grants(&scopes, &audiences)?;
+        if name.is_empty() || name.len() > 128 {
+            return Err(AdminError::Invalid("name must be 1 to 128 characters".into()));
+        }
+        if require_otp && otp_to.is_none() {
+            return Err(AdminError::Invalid(
+                "--require-otp needs --otp-to (an email address, webhook target or `totp`)".into(),
+            ));
+        }
+        Ok(Self { name, scopes, audiences, require_otp, otp_to })
+    }
+
+    /// A fresh key and its record, created `now`.
+    pub(super) fn generate(&self, now: u64) -> Result<(ApiKey, ApiKeyRecord), AdminError> {
+        let key = ApiKey::generate(&mut rand_core::OsRng);
+        let verifier = key.verifier(&DefaultBackend::default())?;
+        let record = ApiKeyRecord {
+            name: self.name.clone(),
+            verifier: hex::encode(verifier.as_bytes()),
+            scopes: self.scopes.clone(),
+            audiences: self.audiences.clone(),
+            require_otp: self.require_otp,
+            otp_to: self.otp_to.clone(),
+            created_at: now,
+            last_used_at: None,
+            revoked_at: None,
+            expires_at: None,
+            replaced_by: None,
+        };
+        Ok((key, record))
+    }
+}
+
 async fn create_key(
     store: &dyn StateStore,
     live: Option<&dyn Live>,
-    name: String,
-    scopes: Vec<String>,
-    audiences: Vec<String>,
-    require_otp: bool,
-    otp_to: Option<String>,
+    spec: NewKeySpec,
     now: u64,
 ) -> Result<KeyCreated, AdminError> {
-    validate_names("scope", &scopes, 128)?;
-    validate_names("audience", &audiences, usize::MAX)?;
-    validate_grants(&scopes, &audiences)?;
-    if name.is_empty() || name.len() > 128 {
-        return Err(AdminError::Invalid("name must be 1 to 128 characters".into()));
-    }
-    if require_otp && otp_to.is_none() {
-        return Err(AdminError::Invalid(
-            "--require-otp needs --otp-to (an email address, webhook target or `totp`)".into(),
-        ));
-    }
-    let key = ApiKey::generate(&mut rand_core::OsRng);
-    let verifier = key.verifier(&DefaultBackend::default())?;
-    let record = ApiKeyRecord {
-        name,
-        verifier: hex::encode(verifier.as_bytes()),
-        scopes,
-        audiences,
-        require_otp,
-        otp_to,
-        created_at: now,
-        last_used_at: None,
-        revoked_at: None,
-        expires_at: None,
-        replaced_by: None,
-    };
+    let (key, record) = spec.generate(now)?;
     let audit = AuditEntry {
         at: now,
         event: "key.created",
@@ -319,7 +348,7 @@ async fn server_keys(store: &dyn StateStore, now: u64) -> Result<ServerKeys, Adm
     })
 }
 
-async fn existing_key(store: &dyn StateStore, id: KeyId) -> Result<ApiKeyRecord, AdminError> {
+pub(super) async fn existing_key(store: &dyn StateStore, id: KeyId) -> Result<ApiKeyRecord, AdminError> {
     store.get_api_key(id).await?.ok_or_else(|| no_key(id))
 }
 
@@ -327,7 +356,7 @@ fn no_key(id: KeyId) -> AdminError {
     AdminError::NotFound(format!("no key {id}"))
 }
 
-fn key_id(s: &str) -> Result<KeyId, AdminError> {
+pub(super) fn key_id(s: &str) -> Result<KeyId, AdminError> {
     KeyId::from_hex(s.trim()).ok_or_else(|| {
         AdminError::Invalid(format!("`{s}` is not a key id (32 hex characters, see `onetrip keys list`)"))
     })

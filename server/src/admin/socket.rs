@@ -11,7 +11,7 @@ use super::{execute, AdminError, AdminRequest};
 use crate::state::AppState;
 
 /// Longest admin request line.
-const MAX_LINE: usize = 64 * 1024;
+const MAX_LINE: usize = 1024 * 1024;
 
 /// Binds the admin socket (mode 0600). Call before announcing the server, so a CLI
 /// that sees the server also finds its socket.
@@ -55,14 +55,18 @@ pub async fn serve_socket(listener: UnixListener, state: AppState) -> std::io::R
 }
 
 async fn handle_admin_connection(stream: UnixStream, state: AppState) -> std::io::Result<()> {
+    // Who asked: the socket is mode 0600, so this is the server's own user or root,
+    // but the log says which.
+    let uid = stream.peer_cred().ok().map(|c| c.uid());
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read.take(MAX_LINE as u64)).lines();
     while let Some(line) = lines.next_line().await? {
         let reply = match serde_json::from_str::<AdminRequest>(&line) {
             Ok(req) => {
-                let op = serde_json::to_value(&req).ok().and_then(|v| v["op"].as_str().map(str::to_owned));
-                tracing::info!(op = op.as_deref().unwrap_or("?"), "admin request");
-                match execute(&*state.store, Some(&state), req).await {
+                let asked = Asked::of(&req);
+                let result = execute(&*state.store, Some(&state), req).await;
+                asked.log(uid, &result);
+                match result {
                     Ok(data) => Reply::answer(data),
                     Err(error) => Reply::failure(&error),
                 }
@@ -74,6 +78,47 @@ async fn handle_admin_connection(stream: UnixStream, state: AppState) -> std::io
         write.write_all(format!("{reply}\n").as_bytes()).await?;
     }
     Ok(())
+}
+
+/// What an admin request's log line says about it: the operation, and the key's id
+/// and name when the request or the answer has them. Nothing else of the request or
+/// answer is logged (a new key's secret, an OTP destination).
+struct Asked {
+    op: String,
+    key: Option<String>,
+    name: Option<String>,
+    started: std::time::Instant,
+}
+
+impl Asked {
+    fn of(req: &AdminRequest) -> Self {
+        let v = serde_json::to_value(req).unwrap_or_default();
+        let text = |field: &str| v[field].as_str().map(str::to_owned);
+        Self {
+            op: text("op").unwrap_or_else(|| "?".into()),
+            key: text("id"),
+            name: text("name"),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn log(self, uid: Option<u32>, result: &Result<serde_json::Value, AdminError>) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        let from_answer = |field: &str| match result {
+            Ok(data) => data[field].as_str().map(str::to_owned),
+            Err(_) => None,
+        };
+        let key = self.key.or_else(|| from_answer("id"));
+        let name = self.name.or_else(|| from_answer("name"));
+        let (key, name) = (key.as_deref().unwrap_or("-"), name.as_deref().unwrap_or("-"));
+        let uid = uid.map_or_else(|| "?".to_owned(), |u| u.to_string());
+        match result {
+            Ok(_) => tracing::info!(op = %self.op, key, name, uid, ms, outcome = "ok", "admin request"),
+            Err(e) => {
+                tracing::warn!(op = %self.op, key, name, uid, ms, outcome = e.kind(), error = %e, "admin request failed")
+            }
+        }
+    }
 }
 
 /// Sends one request to a running server. `Ok(None)` when no server is listening.

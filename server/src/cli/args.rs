@@ -196,6 +196,9 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `onetrip_server=debug` [default: info].
     #[arg(long, env = "ONETRIP_LOG")]
     pub log: Option<String>,
+    /// Log lines as `text` or `json` (one object a line, with the request id) [default: text].
+    #[arg(long, env = "ONETRIP_LOG_FORMAT", value_enum)]
+    pub log_format: Option<crate::config::LogFormat>,
     /// DEVELOPMENT ONLY: the console OTP channel prints the codes on stderr.
     #[arg(long, env = "ONETRIP_OTP_CONSOLE_CODES")]
     pub otp_console_codes: bool,
@@ -278,6 +281,13 @@ pub enum KeysCommand {
         /// Where second-factor codes go (email address, webhook target, `totp`).
         #[arg(long)]
         otp_to: Option<String>,
+        /// Create this many keys alike, one transaction per 10,000; needs `--out`.
+        #[arg(long, requires = "out", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        count: Option<u64>,
+        /// With `--count`: write the API keys to FILE (a new file, mode 0600), one a
+        /// line; they are not printed.
+        #[arg(long, value_name = "FILE", requires = "count")]
+        out: Option<std::path::PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -320,7 +330,12 @@ pub enum KeysCommand {
     /// Revoke a key (new handshakes fail at once).
     Revoke {
         /// Key id (hex).
-        id: String,
+        #[arg(required_unless_present = "from", conflicts_with = "from")]
+        id: Option<String>,
+        /// Revoke every key in FILE (`-`: standard input): one API key or key id a
+        /// line, as `keys create --count --out` writes; one transaction per 10,000.
+        #[arg(long, value_name = "FILE")]
+        from: Option<std::path::PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,

@@ -1,6 +1,7 @@
 //! The admin commands: `keys …` (with the streamed listing), `token`, `server-key …`.
 
 use super::args::{Cli, KeysCommand, ServerKeyCommand, TokenArgs};
+use super::bulk::{self, Batch};
 use super::output::{decode, key_line, print_answer, print_line, Stdout};
 use super::store_access::{admin_call, admin_target};
 use super::CliError;
@@ -12,7 +13,27 @@ use crate::admin::{self, AdminError, AdminRequest};
 
 pub(super) async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<(), CliError> {
     let (req, json) = match cmd {
-        KeysCommand::Create { name, scopes, audiences, require_otp, otp_to, json } => (
+        KeysCommand::Create {
+            name,
+            scopes,
+            audiences,
+            require_otp,
+            otp_to,
+            count: Some(count),
+            out: Some(out),
+            json,
+        } => {
+            let batch = Batch {
+                name: name.clone(),
+                scopes: scopes.clone(),
+                audiences: audiences.clone(),
+                require_otp: *require_otp,
+                otp_to: otp_to.clone(),
+            };
+            return bulk::create_many(cli, batch, *count, out, *json).await;
+        }
+        KeysCommand::Revoke { from: Some(from), json, .. } => return bulk::revoke_from(cli, from, *json).await,
+        KeysCommand::Create { name, scopes, audiences, require_otp, otp_to, json, .. } => (
             AdminRequest::KeysCreate {
                 name: name.clone(),
                 scopes: scopes.clone(),
@@ -36,7 +57,9 @@ pub(super) async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<(), CliError> {
             (AdminRequest::KeysTotpEnroll { id: id.clone(), replace: *replace }, *json)
         }
         KeysCommand::Show { id, json } => (AdminRequest::KeysShow { id: id.clone() }, *json),
-        KeysCommand::Revoke { id, json } => (AdminRequest::KeysRevoke { id: id.clone() }, *json),
+        KeysCommand::Revoke { id, json, .. } => {
+            (AdminRequest::KeysRevoke { id: id.clone().unwrap_or_default() }, *json)
+        }
         KeysCommand::Unlock { id, json } => (AdminRequest::KeysUnlock { id: id.clone() }, *json),
         KeysCommand::Rotate { id, grace_secs, json } => {
             (AdminRequest::KeysRotate { id: id.clone(), grace_secs: *grace_secs }, *json)

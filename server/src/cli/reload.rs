@@ -127,6 +127,7 @@ fn needs_restart(running: &Settings, fresh: &Settings) -> Vec<&'static str> {
         audit_retention_days,
         tls_cert,
         tls_key,
+        log_format,
         otp_console_codes,
         otp,
         metrics_token,

@@ -23,7 +23,9 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         println!("settings OK (store: {})", settings.store.shown());
         return Ok(());
     }
-    let log_filter = init_tracing(&settings.log);
+    let log_filter = init_tracing(&settings.log, settings.log_format);
+    // Secrets are redacted in the settings' Debug form (SecretSetting, StoreSetting).
+    tracing::info!(settings = ?settings, "effective settings");
     let (store, created) = open_backend(cli, &settings).await?;
     if !store.is_sealed() {
         tracing::warn!(
@@ -176,19 +178,25 @@ impl From<TlsSetupError> for CliError {
 }
 
 /// Logs to stderr through the `log` setting's filter (checked when the settings load),
-/// in colour only when stderr is a terminal. Returns the handle SIGHUP reloads the
-/// filter through.
-fn init_tracing(filter: &str) -> Option<super::reload::LogFilterHandle> {
+/// as text (in colour only when stderr is a terminal) or JSON lines. Returns the
+/// handle SIGHUP reloads the filter through.
+fn init_tracing(filter: &str, format: crate::config::LogFormat) -> Option<super::reload::LogFilterHandle> {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = crate::config::log_filter(filter)
         .unwrap_or_else(|_| tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()))
-        .try_init()
-        .ok()
-        .map(|()| handle)
+    let json = format == crate::config::LogFormat::Json;
+    let text_layer = (!json).then(|| {
+        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal())
+    });
+    let json_layer = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_current_span(true)
+            .with_span_list(false)
+    });
+    tracing_subscriber::registry().with(filter).with(text_layer).with(json_layer).try_init().ok().map(|()| handle)
 }

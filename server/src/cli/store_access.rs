@@ -42,6 +42,7 @@ pub(super) fn settings(cli: &Cli, args: Option<&ServeArgs>) -> Result<Settings, 
         overrides.tls_cert = a.tls_cert.clone();
         overrides.tls_key = a.tls_key.clone();
         overrides.log = a.log.clone();
+        overrides.log_format = a.log_format;
         overrides.otp_console_codes = a.otp_console_codes.then_some(true);
         let smtp = (a.smtp_host.is_some()
             || a.smtp_port.is_some()

@@ -10,7 +10,7 @@
 //! | `GET /v1/whoami` | claims of the presented token (PoP, or bearer on TLS) |
 //! | `/v1/otp/*` | the OTP API ([`crate::otp::api`]) |
 //! | `GET /v1/openapi.json` | the OpenAPI 3.1 document of the JSON endpoints |
-//! | `GET /healthz`, `GET /metrics` | liveness, Prometheus text |
+//! | `GET /healthz`, `GET /readyz`, `GET /metrics` | liveness, readiness (the store takes writes), Prometheus text |
 
 use std::net::IpAddr;
 
@@ -21,6 +21,7 @@ use onetrip_protocol::handshake::{REQUEST_LEN, RESPONSE_LEN};
 use onetrip_protocol::ServerKeyDocument;
 
 mod request;
+pub mod request_id;
 mod token_auth;
 mod tokens;
 
@@ -44,15 +45,26 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/revocations"),
     ("get", "/v1/openapi.json"),
     ("get", "/healthz"),
+    ("get", "/readyz"),
     ("get", "/metrics"),
 ];
 
-/// Serves one request.
+/// Serves one request, under its request id ([`request_id`]): a span field of every
+/// log line it causes, and the `X-Request-Id` header of the answer.
 pub async fn route(
     state: AppState,
     req: Request<Incoming>,
     conn: ConnInfo,
 ) -> Result<Response<Body>, std::convert::Infallible> {
+    use tracing::Instrument;
+    let id = request_id::of(req.headers());
+    let span = tracing::info_span!("request", id = id.to_str().unwrap_or("-"));
+    let mut resp = dispatch(state, req, conn).instrument(span).await;
+    resp.headers_mut().insert(request_id::HEADER, id);
+    Ok(resp)
+}
+
+async fn dispatch(state: AppState, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
     state.metrics.http_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let route = route_label(req.uri().path());
     let resp = match (req.method(), req.uri().path()) {
@@ -79,6 +91,21 @@ pub async fn route(
         (&Method::GET, "/healthz") => {
             json(StatusCode::OK, &serde_json::json!({ "status": "degraded", "store": "unreachable" }))
         }
+        // Readiness: a load balancer sends writes (key changes, OTP) elsewhere while
+        // this replica's store cannot take them.
+        (&Method::GET, "/readyz") if state.store_up() => {
+            json(StatusCode::OK, &serde_json::json!({ "status": "ready" }))
+        }
+        (&Method::GET, "/readyz") => {
+            let mut resp = problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "Not ready",
+                "the store does not answer or does not take writes now; see the server log",
+            );
+            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            resp
+        }
         (&Method::GET, "/v1/openapi.json") => crate::otp::api::openapi_json(),
         (_, path) if crate::otp::api::handles(path) => crate::otp::api::route(&state, req, conn).await,
         (&Method::GET, "/metrics") if metrics_allowed(&state.settings, conn.peer, req.headers()) => metrics(&state),
@@ -91,7 +118,7 @@ pub async fn route(
         (
             _,
             "/v1/auth" | "/v1/server-key" | "/v1/introspect" | "/v1/whoami" | "/v1/revocations" | "/healthz"
-            | "/metrics" | "/v1/openapi.json",
+            | "/readyz" | "/metrics" | "/v1/openapi.json",
         ) => problem(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -111,7 +138,7 @@ pub async fn route(
         }
         tracing::debug!(route, code, status = resp.status().as_u16(), "request refused");
     }
-    Ok(resp)
+    resp
 }
 
 /// The metrics label of a request path: one of a fixed set, so a client cannot grow
@@ -125,6 +152,7 @@ fn route_label(path: &str) -> &'static str {
         "/v1/revocations" => "revocations",
         "/v1/whoami" => "whoami",
         "/healthz" => "healthz",
+        "/readyz" => "readyz",
         "/metrics" => "metrics",
         p if crate::otp::api::handles(p) => "otp",
         _ => "other",
@@ -133,7 +161,7 @@ fn route_label(path: &str) -> &'static str {
 
 /// The per-address limit of the public documents (`/v1/server-key`,
 /// `/v1/openapi.json`): cheap answers, but no route is open to an unbounded rate from
-/// one address. `/healthz` stays unlimited for load balancers' checks.
+/// one address. `/healthz` and `/readyz` stay unlimited for load balancers' checks.
 fn over_public_limit(state: &AppState, conn: ConnInfo) -> bool {
     let decision = state.public_ip_limiter.check(conn.peer, state.settings.auth_rate_per_ip, state.now());
     matches!(decision, RateDecision::Limited { .. })
@@ -218,11 +246,12 @@ pub(crate) fn metrics_allowed(settings: &crate::config::Settings, peer: IpAddr, 
 }
 
 fn metrics(state: &AppState) -> Response<Body> {
-    let text = state.metrics.render(
+    let mut text = state.metrics.render(
         state.keys.active_len(state.now()),
         state.shared.local_replay_entries(),
         state.keys.cached_static_statics(),
     );
+    crate::metrics::render_store_errors(&mut text, &state.store.store_errors());
     let mut resp = Response::new(Body::new(Bytes::from(text)));
     resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
     resp

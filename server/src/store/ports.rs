@@ -198,9 +198,15 @@ pub trait SecretRepo: Send + Sync {
     fn location(&self) -> String;
 
     /// Answers when the store can be reached now ([`StoreError::Unavailable`] when
-    /// not). An embedded store is always there.
+    /// not). The embedded store also reopens itself here after a failed write.
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// Failed store operations since start, by operation (a port method's name), for
+    /// `onetrip_store_errors_total`.
+    fn store_errors(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
     }
 
     /// Writes a consistent backup of everything the backend holds to `dest`, sealed as

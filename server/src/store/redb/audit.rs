@@ -7,7 +7,7 @@ use std::path::Path;
 
 use redb::{ReadableDatabase, ReadableTable};
 
-use super::store::{damaged, AUDIT};
+use super::store::{engine_error, AUDIT};
 use super::Store;
 use crate::store::{AuditEntry, StoreError};
 
@@ -25,11 +25,11 @@ pub(super) fn append_audit_of<R>(
 }
 
 pub(super) fn append_audit(w: &redb::WriteTransaction, path: &Path, entry: &AuditEntry) -> Result<(), StoreError> {
-    let mut table = w.open_table(AUDIT).map_err(|e| damaged(path, e))?;
-    let next = table.last().map_err(|e| damaged(path, e))?.map_or(0, |(k, _)| k.value() + 1);
+    let mut table = w.open_table(AUDIT).map_err(|e| engine_error(path, e))?;
+    let next = table.last().map_err(|e| engine_error(path, e))?.map_or(0, |(k, _)| k.value() + 1);
     let v = serde_json::to_vec(&serde_json::json!({ "at": entry.at, "event": entry.event, "detail": entry.detail }))
         .map_err(|_| StoreError::Record("audit".into()))?;
-    table.insert(next, &v[..]).map_err(|e| damaged(path, e))?;
+    table.insert(next, &v[..]).map_err(|e| engine_error(path, e))?;
     Ok(())
 }
 
@@ -41,18 +41,18 @@ impl Store {
 
     /// Appends an audit event that goes with no other change, in its own transaction.
     pub fn record_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
-        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        let w = self.db.begin_write().map_err(|e| engine_error(&self.path, e))?;
         append_audit(&w, &self.path, entry)?;
-        w.commit().map_err(|e| damaged(&self.path, e))
+        w.commit().map_err(|e| engine_error(&self.path, e))
     }
 
     /// Audit events at or after `since` (unix seconds), newest `limit`, oldest first.
     pub fn audit_since(&self, since: u64, limit: usize) -> Result<Vec<serde_json::Value>, StoreError> {
-        let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
-        let table = read.open_table(AUDIT).map_err(|e| damaged(&self.path, e))?;
+        let read = self.db.begin_read().map_err(|e| engine_error(&self.path, e))?;
+        let table = read.open_table(AUDIT).map_err(|e| engine_error(&self.path, e))?;
         let mut out = Vec::new();
-        for row in table.iter().map_err(|e| damaged(&self.path, e))?.rev() {
-            let (_, v) = row.map_err(|e| damaged(&self.path, e))?;
+        for row in table.iter().map_err(|e| engine_error(&self.path, e))?.rev() {
+            let (_, v) = row.map_err(|e| engine_error(&self.path, e))?;
             let event: serde_json::Value =
                 serde_json::from_slice(v.value()).map_err(|_| StoreError::Record("audit".into()))?;
             if event["at"].as_u64().unwrap_or(0) < since || out.len() >= limit {
@@ -72,12 +72,12 @@ impl Store {
         if !self.oldest_audit_before(cutoff)? {
             return Ok(0);
         }
-        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        let w = self.db.begin_write().map_err(|e| engine_error(&self.path, e))?;
         let removed = {
-            let mut table = w.open_table(AUDIT).map_err(|e| damaged(&self.path, e))?;
+            let mut table = w.open_table(AUDIT).map_err(|e| engine_error(&self.path, e))?;
             let mut old = Vec::new();
-            for row in table.iter().map_err(|e| damaged(&self.path, e))?.take(max) {
-                let (k, v) = row.map_err(|e| damaged(&self.path, e))?;
+            for row in table.iter().map_err(|e| engine_error(&self.path, e))?.take(max) {
+                let (k, v) = row.map_err(|e| engine_error(&self.path, e))?;
                 let at = serde_json::from_slice::<serde_json::Value>(v.value())
                     .map_err(|_| StoreError::Record("audit".into()))?["at"]
                     .as_u64()
@@ -88,23 +88,23 @@ impl Store {
                 old.push(k.value());
             }
             for k in &old {
-                table.remove(k).map_err(|e| damaged(&self.path, e))?;
+                table.remove(k).map_err(|e| engine_error(&self.path, e))?;
             }
             old.len()
         };
-        w.commit().map_err(|e| damaged(&self.path, e))?;
+        w.commit().map_err(|e| engine_error(&self.path, e))?;
         Ok(removed)
     }
 
     /// True when the oldest audit row was recorded before `cutoff`.
     fn oldest_audit_before(&self, cutoff: u64) -> Result<bool, StoreError> {
-        let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
+        let read = self.db.begin_read().map_err(|e| engine_error(&self.path, e))?;
         let table = match read.open_table(AUDIT) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
-            Err(e) => return Err(damaged(&self.path, e)),
+            Err(e) => return Err(engine_error(&self.path, e)),
         };
-        let Some((_, v)) = table.first().map_err(|e| damaged(&self.path, e))? else { return Ok(false) };
+        let Some((_, v)) = table.first().map_err(|e| engine_error(&self.path, e))? else { return Ok(false) };
         let event: serde_json::Value =
             serde_json::from_slice(v.value()).map_err(|_| StoreError::Record("audit".into()))?;
         Ok(event["at"].as_u64().unwrap_or(0) < cutoff)

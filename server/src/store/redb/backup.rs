@@ -26,8 +26,8 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 use super::store::{
-    builder, check_contents, contain_panics, damaged, map_db_error, read_server_secrets, restrict_permissions,
-    API_KEYS, META,
+    builder, check_contents, contain_panics, damaged, engine_error, map_db_error, read_server_secrets,
+    restrict_permissions, API_KEYS, META,
 };
 use super::Store;
 use crate::seal::SealError;
@@ -167,10 +167,10 @@ pub fn verify_backup(path: &Path, passphrase: Option<&str>) -> Result<BackupSumm
         let secrets = read_server_secrets(&db, path, &sealer)?;
         let fingerprint = IdentityKey::from_seed(&secrets.identity_seed).fingerprint().to_string();
         drop(secrets);
-        let read = db.begin_read().map_err(|e| damaged(path, e))?;
+        let read = db.begin_read().map_err(|e| engine_error(path, e))?;
         // Made on first OTP use; sealed like the keys, so it must open too.
-        let meta = read.open_table(META).map_err(|e| damaged(path, e))?;
-        if let Some(blob) = meta.get("otp_key").map_err(|e| damaged(path, e))? {
+        let meta = read.open_table(META).map_err(|e| engine_error(path, e))?;
+        if let Some(blob) = meta.get("otp_key").map_err(|e| engine_error(path, e))? {
             sealer.open_secret("otp_key", blob.value())?;
         }
         let tables = row_counts(&read, path)?;
@@ -193,10 +193,10 @@ fn meta_len(path: &Path) -> u64 {
 /// Rows of every table seen by `read`.
 fn row_counts(read: &ReadTransaction, path: &Path) -> Result<BTreeMap<String, u64>, StoreError> {
     let mut out = BTreeMap::new();
-    for handle in read.list_tables().map_err(|e| damaged(path, e))? {
+    for handle in read.list_tables().map_err(|e| engine_error(path, e))? {
         let name = handle.name().to_owned();
-        let table = read.open_untyped_table(handle).map_err(|e| damaged(path, e))?;
-        out.insert(name, table.len().map_err(|e| damaged(path, e))?);
+        let table = read.open_untyped_table(handle).map_err(|e| engine_error(path, e))?;
+        out.insert(name, table.len().map_err(|e| engine_error(path, e))?);
     }
     Ok(out)
 }
@@ -209,7 +209,7 @@ fn unusable(path: &Path, e: StoreError) -> BackupError {
             source @ (SealError::PassphraseRequired | SealError::WrongPassphrase | SealError::NotSealed),
         ) => return BackupError::Passphrase { path, source },
         StoreError::Locked(_) => return BackupError::InUse(path),
-        StoreError::Io { source, .. } => return BackupError::Read { path, source },
+        StoreError::Io { source, .. } | StoreError::Disk { source, .. } => return BackupError::Read { path, source },
         StoreError::Damaged { detail, .. } => detail,
         StoreError::Format(_) => "not an onetrip store of a supported format".to_owned(),
         StoreError::Record(what) => format!("the record `{what}` does not decode"),
@@ -300,14 +300,14 @@ fn copy_all(
     dest: &Path,
 ) -> Result<BTreeMap<String, u64>, BackupError> {
     let write_error = |e: &dyn std::fmt::Display| BackupError::Write { path: dest.to_owned(), detail: e.to_string() };
-    let read = source.begin_read().map_err(|e| damaged(source_path, e))?;
-    if let Some(t) = read.list_multimap_tables().map_err(|e| damaged(source_path, e))?.next() {
+    let read = source.begin_read().map_err(|e| engine_error(source_path, e))?;
+    if let Some(t) = read.list_multimap_tables().map_err(|e| engine_error(source_path, e))?.next() {
         return Err(BackupError::UnknownTable(t.name().to_owned()));
     }
     let backend = redb::backends::FileBackend::new(file).map_err(|e| write_error(&e))?;
     let db = builder().create_with_backend(backend).map_err(|e| write_error(&e))?;
     let mut tables = BTreeMap::new();
-    for handle in read.list_tables().map_err(|e| damaged(source_path, e))? {
+    for handle in read.list_tables().map_err(|e| engine_error(source_path, e))? {
         let name = handle.name().to_owned();
         let mut rows = None;
         for copy in COPIERS {
@@ -356,7 +356,7 @@ fn copy_table<K: Key + 'static, V: Value + 'static>(
     let table = match read.open_table(def) {
         Ok(t) => t,
         Err(redb::TableError::TableTypeMismatch { .. }) => return Ok(None),
-        Err(e) => return Err(damaged(source_path, e).into()),
+        Err(e) => return Err(engine_error(source_path, e).into()),
     };
     let begin = || -> Result<redb::WriteTransaction, BackupError> {
         let mut w = db.begin_write().map_err(|e| write_error(&e))?;
@@ -378,7 +378,7 @@ fn copy_table<K: Key + 'static, V: Value + 'static>(
                     done = true;
                     break;
                 };
-                let (k, v) = row.map_err(|e| damaged(source_path, e))?;
+                let (k, v) = row.map_err(|e| engine_error(source_path, e))?;
                 out.insert(k.value(), v.value()).map_err(|e| write_error(&e))?;
                 batch += 1;
             }
@@ -393,7 +393,7 @@ fn read_rows<'t, K: Key + 'static, V: Value + 'static>(
     table: &'t redb::ReadOnlyTable<K, V>,
     source_path: &Path,
 ) -> Result<redb::Range<'t, K, V>, StoreError> {
-    redb::ReadableTable::iter(table).map_err(|e| damaged(source_path, e))
+    redb::ReadableTable::iter(table).map_err(|e| engine_error(source_path, e))
 }
 
 /// Moves the finished file into place: without `force`, by a hard link, which fails

@@ -7,6 +7,7 @@
 mod audit;
 mod backend;
 pub mod backup;
+mod heal;
 mod otp;
 mod replay_ids;
 mod revocations;

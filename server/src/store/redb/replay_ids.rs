@@ -11,7 +11,7 @@
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::store::damaged;
+use super::store::engine_error;
 use super::Store;
 use crate::store::StoreError;
 
@@ -38,42 +38,42 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        let w = self.db.begin_write().map_err(|e| engine_error(&self.path, e))?;
         {
-            let mut table = w.open_table(REPLAY_IDS).map_err(|e| damaged(&self.path, e))?;
+            let mut table = w.open_table(REPLAY_IDS).map_err(|e| engine_error(&self.path, e))?;
             for (stamp, id) in ids {
-                table.insert(&row_key(*stamp, id)[..], ()).map_err(|e| damaged(&self.path, e))?;
+                table.insert(&row_key(*stamp, id)[..], ()).map_err(|e| engine_error(&self.path, e))?;
             }
         }
-        w.commit().map_err(|e| damaged(&self.path, e))
+        w.commit().map_err(|e| engine_error(&self.path, e))
     }
 
     /// The recorded ids stamped strictly after `after`, as `(stamp, id)`.
     pub fn replay_ids_after(&self, after: u64) -> Result<Vec<(u64, [u8; 16])>, StoreError> {
-        let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
+        let read = self.db.begin_read().map_err(|e| engine_error(&self.path, e))?;
         let table = match read.open_table(REPLAY_IDS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(damaged(&self.path, e)),
+            Err(e) => return Err(engine_error(&self.path, e)),
         };
         let Some(first) = after.checked_add(1) else { return Ok(Vec::new()) };
         let start = row_key(first, &[0; 16]);
         let mut out = Vec::new();
-        for row in table.range::<&[u8]>(&start[..]..).map_err(|e| damaged(&self.path, e))? {
-            let (k, ()) = row.map(|(k, v)| (k, v.value())).map_err(|e| damaged(&self.path, e))?;
+        for row in table.range::<&[u8]>(&start[..]..).map_err(|e| engine_error(&self.path, e))? {
+            let (k, ()) = row.map(|(k, v)| (k, v.value())).map_err(|e| engine_error(&self.path, e))?;
             out.push(parse_row(k.value()).ok_or_else(|| StoreError::Record("replay id".into()))?);
         }
         Ok(out)
     }
 
     fn oldest_replay_id_stamp(&self) -> Result<Option<u64>, StoreError> {
-        let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
+        let read = self.db.begin_read().map_err(|e| engine_error(&self.path, e))?;
         let table = match read.open_table(REPLAY_IDS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(damaged(&self.path, e)),
+            Err(e) => return Err(engine_error(&self.path, e)),
         };
-        let first = table.first().map_err(|e| damaged(&self.path, e))?;
+        let first = table.first().map_err(|e| engine_error(&self.path, e))?;
         Ok(first.and_then(|(k, _)| parse_row(k.value())).map(|(stamp, _)| stamp))
     }
 
@@ -84,21 +84,21 @@ impl Store {
         if self.oldest_replay_id_stamp()?.is_none_or(|stamp| stamp > now) {
             return Ok(0);
         }
-        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        let w = self.db.begin_write().map_err(|e| engine_error(&self.path, e))?;
         let removed = {
-            let mut table = w.open_table(REPLAY_IDS).map_err(|e| damaged(&self.path, e))?;
+            let mut table = w.open_table(REPLAY_IDS).map_err(|e| engine_error(&self.path, e))?;
             let end = row_key(now, &[0xff; 16]);
             let mut old = Vec::new();
-            for row in table.range::<&[u8]>(..=&end[..]).map_err(|e| damaged(&self.path, e))?.take(max) {
-                let (k, _) = row.map_err(|e| damaged(&self.path, e))?;
+            for row in table.range::<&[u8]>(..=&end[..]).map_err(|e| engine_error(&self.path, e))?.take(max) {
+                let (k, _) = row.map_err(|e| engine_error(&self.path, e))?;
                 old.push(k.value().to_vec());
             }
             for k in &old {
-                table.remove(&k[..]).map_err(|e| damaged(&self.path, e))?;
+                table.remove(&k[..]).map_err(|e| engine_error(&self.path, e))?;
             }
             old.len()
         };
-        w.commit().map_err(|e| damaged(&self.path, e))?;
+        w.commit().map_err(|e| engine_error(&self.path, e))?;
         Ok(removed)
     }
 }

@@ -7,7 +7,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::audit::{append_audit, append_audit_of};
-use super::store::{damaged, OTP};
+use super::store::{engine_error, OTP};
 use super::Store;
 use crate::otp::lockout::Guard;
 use crate::otp::Verification;
@@ -44,14 +44,14 @@ impl Store {
             last_step: None,
         };
         let bytes = encode(&record, "totp enrolment")?;
-        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        let w = self.db.begin_write().map_err(|e| engine_error(&self.path, e))?;
         let outcome = {
-            let mut table = w.open_table(TOTP).map_err(|e| damaged(&self.path, e))?;
-            let exists = table.get(&key[..]).map_err(|e| damaged(&self.path, e))?.is_some();
+            let mut table = w.open_table(TOTP).map_err(|e| engine_error(&self.path, e))?;
+            let exists = table.get(&key[..]).map_err(|e| engine_error(&self.path, e))?.is_some();
             match (exists, replace) {
                 (true, false) => TotpEnrolment::AlreadyEnrolled,
                 (exists, _) => {
-                    table.insert(&key[..], &bytes[..]).map_err(|e| damaged(&self.path, e))?;
+                    table.insert(&key[..], &bytes[..]).map_err(|e| engine_error(&self.path, e))?;
                     if exists {
                         TotpEnrolment::Replaced
                     } else {
@@ -61,30 +61,30 @@ impl Store {
             }
         };
         append_audit(&w, &self.path, &audit(outcome))?;
-        w.commit().map_err(|e| damaged(&self.path, e))?;
+        w.commit().map_err(|e| engine_error(&self.path, e))?;
         Ok(outcome)
     }
 
     /// True when `account` of `owner` has a TOTP enrolment.
     pub fn has_totp(&self, owner: &[u8; 16], account: &str) -> Result<bool, StoreError> {
-        let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
+        let read = self.db.begin_read().map_err(|e| engine_error(&self.path, e))?;
         let table = match read.open_table(TOTP) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
-            Err(e) => return Err(damaged(&self.path, e)),
+            Err(e) => return Err(engine_error(&self.path, e)),
         };
-        Ok(table.get(&totp_key(owner, account)[..]).map_err(|e| damaged(&self.path, e))?.is_some())
+        Ok(table.get(&totp_key(owner, account)[..]).map_err(|e| engine_error(&self.path, e))?.is_some())
     }
 
     /// The lockout guard stored under `subject` (a fresh one when none is).
     pub fn get_guard(&self, subject: &[u8]) -> Result<Guard, StoreError> {
-        let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
+        let read = self.db.begin_read().map_err(|e| engine_error(&self.path, e))?;
         let table = match read.open_table(GUARDS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Guard::default()),
-            Err(e) => return Err(damaged(&self.path, e)),
+            Err(e) => return Err(engine_error(&self.path, e)),
         };
-        match table.get(subject).map_err(|e| damaged(&self.path, e))? {
+        match table.get(subject).map_err(|e| engine_error(&self.path, e))? {
             Some(v) => decode(v.value(), "otp guard"),
             None => Ok(Guard::default()),
         }
@@ -96,10 +96,10 @@ impl Store {
         subject: &[u8],
         f: impl FnOnce(&mut Guard) -> (R, Option<AuditEntry>),
     ) -> Result<R, StoreError> {
-        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        let w = self.db.begin_write().map_err(|e| engine_error(&self.path, e))?;
         let (r, entry) = {
-            let mut table = w.open_table(GUARDS).map_err(|e| damaged(&self.path, e))?;
-            let mut guard = match table.get(subject).map_err(|e| damaged(&self.path, e))? {
+            let mut table = w.open_table(GUARDS).map_err(|e| engine_error(&self.path, e))?;
+            let mut guard = match table.get(subject).map_err(|e| engine_error(&self.path, e))? {
                 Some(v) => decode(v.value(), "otp guard")?,
                 None => Guard::default(),
             };
@@ -110,7 +110,7 @@ impl Store {
         if let Some(entry) = entry {
             append_audit(&w, &self.path, &entry)?;
         }
-        w.commit().map_err(|e| damaged(&self.path, e))?;
+        w.commit().map_err(|e| engine_error(&self.path, e))?;
         Ok(r)
     }
 
@@ -126,17 +126,17 @@ impl Store {
         new: Verification,
         audit: AuditEntry,
     ) -> Result<StepUpStart, StoreError> {
-        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        let w = self.db.begin_write().map_err(|e| engine_error(&self.path, e))?;
         let outcome = {
-            let mut guards = w.open_table(GUARDS).map_err(|e| damaged(&self.path, e))?;
-            let mut otp = w.open_table(OTP).map_err(|e| damaged(&self.path, e))?;
-            let mut guard: Guard = match guards.get(subject).map_err(|e| damaged(&self.path, e))? {
+            let mut guards = w.open_table(GUARDS).map_err(|e| engine_error(&self.path, e))?;
+            let mut otp = w.open_table(OTP).map_err(|e| engine_error(&self.path, e))?;
+            let mut guard: Guard = match guards.get(subject).map_err(|e| engine_error(&self.path, e))? {
                 Some(v) => decode(v.value(), "otp guard")?,
                 None => Guard::default(),
             };
             let pending_id = guard.pending_step_up.as_deref().and_then(|h| hex::decode(h).ok());
             let pending = match pending_id {
-                Some(id) => otp.get(&id[..]).map_err(|e| damaged(&self.path, e))?.map(|v| v.value().to_vec()),
+                Some(id) => otp.get(&id[..]).map_err(|e| engine_error(&self.path, e))?.map(|v| v.value().to_vec()),
                 None => None,
             };
             let pending: Option<Verification> = pending.map(|b| decode(&b, "otp verification")).transpose()?;
@@ -149,7 +149,8 @@ impl Store {
             } else if let Some(v) = resumed {
                 StepUpStart::Pending(v)
             } else {
-                otp.insert(&new.id[..], &encode(&new, "otp verification")?[..]).map_err(|e| damaged(&self.path, e))?;
+                otp.insert(&new.id[..], &encode(&new, "otp verification")?[..])
+                    .map_err(|e| engine_error(&self.path, e))?;
                 guard.pending_step_up = Some(hex::encode(new.id));
                 write_guard(&mut guards, subject, &guard, &self.path)?;
                 StepUpStart::Created(new)
@@ -158,7 +159,7 @@ impl Store {
         if matches!(outcome, StepUpStart::Created(_)) {
             append_audit(&w, &self.path, &audit)?;
         }
-        w.commit().map_err(|e| damaged(&self.path, e))?;
+        w.commit().map_err(|e| engine_error(&self.path, e))?;
         Ok(outcome)
     }
 
@@ -174,18 +175,19 @@ impl Store {
         f: impl FnOnce(CheckView<'_>) -> R,
         audit: impl FnOnce(&Verification, &R) -> Option<AuditEntry>,
     ) -> Result<Option<R>, StoreError> {
-        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        let w = self.db.begin_write().map_err(|e| engine_error(&self.path, e))?;
         let result = {
-            let mut otp = w.open_table(OTP).map_err(|e| damaged(&self.path, e))?;
-            let mut totp = w.open_table(TOTP).map_err(|e| damaged(&self.path, e))?;
-            let mut guards = w.open_table(GUARDS).map_err(|e| damaged(&self.path, e))?;
-            let current = otp.get(&id[..]).map_err(|e| damaged(&self.path, e))?.map(|v| v.value().to_vec());
+            let mut otp = w.open_table(OTP).map_err(|e| engine_error(&self.path, e))?;
+            let mut totp = w.open_table(TOTP).map_err(|e| engine_error(&self.path, e))?;
+            let mut guards = w.open_table(GUARDS).map_err(|e| engine_error(&self.path, e))?;
+            let current = otp.get(&id[..]).map_err(|e| engine_error(&self.path, e))?.map(|v| v.value().to_vec());
             match current {
                 None => None,
                 Some(bytes) => {
                     let mut v: Verification = decode(&bytes, "otp verification")?;
                     let key = totp_key(&v.owner, &v.to);
-                    let enrolled = totp.get(&key[..]).map_err(|e| damaged(&self.path, e))?.map(|r| r.value().to_vec());
+                    let enrolled =
+                        totp.get(&key[..]).map_err(|e| engine_error(&self.path, e))?.map(|r| r.value().to_vec());
                     let mut record: Option<TotpRecord> = enrolled.map(|b| decode(&b, "totp enrolment")).transpose()?;
                     let secret = match &record {
                         Some(r) => {
@@ -197,7 +199,7 @@ impl Store {
                     };
                     let subject = subject(&v);
                     let mut guard: Option<Guard> = match &subject {
-                        Some(s) => Some(match guards.get(&s[..]).map_err(|e| damaged(&self.path, e))? {
+                        Some(s) => Some(match guards.get(&s[..]).map_err(|e| engine_error(&self.path, e))? {
                             Some(g) => decode(g.value(), "otp guard")?,
                             None => Guard::default(),
                         }),
@@ -208,10 +210,11 @@ impl Store {
                         _ => None,
                     };
                     let r = f(CheckView { verification: &mut v, totp: totp_view, guard: guard.as_mut() });
-                    otp.insert(&id[..], &encode(&v, "otp verification")?[..]).map_err(|e| damaged(&self.path, e))?;
+                    otp.insert(&id[..], &encode(&v, "otp verification")?[..])
+                        .map_err(|e| engine_error(&self.path, e))?;
                     if let Some(rec) = record {
                         totp.insert(&key[..], &encode(&rec, "totp enrolment")?[..])
-                            .map_err(|e| damaged(&self.path, e))?;
+                            .map_err(|e| engine_error(&self.path, e))?;
                     }
                     if let (Some(s), Some(g)) = (subject, guard) {
                         write_guard(&mut guards, &s, &g, &self.path)?;
@@ -222,7 +225,7 @@ impl Store {
             }
         };
         let result = append_audit_of(&w, &self.path, result)?;
-        w.commit().map_err(|e| damaged(&self.path, e))?;
+        w.commit().map_err(|e| engine_error(&self.path, e))?;
         Ok(result)
     }
 }
@@ -234,9 +237,9 @@ fn write_guard(
     path: &std::path::Path,
 ) -> Result<(), StoreError> {
     if guard.is_clear() {
-        table.remove(subject).map_err(|e| damaged(path, e))?;
+        table.remove(subject).map_err(|e| engine_error(path, e))?;
     } else {
-        table.insert(subject, &encode(guard, "otp guard")?[..]).map_err(|e| damaged(path, e))?;
+        table.insert(subject, &encode(guard, "otp guard")?[..]).map_err(|e| engine_error(path, e))?;
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::audit::append_audit;
-use super::store::{damaged, SERVER_KEYS};
+use super::store::{engine_error, SERVER_KEYS};
 use super::Store;
 use crate::store::{
     plan_server_keys as plan, AuditEntry, KeyChanges, KeyPolicy, KeyValidity, ServerKeyRecord, StoreError,
@@ -14,11 +14,11 @@ use crate::store::{
 impl Store {
     /// Ids and validities of the stored handshake keys, without unsealing them.
     pub fn server_key_validity(&self) -> Result<Vec<KeyValidity>, StoreError> {
-        let read = (*self.db).begin_read().map_err(|e| damaged(&self.path, e))?;
-        let table = read.open_table(SERVER_KEYS).map_err(|e| damaged(&self.path, e))?;
+        let read = (*self.db).begin_read().map_err(|e| engine_error(&self.path, e))?;
+        let table = read.open_table(SERVER_KEYS).map_err(|e| engine_error(&self.path, e))?;
         let mut out = Vec::new();
-        for row in table.iter().map_err(|e| damaged(&self.path, e))? {
-            let (k, v) = row.map_err(|e| damaged(&self.path, e))?;
+        for row in table.iter().map_err(|e| engine_error(&self.path, e))? {
+            let (k, v) = row.map_err(|e| engine_error(&self.path, e))?;
             let id: [u8; 8] = k.value().try_into().map_err(|_| StoreError::Record("server key id".into()))?;
             let r = record(v.value())?;
             out.push((id, r.not_before, r.not_after));
@@ -34,16 +34,16 @@ impl Store {
         if changes.is_empty() {
             return Ok(changes);
         }
-        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        let w = self.db.begin_write().map_err(|e| engine_error(&self.path, e))?;
         let mut audit = Vec::new();
         {
-            let mut table = w.open_table(SERVER_KEYS).map_err(|e| damaged(&self.path, e))?;
+            let mut table = w.open_table(SERVER_KEYS).map_err(|e| engine_error(&self.path, e))?;
             for id in &changes.destroyed {
-                table.remove(&id[..]).map_err(|e| damaged(&self.path, e))?;
+                table.remove(&id[..]).map_err(|e| engine_error(&self.path, e))?;
                 audit.push(("server_key.destroyed", serde_json::json!({ "key_id": hex::encode(id) })));
             }
             for (id, not_after) in &changes.shortened {
-                let stored = table.get(&id[..]).map_err(|e| damaged(&self.path, e))?.map(|v| record(v.value()));
+                let stored = table.get(&id[..]).map_err(|e| engine_error(&self.path, e))?.map(|v| record(v.value()));
                 let Some(r) = stored else { continue };
                 let mut r = r?;
                 r.not_after = *not_after;
@@ -66,7 +66,7 @@ impl Store {
         for (event, detail) in audit {
             append_audit(&w, &self.path, &AuditEntry { at: now, event, detail })?;
         }
-        w.commit().map_err(|e| damaged(&self.path, e))?;
+        w.commit().map_err(|e| engine_error(&self.path, e))?;
         Ok(changes)
     }
 
@@ -75,12 +75,12 @@ impl Store {
     /// `not_after` are destroyed. Returns the new key id.
     pub fn rotate_server_key(&self, now: u64, old_not_after: u64, lifetime: u64) -> Result<[u8; 8], StoreError> {
         let (id, new) = self.new_key_record(now, now.saturating_add(lifetime));
-        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        let w = self.db.begin_write().map_err(|e| engine_error(&self.path, e))?;
         {
-            let mut table = w.open_table(SERVER_KEYS).map_err(|e| damaged(&self.path, e))?;
+            let mut table = w.open_table(SERVER_KEYS).map_err(|e| engine_error(&self.path, e))?;
             let mut updates = Vec::new();
-            for row in table.iter().map_err(|e| damaged(&self.path, e))? {
-                let (k, v) = row.map_err(|e| damaged(&self.path, e))?;
+            for row in table.iter().map_err(|e| engine_error(&self.path, e))? {
+                let (k, v) = row.map_err(|e| engine_error(&self.path, e))?;
                 let mut r = record(v.value())?;
                 if r.not_after < now {
                     updates.push((k.value().to_vec(), None));
@@ -93,7 +93,7 @@ impl Store {
                 match r {
                     Some(r) => put(&mut table, &self.path, &k, &r)?,
                     None => {
-                        table.remove(&k[..]).map_err(|e| damaged(&self.path, e))?;
+                        table.remove(&k[..]).map_err(|e| engine_error(&self.path, e))?;
                     }
                 }
             }
@@ -108,7 +108,7 @@ impl Store {
                 },
             )?;
         }
-        w.commit().map_err(|e| damaged(&self.path, e))?;
+        w.commit().map_err(|e| engine_error(&self.path, e))?;
         Ok(id)
     }
 
@@ -129,7 +129,7 @@ fn put(
     r: &ServerKeyRecord,
 ) -> Result<(), StoreError> {
     let v = serde_json::to_vec(r).map_err(|_| StoreError::Record("server key".into()))?;
-    table.insert(id, &v[..]).map_err(|e| damaged(path, e))?;
+    table.insert(id, &v[..]).map_err(|e| engine_error(path, e))?;
     Ok(())
 }
 

@@ -24,6 +24,12 @@ pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 pub(super) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 pub(super) const OTP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("otp_verifications");
 
+/// Written and dropped again when a store is reopened after a failed write
+/// ([`Store::reopen`]); no other time.
+const WRITE_PROBE: TableDefinition<u8, &[u8]> = TableDefinition::new("write_probe");
+/// How much the reopen probe writes: room for many key changes.
+const WRITE_PROBE_BYTES: usize = 1 << 20;
+
 /// File name of the store inside the data directory.
 pub const STORE_FILE: &str = "onetrip.redb";
 /// Written next to the store at creation; its presence without the store means
@@ -67,23 +73,53 @@ impl Store {
         if marker.exists() {
             return Err(StoreError::Missing(path));
         }
-        let db = builder().create(&path).map_err(|e| map_db_error(&path, e))?;
-        restrict_permissions(&path, 0o600).map_err(|source| StoreError::Io {
+        // Built under a temporary name and renamed once complete, so a first start
+        // that fails (a full disk) leaves no half-made store to be refused later.
+        let building = data_dir.join(format!("{STORE_FILE}.new-{}", std::process::id()));
+        let built = Self::create_at(&building, passphrase, now);
+        let (sealer, fingerprint) = match built {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = std::fs::remove_file(&building);
+                return Err(e);
+            }
+        };
+        let placed =
+            std::fs::rename(&building, &path).and_then(|()| std::fs::File::open(data_dir)?.sync_all()).map_err(
+                |source| StoreError::Io { what: "cannot move the new store into place", path: path.clone(), source },
+            );
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&building);
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        if let Err(source) = std::fs::write(&marker, format!("{fingerprint}\n")) {
+            // Nothing was served from the new store yet: take it back rather than
+            // leave a store whose loss the marker would not catch.
+            let _ = std::fs::remove_file(&marker);
+            let _ = std::fs::remove_file(&path);
+            return Err(StoreError::Io { what: "cannot write identity marker", path: marker, source });
+        }
+        let db = contain_panics(&path, || builder().open(&path).map_err(|e| map_db_error(&path, e)))?;
+        let store = Self { db: Db(Some(db), path.clone()), sealer, path };
+        Ok((store, true))
+    }
+
+    /// Creates a complete store at `path` (identity, keys, first audit event) and
+    /// closes it; returns its unsealing key and identity fingerprint.
+    fn create_at(path: &Path, passphrase: Option<&str>, now: u64) -> Result<(Sealer, String), StoreError> {
+        let db = builder().create(path).map_err(|e| map_db_error(path, e))?;
+        restrict_permissions(path, 0o600).map_err(|source| StoreError::Io {
             what: "cannot make the store file private (mode 0600)",
-            path: path.clone(),
+            path: path.to_owned(),
             source,
         })?;
         let (sealer, params) = Sealer::create(passphrase)?;
-        let store = Self { db: Db(Some(db), path.clone()), sealer, path: path.clone() };
+        let store = Self { db: Db(Some(db), path.to_owned()), sealer, path: path.to_owned() };
         store.initialise(&params, now)?;
         let fingerprint =
-            onetrip_protocol::IdentityKey::from_seed(&store.server_secrets()?.identity_seed).fingerprint();
-        std::fs::write(&marker, format!("{fingerprint}\n")).map_err(|source| StoreError::Io {
-            what: "cannot write identity marker",
-            path: marker.clone(),
-            source,
-        })?;
-        Ok((store, true))
+            onetrip_protocol::IdentityKey::from_seed(&store.server_secrets()?.identity_seed).fingerprint().to_string();
+        Ok((store.close(), fingerprint))
     }
 
     /// Opens an existing store. Everything the server reads at start (format, seal
@@ -111,22 +147,60 @@ impl Store {
 
     fn initialise(&self, params: &SealParams, now: u64) -> Result<(), StoreError> {
         let genesis = genesis::genesis(&self.sealer, params, now)?;
-        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        let w = self.db.begin_write().map_err(|e| engine_error(&self.path, e))?;
         {
-            let mut meta = w.open_table(META).map_err(|e| damaged(&self.path, e))?;
+            let mut meta = w.open_table(META).map_err(|e| engine_error(&self.path, e))?;
             for (name, value) in &genesis.meta {
-                meta.insert(*name, &value[..]).map_err(|e| damaged(&self.path, e))?;
+                meta.insert(*name, &value[..]).map_err(|e| engine_error(&self.path, e))?;
             }
-            w.open_table(API_KEYS).map_err(|e| damaged(&self.path, e))?;
-            w.open_table(AUDIT).map_err(|e| damaged(&self.path, e))?;
-            let mut sk = w.open_table(SERVER_KEYS).map_err(|e| damaged(&self.path, e))?;
+            w.open_table(API_KEYS).map_err(|e| engine_error(&self.path, e))?;
+            w.open_table(AUDIT).map_err(|e| engine_error(&self.path, e))?;
+            let mut sk = w.open_table(SERVER_KEYS).map_err(|e| engine_error(&self.path, e))?;
             let (server_key_id, server_key) = &genesis.server_key;
             let record = serde_json::to_vec(server_key).map_err(|_| StoreError::Record("server key".into()))?;
-            sk.insert(&server_key_id[..], &record[..]).map_err(|e| damaged(&self.path, e))?;
+            sk.insert(&server_key_id[..], &record[..]).map_err(|e| engine_error(&self.path, e))?;
         }
-        w.commit().map_err(|e| damaged(&self.path, e))?;
+        w.commit().map_err(|e| engine_error(&self.path, e))?;
         self.audit(now, "store.created", serde_json::json!({ "sealed": self.sealer.is_sealed() }))?;
         Ok(())
+    }
+
+    /// Closes the database file, keeping the unsealing key for [`Self::reopen`]. A
+    /// close that cannot write its clean-shutdown mark (the disk that failed) leaves
+    /// the file for redb to repair at the next open, as after a crash.
+    pub(super) fn close(self) -> Sealer {
+        let Store { db, sealer, .. } = self;
+        drop(db);
+        sealer
+    }
+
+    /// Opens `path` again after [`Self::close`] and proves it writable: a transaction
+    /// writes [`WRITE_PROBE_BYTES`] and the next drops them, so a disk with no room
+    /// left fails here rather than at the next key change. On failure the unsealing
+    /// key comes back for the next try.
+    pub(super) fn reopen(path: &Path, sealer: Sealer) -> Result<Self, (Sealer, StoreError)> {
+        let db = match contain_panics(path, || builder().open(path).map_err(|e| map_db_error(path, e))) {
+            Ok(db) => db,
+            Err(e) => return Err((sealer, e)),
+        };
+        let store = Self { db: Db(Some(db), path.to_owned()), sealer, path: path.to_owned() };
+        match store.probe_write() {
+            Ok(()) => Ok(store),
+            Err(e) => Err((store.close(), e)),
+        }
+    }
+
+    fn probe_write(&self) -> Result<(), StoreError> {
+        let fail = |e: redb::Error| engine_error(&self.path, e);
+        let w = self.db.begin_write().map_err(|e| fail(e.into()))?;
+        w.open_table(WRITE_PROBE)
+            .map_err(|e| fail(e.into()))?
+            .insert(0, &vec![0u8; WRITE_PROBE_BYTES][..])
+            .map_err(|e| fail(e.into()))?;
+        w.commit().map_err(|e| fail(e.into()))?;
+        let w = self.db.begin_write().map_err(|e| fail(e.into()))?;
+        w.delete_table(WRITE_PROBE).map_err(|e| fail(e.into()))?;
+        w.commit().map_err(|e| fail(e.into()))
     }
 
     /// The store file.
@@ -155,9 +229,9 @@ impl Store {
         records: &[(KeyId, ApiKeyRecord)],
         audit: Option<&AuditEntry>,
     ) -> Result<(), StoreError> {
-        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        let w = self.db.begin_write().map_err(|e| engine_error(&self.path, e))?;
         {
-            let mut table = w.open_table(API_KEYS).map_err(|e| damaged(&self.path, e))?;
+            let mut table = w.open_table(API_KEYS).map_err(|e| engine_error(&self.path, e))?;
             for (id, record) in records {
                 put_api_key(&mut table, &self.path, id, record)?;
             }
@@ -165,7 +239,7 @@ impl Store {
         if let Some(entry) = audit {
             append_audit(&w, &self.path, entry)?;
         }
-        w.commit().map_err(|e| damaged(&self.path, e))
+        w.commit().map_err(|e| engine_error(&self.path, e))
     }
 
     /// Read-modify-write of API key records in one write transaction, so concurrent
@@ -186,10 +260,10 @@ impl Store {
         mut update: impl FnMut(&KeyId, &mut ApiKeyRecord) -> bool,
         audit: Option<&AuditEntry>,
     ) -> Result<Vec<(KeyId, ApiKeyRecord)>, StoreError> {
-        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        let w = self.db.begin_write().map_err(|e| engine_error(&self.path, e))?;
         let mut written = Vec::new();
         {
-            let mut table = w.open_table(API_KEYS).map_err(|e| damaged(&self.path, e))?;
+            let mut table = w.open_table(API_KEYS).map_err(|e| engine_error(&self.path, e))?;
             for id in ids {
                 let Some(mut record) = get_api_key_in(&table, &self.path, id)? else { continue };
                 if update(id, &mut record) {
@@ -201,16 +275,16 @@ impl Store {
         if let (Some(entry), false) = (audit, written.is_empty()) {
             append_audit(&w, &self.path, entry)?;
         }
-        w.commit().map_err(|e| damaged(&self.path, e))?;
+        w.commit().map_err(|e| engine_error(&self.path, e))?;
         Ok(written)
     }
 
     /// Rotates a key in one transaction (new record, old record's end and successor,
     /// audit event). `Ok(None)`, nothing written, when the old key does not exist.
     pub fn rotate_api_key(&self, rotation: &KeyRotation) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        let w = self.db.begin_write().map_err(|e| engine_error(&self.path, e))?;
         let old = {
-            let mut table = w.open_table(API_KEYS).map_err(|e| damaged(&self.path, e))?;
+            let mut table = w.open_table(API_KEYS).map_err(|e| engine_error(&self.path, e))?;
             match get_api_key_in(&table, &self.path, &rotation.old)? {
                 None => None,
                 Some(mut old) => {
@@ -227,7 +301,7 @@ impl Store {
             return Ok(None);
         }
         append_audit(&w, &self.path, &rotation.audit)?;
-        w.commit().map_err(|e| damaged(&self.path, e))?;
+        w.commit().map_err(|e| engine_error(&self.path, e))?;
         Ok(old)
     }
 
@@ -239,8 +313,8 @@ impl Store {
         limit: usize,
         filter: &KeyFilter,
     ) -> Result<Vec<(KeyId, ApiKeyRecord)>, StoreError> {
-        let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
-        let table = read.open_table(API_KEYS).map_err(|e| damaged(&self.path, e))?;
+        let read = self.db.begin_read().map_err(|e| engine_error(&self.path, e))?;
+        let table = read.open_table(API_KEYS).map_err(|e| engine_error(&self.path, e))?;
         let rows = match after {
             Some(after) => {
                 use std::ops::Bound;
@@ -249,13 +323,13 @@ impl Store {
             }
             None => table.iter(),
         }
-        .map_err(|e| damaged(&self.path, e))?;
+        .map_err(|e| engine_error(&self.path, e))?;
         let mut out = Vec::new();
         for row in rows {
             if out.len() >= limit {
                 break;
             }
-            let (k, v) = row.map_err(|e| damaged(&self.path, e))?;
+            let (k, v) = row.map_err(|e| engine_error(&self.path, e))?;
             let id: [u8; 16] = k.value().try_into().map_err(|_| StoreError::Record("api key id".into()))?;
             let id = KeyId::from_bytes(id);
             let record: ApiKeyRecord =
@@ -274,9 +348,9 @@ impl Store {
 
     /// One API key record.
     pub fn get_api_key(&self, id: &KeyId) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let read = self.db.begin_read().map_err(|e| damaged(&self.path, e))?;
-        let table = read.open_table(API_KEYS).map_err(|e| damaged(&self.path, e))?;
-        let Some(v) = table.get(&id.as_bytes()[..]).map_err(|e| damaged(&self.path, e))? else {
+        let read = self.db.begin_read().map_err(|e| engine_error(&self.path, e))?;
+        let table = read.open_table(API_KEYS).map_err(|e| engine_error(&self.path, e))?;
+        let Some(v) = table.get(&id.as_bytes()[..]).map_err(|e| engine_error(&self.path, e))? else {
             return Ok(None);
         };
         serde_json::from_slice(v.value()).map(Some).map_err(|_| StoreError::Record(id.to_string()))
@@ -307,14 +381,15 @@ pub(super) fn check_contents(
     path: &Path,
     passphrase: Option<&str>,
 ) -> Result<Sealer, StoreError> {
-    let read = db.begin_read().map_err(|e| damaged(path, e))?;
+    let read = db.begin_read().map_err(|e| engine_error(path, e))?;
     let meta = read.open_table(META).map_err(|_| StoreError::Format(path.to_owned()))?;
     let format =
-        meta.get("format").map_err(|e| damaged(path, e))?.ok_or_else(|| StoreError::Format(path.to_owned()))?;
+        meta.get("format").map_err(|e| engine_error(path, e))?.ok_or_else(|| StoreError::Format(path.to_owned()))?;
     if format.value() != FORMAT {
         return Err(StoreError::Format(path.to_owned()));
     }
-    let params = meta.get("seal").map_err(|e| damaged(path, e))?.ok_or_else(|| StoreError::Record("seal".into()))?;
+    let params =
+        meta.get("seal").map_err(|e| engine_error(path, e))?.ok_or_else(|| StoreError::Record("seal".into()))?;
     let params: SealParams = serde_json::from_slice(params.value()).map_err(|_| StoreError::Record("seal".into()))?;
     let sealer = Sealer::open(&params, passphrase)?;
     drop((format, meta, read));
@@ -373,7 +448,7 @@ pub(super) fn contain_panics<T>(path: &Path, f: impl FnOnce() -> Result<T, Store
             .map(|s| (*s).to_owned())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "malformed data".to_owned());
-        Err(damaged(path, format!("the storage engine stopped on malformed data ({what})")))
+        Err(damaged(path, &format!("the storage engine stopped on malformed data ({what})")))
     })
 }
 
@@ -382,10 +457,15 @@ pub(super) fn read_server_secrets(
     path: &Path,
     sealer: &Sealer,
 ) -> Result<ServerSecrets, StoreError> {
-    let read = db.begin_read().map_err(|e| damaged(path, e))?;
-    let meta = read.open_table(META).map_err(|e| damaged(path, e))?;
+    let read = db.begin_read().map_err(|e| engine_error(path, e))?;
+    let meta = read.open_table(META).map_err(|e| engine_error(path, e))?;
     let get = |k: &str| -> Result<Vec<u8>, StoreError> {
-        Ok(meta.get(k).map_err(|e| damaged(path, e))?.ok_or_else(|| StoreError::Record(k.into()))?.value().to_vec())
+        Ok(meta
+            .get(k)
+            .map_err(|e| engine_error(path, e))?
+            .ok_or_else(|| StoreError::Record(k.into()))?
+            .value()
+            .to_vec())
     };
     let identity_seed = sealer.open_secret("identity", &get("identity")?)?;
     let dummy_secret = sealer.open_secret("dummy_secret", &get("dummy_secret")?)?;
@@ -398,9 +478,9 @@ pub(super) fn read_server_secrets(
         token_keys.push((id, open_bound(sealer, &token_key_slot(&id), "token_key", &blob)?));
     }
     let mut server_keys = Vec::new();
-    let table = read.open_table(SERVER_KEYS).map_err(|e| damaged(path, e))?;
-    for row in table.iter().map_err(|e| damaged(path, e))? {
-        let (k, v) = row.map_err(|e| damaged(path, e))?;
+    let table = read.open_table(SERVER_KEYS).map_err(|e| engine_error(path, e))?;
+    for row in table.iter().map_err(|e| engine_error(path, e))? {
+        let (k, v) = row.map_err(|e| engine_error(path, e))?;
         let id: [u8; 8] = k.value().try_into().map_err(|_| StoreError::Record("server key id".into()))?;
         let r: ServerKeyRecord =
             serde_json::from_slice(v.value()).map_err(|_| StoreError::Record("server key".into()))?;
@@ -415,15 +495,36 @@ pub(super) fn read_server_secrets(
     Ok(ServerSecrets { identity_seed, dummy_secret, server_keys, token_keys })
 }
 
-pub(super) fn damaged(path: &Path, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Damaged { path: path.to_owned(), detail: e.to_string() }
+/// What a redb error means to an operator: the operating system refusing I/O (disk
+/// full, permissions) is [`StoreError::Disk`], which heals; only a broken structure
+/// is [`StoreError::Damaged`].
+pub(super) fn engine_error(path: &Path, e: impl Into<redb::Error>) -> StoreError {
+    match e.into() {
+        // redb reports a file that is not (or no longer) a redb file as I/O errors of
+        // these kinds: those are about the file, not the disk.
+        redb::Error::Io(source)
+            if matches!(source.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof) =>
+        {
+            StoreError::Damaged { path: path.to_owned(), detail: source.to_string() }
+        }
+        redb::Error::Io(source) => StoreError::Disk { op: "access", path: path.to_owned(), source },
+        redb::Error::PreviousIo => StoreError::Disk {
+            op: "access",
+            path: path.to_owned(),
+            source: std::io::Error::other("an earlier write to the store failed, so it must be reopened first"),
+        },
+        redb::Error::DatabaseAlreadyOpen => StoreError::Locked(path.to_owned()),
+        other => StoreError::Damaged { path: path.to_owned(), detail: other.to_string() },
+    }
+}
+
+/// A store that cannot be used for a reason of its own (not an engine error).
+pub(super) fn damaged(path: &Path, detail: &str) -> StoreError {
+    StoreError::Damaged { path: path.to_owned(), detail: detail.to_owned() }
 }
 
 pub(super) fn map_db_error(path: &Path, e: redb::DatabaseError) -> StoreError {
-    match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.to_owned()),
-        other => damaged(path, other),
-    }
+    engine_error(path, e)
 }
 
 /// Sets `mode` and checks that it holds: some file systems accept a chmod and ignore it.
@@ -449,7 +550,7 @@ fn put_api_key(
     record: &ApiKeyRecord,
 ) -> Result<(), StoreError> {
     let v = serde_json::to_vec(record).map_err(|_| StoreError::Record(id.to_string()))?;
-    table.insert(&id.as_bytes()[..], &v[..]).map_err(|e| damaged(path, e))?;
+    table.insert(&id.as_bytes()[..], &v[..]).map_err(|e| engine_error(path, e))?;
     Ok(())
 }
 
@@ -458,7 +559,7 @@ fn get_api_key_in(
     path: &Path,
     id: &KeyId,
 ) -> Result<Option<ApiKeyRecord>, StoreError> {
-    let Some(v) = table.get(&id.as_bytes()[..]).map_err(|e| damaged(path, e))? else { return Ok(None) };
+    let Some(v) = table.get(&id.as_bytes()[..]).map_err(|e| engine_error(path, e))? else { return Ok(None) };
     serde_json::from_slice(v.value()).map(Some).map_err(|_| StoreError::Record(id.to_string()))
 }
 
@@ -475,11 +576,11 @@ fn each_api_key(
     path: &Path,
     mut f: impl FnMut(KeyId, ApiKeyRecord),
 ) -> Result<usize, StoreError> {
-    let read = db.begin_read().map_err(|e| damaged(path, e))?;
-    let table = read.open_table(API_KEYS).map_err(|e| damaged(path, e))?;
+    let read = db.begin_read().map_err(|e| engine_error(path, e))?;
+    let table = read.open_table(API_KEYS).map_err(|e| engine_error(path, e))?;
     let mut n = 0;
-    for row in table.iter().map_err(|e| damaged(path, e))? {
-        let (k, v) = row.map_err(|e| damaged(path, e))?;
+    for row in table.iter().map_err(|e| engine_error(path, e))? {
+        let (k, v) = row.map_err(|e| engine_error(path, e))?;
         let id: [u8; 16] = k.value().try_into().map_err(|_| StoreError::Record("api key id".into()))?;
         let id = KeyId::from_bytes(id);
         let record = serde_json::from_slice(v.value()).map_err(|_| StoreError::Record(id.to_string()))?;

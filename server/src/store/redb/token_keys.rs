@@ -6,7 +6,7 @@
 use redb::ReadableTable;
 
 use super::audit::append_audit;
-use super::store::{damaged, META};
+use super::store::{engine_error, META};
 use super::Store;
 use crate::store::genesis::{
     decode_token_records, drop_retired_token_records, encode_token_records, rotate_token_records, token_rotation_event,
@@ -17,8 +17,10 @@ fn read_records(
     meta: &impl ReadableTable<&'static str, &'static [u8]>,
     path: &std::path::Path,
 ) -> Result<Vec<TokenKeyRecord>, StoreError> {
-    let bytes =
-        meta.get("token_keys").map_err(|e| damaged(path, e))?.ok_or_else(|| StoreError::Record("token_keys".into()))?;
+    let bytes = meta
+        .get("token_keys")
+        .map_err(|e| engine_error(path, e))?
+        .ok_or_else(|| StoreError::Record("token_keys".into()))?;
     decode_token_records(bytes.value())
 }
 
@@ -27,16 +29,16 @@ impl Store {
     /// `now + overlap_secs` (never later than it already would); keys whose time has
     /// come go now. One transaction, with its audit event; returns the new key id.
     pub fn rotate_token_key(&self, now: u64, overlap_secs: u64) -> Result<[u8; 4], StoreError> {
-        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        let w = self.db.begin_write().map_err(|e| engine_error(&self.path, e))?;
         let (id, retired) = {
-            let mut meta = w.open_table(META).map_err(|e| damaged(&self.path, e))?;
+            let mut meta = w.open_table(META).map_err(|e| engine_error(&self.path, e))?;
             let mut records = read_records(&meta, &self.path)?;
             let rotated = rotate_token_records(&self.sealer, &mut records, now, overlap_secs);
-            meta.insert("token_keys", &encode_token_records(&records)?[..]).map_err(|e| damaged(&self.path, e))?;
+            meta.insert("token_keys", &encode_token_records(&records)?[..]).map_err(|e| engine_error(&self.path, e))?;
             rotated
         };
         append_audit(&w, &self.path, &token_rotation_event(&id, now, overlap_secs, retired))?;
-        w.commit().map_err(|e| damaged(&self.path, e))?;
+        w.commit().map_err(|e| engine_error(&self.path, e))?;
         Ok(id)
     }
 
@@ -44,24 +46,24 @@ impl Store {
     /// (no write when none has).
     pub fn drop_retired_token_keys(&self, now: u64) -> Result<usize, StoreError> {
         let due = {
-            let read = redb::ReadableDatabase::begin_read(&*self.db).map_err(|e| damaged(&self.path, e))?;
-            let meta = read.open_table(META).map_err(|e| damaged(&self.path, e))?;
+            let read = redb::ReadableDatabase::begin_read(&*self.db).map_err(|e| engine_error(&self.path, e))?;
+            let meta = read.open_table(META).map_err(|e| engine_error(&self.path, e))?;
             read_records(&meta, &self.path)?.iter().filter(|r| r.retire_at.is_some_and(|t| t <= now)).count()
         };
         if due == 0 {
             return Ok(0);
         }
-        let w = self.db.begin_write().map_err(|e| damaged(&self.path, e))?;
+        let w = self.db.begin_write().map_err(|e| engine_error(&self.path, e))?;
         let dropped = {
-            let mut meta = w.open_table(META).map_err(|e| damaged(&self.path, e))?;
+            let mut meta = w.open_table(META).map_err(|e| engine_error(&self.path, e))?;
             let mut records = read_records(&meta, &self.path)?;
             let dropped = drop_retired_token_records(&mut records, now);
-            meta.insert("token_keys", &encode_token_records(&records)?[..]).map_err(|e| damaged(&self.path, e))?;
+            meta.insert("token_keys", &encode_token_records(&records)?[..]).map_err(|e| engine_error(&self.path, e))?;
             dropped
         };
         let audit = AuditEntry { at: now, event: "token_key.retired", detail: serde_json::json!({ "count": dropped }) };
         append_audit(&w, &self.path, &audit)?;
-        w.commit().map_err(|e| damaged(&self.path, e))?;
+        w.commit().map_err(|e| engine_error(&self.path, e))?;
         Ok(dropped)
     }
 }
