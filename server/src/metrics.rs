@@ -6,6 +6,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use dashmap::DashMap;
+
+use crate::store::ports::OpStats;
 use onetrip_protocol::Status;
 
 /// Upper bounds (seconds) of the handshake latency histogram buckets: 1-2.5-5 steps
@@ -17,6 +19,8 @@ const LATENCY_BUCKETS: [f64; 15] =
 /// All counters of one server.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// OTP verifications, deliveries and checks.
+    pub otp: crate::otp::metrics::OtpCounters,
     handshakes: [AtomicU64; Status::ALL.len()],
     /// `POST /v1/auth` answered with HTTP 400 (wire errors).
     pub handshakes_rejected: AtomicU64,
@@ -186,12 +190,39 @@ impl Metrics {
     }
 }
 
-/// Appends `onetrip_store_errors_total{op}`: failed store operations by port method
-/// (a fixed set of names, so the label set stays bounded).
-pub fn render_store_errors(out: &mut String, errors: &[(&'static str, u64)]) {
-    let _ = writeln!(out, "# HELP onetrip_store_errors_total Failed store operations, by operation.");
-    let _ = writeln!(out, "# TYPE onetrip_store_errors_total counter");
-    for (op, n) in errors {
-        let _ = writeln!(out, "onetrip_store_errors_total{{op=\"{op}\"}} {n}");
+/// Appends the store's per-operation counts: `onetrip_store_operations_total{op}`,
+/// `onetrip_store_errors_total{op}` and `onetrip_store_operation_seconds_total{op}`
+/// (operations are port methods, a fixed set, so the label set stays bounded).
+pub fn render_store_stats(out: &mut String, stats: &[OpStats]) {
+    let family = |out: &mut String, name: &str, help: &str, value: &dyn Fn(&OpStats) -> String| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for s in stats {
+            let _ = writeln!(out, "{name}{{op=\"{}\"}} {}", s.op, value(s));
+        }
+    };
+    family(out, "onetrip_store_operations_total", "Store operations, by operation.", &|s| s.calls.to_string());
+    family(out, "onetrip_store_errors_total", "Failed store operations, by operation.", &|s| s.errors.to_string());
+    family(out, "onetrip_store_operation_seconds_total", "Time spent in store operations, by operation.", &|s| {
+        format!("{:.6}", s.seconds)
+    });
+}
+
+/// Appends the gauges read from the running state rather than counted: the replay
+/// cache's capacity and when the newest handshake key expires.
+pub fn render_state_gauges(out: &mut String, replay_capacity: usize, handshake_key_expiry: Option<u64>) {
+    let _ = writeln!(
+        out,
+        "# HELP onetrip_replay_cache_capacity Replay ids the cache holds at most (replay_cache_capacity)."
+    );
+    let _ = writeln!(out, "# TYPE onetrip_replay_cache_capacity gauge");
+    let _ = writeln!(out, "onetrip_replay_cache_capacity {replay_capacity}");
+    let _ = writeln!(
+        out,
+        "# HELP onetrip_handshake_key_expiry_timestamp_seconds When the newest handshake key stops working (unix time)."
+    );
+    let _ = writeln!(out, "# TYPE onetrip_handshake_key_expiry_timestamp_seconds gauge");
+    if let Some(at) = handshake_key_expiry {
+        let _ = writeln!(out, "onetrip_handshake_key_expiry_timestamp_seconds {at}");
     }
 }

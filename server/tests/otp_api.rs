@@ -141,6 +141,15 @@ fn a_verification_is_created_checked_and_approved_once() {
         !server.stderr().lines().any(|l| l.contains(&code) && !l.contains("[onetrip console")),
         "the code leaked into a log line"
     );
+
+    // The same story in /metrics; series of other channels are there at 0.
+    assert_eq!(server.metric("onetrip_otp_created_total{channel=\"console\"}"), 1);
+    assert_eq!(server.metric("onetrip_otp_created_total{channel=\"email\"}"), 0);
+    assert_eq!(server.metric("onetrip_otp_deliveries_total{channel=\"console\",outcome=\"delivered\"}"), 1);
+    assert_eq!(server.metric("onetrip_otp_deliveries_total{channel=\"console\",outcome=\"failed\"}"), 0);
+    assert_eq!(server.metric("onetrip_otp_checks_total{outcome=\"wrong_code\"}"), 1);
+    assert_eq!(server.metric("onetrip_otp_checks_total{outcome=\"approved\"}"), 1);
+    assert_eq!(server.metric("onetrip_otp_checks_total{outcome=\"not_pending\"}"), 1);
 }
 
 fn of_event(server: &Server, name: &str) -> usize {

@@ -251,7 +251,10 @@ fn metrics(state: &AppState) -> Response<Body> {
         state.shared.local_replay_entries(),
         state.keys.cached_static_statics(),
     );
-    crate::metrics::render_store_errors(&mut text, &state.store.store_errors());
+    crate::metrics::render_store_stats(&mut text, &state.store.store_stats());
+    state.metrics.otp.render(&mut text);
+    let expiry = state.handshake.load().responder.entries().map(|e| e.not_after).max();
+    crate::metrics::render_state_gauges(&mut text, state.settings.replay_cache_capacity, expiry);
     let mut resp = Response::new(Body::new(Bytes::from(text)));
     resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
     resp

@@ -13,6 +13,7 @@
 pub mod api;
 pub mod delivery;
 pub mod lockout;
+pub mod metrics;
 pub mod service;
 pub mod totp;
 mod verification;

@@ -7,6 +7,7 @@ use onetrip_protocol::Channel;
 use zeroize::Zeroizing;
 
 use crate::otp::lockout;
+use crate::otp::metrics::CheckLabel;
 use crate::otp::{self, CheckOutcome, Policy, Purpose, ResendOutcome, Status, Verification};
 use crate::state::AppState;
 use crate::store::ports::{self, StateStore, TotpPut};
@@ -187,6 +188,7 @@ pub async fn create(state: &AppState, new: NewVerification, now: u64) -> Result<
     // Stored before the code goes out: a crash cannot leave a code without its counter.
     let audit = audit_entry(now, "otp.generate", &v, "created");
     state.store.put_verification(v.clone(), Some(audit)).await?;
+    state.metrics.otp.created(new.channel);
     if v.channel != Channel::Totp.as_str() {
         deliver_in_background(state, &v, owner_name, code);
     }
@@ -279,6 +281,14 @@ pub async fn check(
             },
         )
         .await?;
+        let counted = match &result {
+            Some(Checked::Outcome(CheckOutcome::Approved, ..)) => CheckLabel::Approved,
+            Some(Checked::Outcome(CheckOutcome::Wrong { .. }, ..)) => CheckLabel::WrongCode,
+            Some(Checked::Outcome(CheckOutcome::NotPending(_), ..)) => CheckLabel::NotPending,
+            Some(Checked::Locked(_)) => CheckLabel::Locked,
+            Some(Checked::OtherOwner) | None => CheckLabel::NotFound,
+        };
+        state.metrics.otp.checked(counted);
         match result {
             Some(Checked::Outcome(outcome, v, _)) => Ok((outcome, *v)),
             Some(Checked::Locked(retry_after)) => Err(OtpError::Locked { retry_after }),
@@ -339,6 +349,7 @@ pub async fn start_step_up(state: &AppState, new: NewVerification, now: u64) -> 
     let started = state.store.start_step_up(subject, now, Box::new(resumable), v, audit).await?;
     match started {
         StepUpStart::Created(v) => {
+            state.metrics.otp.created(new.channel);
             if v.channel != Channel::Totp.as_str() {
                 deliver_in_background(state, &v, owner_name, code);
             }
@@ -559,6 +570,7 @@ fn deliver_in_background(state: &AppState, v: &Verification, owner_name: String,
             purpose,
         };
         let result = state.delivery.deliver(channel, &message).await;
+        state.metrics.otp.delivery(channel, result.is_ok());
         let now = state.now();
         let vid = v.id;
         let failed = result.is_err();

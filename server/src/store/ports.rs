@@ -55,6 +55,19 @@ pub enum StepUpStart {
 /// The state every replica shares, as one handle.
 pub type Backend = Arc<dyn StateStore>;
 
+/// One store operation's counts since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OpStats {
+    /// The port method's name.
+    pub op: &'static str,
+    /// Calls.
+    pub calls: u64,
+    /// Calls that failed.
+    pub errors: u64,
+    /// Time taken by all calls, in seconds.
+    pub seconds: f64,
+}
+
 /// A result produced inside a backend's transaction, handed back untyped across the
 /// trait-object boundary and typed again by the generic helpers below.
 pub type Erased = Box<dyn Any + Send>;
@@ -203,9 +216,9 @@ pub trait SecretRepo: Send + Sync {
         Ok(())
     }
 
-    /// Failed store operations since start, by operation (a port method's name), for
-    /// `onetrip_store_errors_total`.
-    fn store_errors(&self) -> Vec<(&'static str, u64)> {
+    /// Store operations since start, by operation (a port method's name): calls,
+    /// failures and time taken, for `onetrip_store_operations_total` and friends.
+    fn store_stats(&self) -> Vec<OpStats> {
         Vec::new()
     }
 

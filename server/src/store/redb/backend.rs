@@ -55,8 +55,16 @@ impl RedbBackend {
     ) -> Result<R, StoreError> {
         let handle = Arc::clone(&self.handle);
         tokio::task::spawn_blocking(move || {
-            let store = handle.current(false)?;
+            let started = std::time::Instant::now();
+            let store = match handle.current(false) {
+                Ok(store) => store,
+                Err(e) => {
+                    handle.record(op, started.elapsed(), true);
+                    return Err(e);
+                }
+            };
             let result = f(&store);
+            handle.record(op, started.elapsed(), result.is_err());
             if let Err(e) = &result {
                 handle.failed(&store, op, e);
             }
@@ -151,8 +159,8 @@ impl SecretRepo for RedbBackend {
             .map_err(|e| StoreError::Unavailable(format!("the store task did not finish: {e}")))?
     }
 
-    fn store_errors(&self) -> Vec<(&'static str, u64)> {
-        self.handle.errors()
+    fn store_stats(&self) -> Vec<crate::store::ports::OpStats> {
+        self.handle.stats()
     }
 
     async fn server_secrets(&self) -> Result<ServerSecrets, StoreError> {

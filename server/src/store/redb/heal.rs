@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::Store;
 use crate::seal::Sealer;
+use crate::store::ports::OpStats;
 use crate::store::StoreError;
 
 /// How often a use of a closed store tries to open it again; the server's
@@ -26,7 +27,7 @@ pub(super) struct Handle {
     path: PathBuf,
     slot: Mutex<Slot>,
     last_try: Mutex<Option<Instant>>,
-    errors: Mutex<BTreeMap<&'static str, u64>>,
+    stats: Mutex<BTreeMap<&'static str, OpStats>>,
 }
 
 enum Slot {
@@ -60,7 +61,7 @@ impl Handle {
             path: store.path().to_owned(),
             slot: Mutex::new(Slot::Open(Arc::new(store))),
             last_try: Mutex::new(None),
-            errors: Mutex::new(BTreeMap::new()),
+            stats: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -96,10 +97,18 @@ impl Handle {
         }
     }
 
-    /// Records that `op` failed on `store` with `e`: counted, and for an I/O error
-    /// the file is closed so that the next use opens it afresh.
+    /// Counts a call of `op` that took `took`.
+    pub(super) fn record(&self, op: &'static str, took: Duration, failed: bool) {
+        let mut stats = lock(&self.stats);
+        let entry = stats.entry(op).or_insert(OpStats { op, ..OpStats::default() });
+        entry.calls += 1;
+        entry.errors += u64::from(failed);
+        entry.seconds += took.as_secs_f64();
+    }
+
+    /// Records that `op` failed on `store` with `e`: for an I/O error the file is
+    /// closed so that the next use opens it afresh.
     pub(super) fn failed(&self, store: &Arc<Store>, op: &'static str, e: &StoreError) {
-        *lock(&self.errors).entry(op).or_default() += 1;
         if !e.is_disk() {
             return;
         }
@@ -113,9 +122,9 @@ impl Handle {
         }
     }
 
-    /// Errors so far, by operation.
-    pub(super) fn errors(&self) -> Vec<(&'static str, u64)> {
-        lock(&self.errors).iter().map(|(op, n)| (*op, *n)).collect()
+    /// Counts so far, by operation.
+    pub(super) fn stats(&self) -> Vec<OpStats> {
+        lock(&self.stats).values().copied().collect()
     }
 
     fn try_due(&self) -> bool {
