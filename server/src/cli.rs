@@ -2,7 +2,7 @@
 //! Key commands go to a running server over its admin socket, or open the store
 //! directly when no server runs.
 
-use crate::admin::answers::{AudienceKeys, AuditEvent, TokenKeyRotated, TokenRevoked};
+use crate::admin::answers::{AudienceKeys, AuditPage, TokenKeyRotated, TokenRevoked};
 use crate::admin::AdminRequest;
 use crate::state::unix_now;
 
@@ -51,18 +51,14 @@ pub fn main_with(cli: Cli) -> i32 {
             Command::Keys(ref k) => keys(&cli, k).await,
             Command::Token(ref t) => token(t).await,
             Command::ServerKey(ref s) => server_key(&cli, s).await,
-            Command::Audit { since, since_secs, limit, json } => {
+            Command::Audit { since, since_secs, limit, ref before, json } => {
                 let since = match (since_secs, since) {
                     (Some(secs), _) => unix_now().saturating_sub(secs),
                     (None, Since::Ago(secs)) => unix_now().saturating_sub(secs),
                     (None, Since::At(at)) => at,
                 };
-                let v = admin_call(&cli, AdminRequest::Audit { since, limit }).await?;
-                print_answer(&v, json, |events: &Vec<AuditEvent>| {
-                    let lines: Vec<String> =
-                        events.iter().map(|e| format!("{}  {:<20} {}", e.at, e.event, e.detail)).collect();
-                    lines.join("\n")
-                })
+                let v = admin_call(&cli, AdminRequest::Audit { since, limit, before: before.clone() }).await?;
+                audit_page(&v, since, limit, json)
             }
             Command::TokenKey(TokenKeyCommand::Rotate { overlap_secs, json }) => {
                 let v = admin_call(&cli, AdminRequest::TokenKeyRotate { overlap_secs }).await?;
@@ -98,6 +94,27 @@ pub fn main_with(cli: Cli) -> i32 {
             e.code
         }
     }
+}
+
+/// Prints one page of `audit`, then, on stderr, how to see older events if any are left.
+fn audit_page(v: &serde_json::Value, since: u64, limit: usize, json: bool) -> Result<(), CliError> {
+    // A server from before audit pages answers the bare list.
+    let page: AuditPage = match v {
+        serde_json::Value::Array(_) => AuditPage { events: output::decode(v)?, next_before: None },
+        _ => output::decode(v)?,
+    };
+    let events = serde_json::to_value(&page.events).map_err(crate::admin::AdminError::Answer)?;
+    print_value(&events, json, || {
+        let lines: Vec<String> =
+            page.events.iter().map(|e| format!("{}  {:<20} {}", e.at, e.event, e.detail)).collect();
+        lines.join("\n")
+    })?;
+    if let Some(cursor) = page.next_before {
+        eprintln!(
+            "more events: these are the newest {limit}; older ones: onetrip audit --since {since} --limit {limit} --before {cursor}"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -247,6 +247,12 @@ impl KeyDirectory {
         self.keys.len()
     }
 
+    /// Number of keys usable at `now`: neither revoked nor expired (the
+    /// `onetrip_api_keys` gauge; revoked keys stay in the directory to be refused).
+    pub fn active_len(&self, now: u64) -> usize {
+        self.keys.iter().filter(|e| e.record.is_active(now)).count()
+    }
+
     /// True when there are no keys.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()

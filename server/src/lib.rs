@@ -24,6 +24,7 @@
 //! | [`otp`] | one-time passwords: verifications, the OTP API, lockout, TOTP, delivery |
 //! | [`limits`] | OTP send budgets (key first, per key and destination, global per destination), address normalisation, the OTP API's per-key and failed-auth limits |
 //! | [`metrics`] | Prometheus counters and histograms |
+//! | [`process_metrics`] | the standard `process_*` metrics, from `/proc` |
 //! | [`environ`] | keeps `ONETRIP_PASSPHRASE` out of the running server's `/proc/PID/environ` |
 //! | [`cli`] | the `onetrip` command line |
 //! | `fuzzing` | (feature `fuzzing`) the properties the server's `fuzz/` targets check |
@@ -48,6 +49,7 @@ pub mod low_priority;
 pub mod metrics;
 pub mod otp;
 pub mod problem;
+pub mod process_metrics;
 pub mod replay_cache;
 pub mod replay_guard;
 pub mod retention;

@@ -10,9 +10,11 @@ use dashmap::DashMap;
 use crate::store::ports::OpStats;
 use onetrip_protocol::Status;
 
-/// Upper bounds (seconds) of the handshake latency histogram buckets.
-const LATENCY_BUCKETS: [f64; 12] =
-    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0];
+/// Upper bounds (seconds) of the handshake latency histogram buckets: 1-2.5-5 steps
+/// from 50 µs (a handshake's own CPU time) to 2.5 s (a saturated server), with no gap
+/// that would hide where a slow tail sits.
+const LATENCY_BUCKETS: [f64; 15] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
 /// All counters of one server.
 #[derive(Debug, Default)]
@@ -120,7 +122,7 @@ impl Metrics {
             writeln!(out, "onetrip_handshake_seconds_sum {}", self.latency_sum_ns.load(Ordering::Relaxed) as f64 / 1e9);
         let _ = writeln!(out, "onetrip_handshake_seconds_count {total}");
         let gauges = [
-            ("onetrip_api_keys", "API keys in the store.", api_keys as i64),
+            ("onetrip_api_keys", "API keys usable now (neither revoked nor expired).", api_keys as i64),
             (
                 "onetrip_static_static_cached",
                 "Precomputed static-static DH values (API keys x handshake keys).",
@@ -138,6 +140,10 @@ impl Metrics {
         for (name, help, value) in gauges.into_iter().chain(replay) {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         }
+        let _ = writeln!(out, "# HELP onetrip_build_info The running onetrip version (always 1).");
+        let _ = writeln!(out, "# TYPE onetrip_build_info gauge");
+        let _ = writeln!(out, "onetrip_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+        crate::process_metrics::render(&mut out);
         let counters = [
             ("onetrip_http_requests_total", "HTTP requests served.", self.http_requests.load(Ordering::Relaxed)),
             (

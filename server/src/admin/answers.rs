@@ -284,7 +284,16 @@ pub struct AudienceKeys {
     pub keys: Vec<AudienceKey>,
 }
 
-/// One audit event, as `audit` lists it (the answer is a list of them).
+/// One page of `audit`: the newest events older than the request's cursor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditPage {
+    /// The events, oldest first.
+    pub events: Vec<AuditEvent>,
+    /// The cursor (`before`) of the next, older page; none when no older event is left.
+    pub next_before: Option<String>,
+}
+
+/// One audit event, as `audit` lists it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditEvent {
     /// Unix seconds.

@@ -9,6 +9,7 @@
 //! | here | [`AdminRequest`]: the operations, as they travel on the socket |
 //! | `ops` | [`execute`]: runs one operation against the store |
 //! | [`answers`] | what each operation answers, one type each |
+//! | `audit` | the audit log a page at a time, newest first, with its cursor |
 //! | `error` | [`AdminError`], with its socket name and exit code |
 //! | `live` | [`Live`]: how a running server applies a change without a restart |
 //! | `socket` | the socket: [`bind_socket`], [`serve_socket`], [`request`] |
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 mod actor;
 pub mod answers;
+mod audit;
 mod bulk;
 mod error;
 mod live;
@@ -24,6 +26,7 @@ mod ops;
 mod socket;
 
 pub use actor::Actor;
+pub use audit::AuditCursor;
 pub use error::{AdminError, LiveError};
 pub use live::Live;
 pub use ops::execute;
@@ -168,11 +171,14 @@ pub enum AdminRequest {
         #[serde(default)]
         force: bool,
     },
-    /// Audit events since a time.
+    /// The newest audit events since a time, a page at a time ([`answers::AuditPage`]).
     Audit {
         /// Unix seconds.
         since: u64,
         /// Most events returned.
         limit: usize,
+        /// Only events older than this cursor (the previous page's `next_before`).
+        #[serde(default)]
+        before: Option<String>,
     },
 }

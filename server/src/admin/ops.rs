@@ -130,8 +130,10 @@ pub async fn execute(
             store.record_audit(actor.event(now, "store.backup", detail)).await?;
             answer(report)
         }
-        // Audit events are stored as the JSON they are listed in (`answers::AuditEvent`).
-        AdminRequest::Audit { since, limit } => Ok(serde_json::Value::Array(store.audit_since(since, limit).await?)),
+        AdminRequest::Audit { since, limit, before } => {
+            let before = before.as_deref().map(str::parse).transpose()?;
+            answer(super::audit::audit_page(store, since, limit, before).await?)
+        }
         AdminRequest::AudienceKey { audience } => answer(audience_keys(store, audience).await?),
     }
 }

@@ -93,10 +93,14 @@ pub enum Command {
         /// Only events at or after this many seconds ago (overrides --since).
         #[arg(long)]
         since_secs: Option<u64>,
-        /// Most events shown.
+        /// Most events shown: the newest ones. When older ones exist, a line on stderr
+        /// says so and gives the command that shows them (with --before).
         #[arg(long, default_value_t = 1000)]
         limit: usize,
-        /// Print JSON.
+        /// Only events older than this cursor, as the "more events" line prints it.
+        #[arg(long)]
+        before: Option<String>,
+        /// Print JSON (an array of the events; the "more events" line still goes to stderr).
         #[arg(long)]
         json: bool,
     },
@@ -122,6 +126,11 @@ pub enum Command {
 /// `onetrip serve` options; each also reads an `ONETRIP_*` variable.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Load and validate the settings (flags, variables, config file), print
+    /// `settings OK`, and exit without opening the store, the TLS files or a socket:
+    /// for `ExecStartPre=` and for checking a config file before a reload.
+    #[arg(long)]
+    pub check: bool,
     /// Address to listen on [default: 127.0.0.1:7420].
     #[arg(long, env = "ONETRIP_LISTEN")]
     pub listen: Option<SocketAddr>,

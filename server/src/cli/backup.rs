@@ -125,8 +125,7 @@ async fn verify(cli: &Cli, file: &std::path::Path, json: bool) -> Result<(), (i3
         (code, e.to_string())
     })?;
     let v = serde_json::to_value(&summary).map_err(|e| (1, e.to_string()))?;
-    print_value(&v, json, || format!("backup OK: {}", describe(&summary)));
-    Ok(())
+    print_value(&v, json, || format!("backup OK: {}", describe(&summary))).map_err(|e| (e.code, e.message))
 }
 
 fn describe(s: &BackupSummary) -> String {

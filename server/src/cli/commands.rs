@@ -2,7 +2,7 @@
 
 use super::args::{Cli, KeysCommand, ServerKeyCommand, TokenArgs};
 use super::bulk::{self, Batch};
-use super::output::{decode, key_line, print_answer};
+use super::output::{decode, key_line, print_answer, print_line, Stdout};
 use super::store_access::{admin_call, admin_target};
 use super::CliError;
 use crate::admin::answers::{
@@ -140,16 +140,15 @@ async fn list_keys(
     filter: ListFilter,
     json: bool,
 ) -> Result<(), CliError> {
-    use std::io::Write;
     let target = admin_target(cli).await?;
     let mut left = limit.unwrap_or(usize::MAX);
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut out = Stdout::new();
     let mut first = true;
-    let io = |e: std::io::Error| format!("cannot write the listing: {e}");
     if json {
-        write!(out, "[").map_err(io)?;
+        write!(out, "[")?;
     }
-    while left > 0 {
+    // A reader that went away (`| head`) wants no more pages.
+    while left > 0 && !out.gone() {
         let req = AdminRequest::KeysList {
             after: after.take(),
             limit: left.min(admin::MAX_KEYS_PAGE),
@@ -165,9 +164,9 @@ async fn list_keys(
                 let sep = if first { "\n" } else { ",\n" };
                 // Through a `Value`, as each page came: keys in alphabetical order.
                 let key = serde_json::to_value(key).map_err(AdminError::Answer)?;
-                write!(out, "{sep}{key}").map_err(io)?;
+                write!(out, "{sep}{key}")?;
             } else {
-                writeln!(out, "{}", key_line(key)).map_err(io)?;
+                writeln!(out, "{}", key_line(key))?;
             }
             first = false;
         }
@@ -178,9 +177,9 @@ async fn list_keys(
         }
     }
     if json {
-        writeln!(out, "{}]", if first { "" } else { "\n" }).map_err(io)?;
+        writeln!(out, "{}]", if first { "" } else { "\n" })?;
     }
-    Ok(out.flush().map_err(io)?)
+    Ok(out.finish()?)
 }
 
 pub(super) async fn token(args: &TokenArgs) -> Result<(), CliError> {
@@ -223,11 +222,10 @@ pub(super) async fn token(args: &TokenArgs) -> Result<(), CliError> {
             "expires_at": token.expires_at(),
             "second_factor": token.second_factor(),
         });
-        println!("{v}");
+        print_line(&v.to_string())
     } else {
-        println!("{}", &*token.token().to_base64());
+        print_line(&token.token().to_base64())
     }
-    Ok(())
 }
 
 pub(super) async fn server_key(cli: &Cli, cmd: &ServerKeyCommand) -> Result<(), CliError> {

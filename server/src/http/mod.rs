@@ -246,8 +246,11 @@ pub(crate) fn metrics_allowed(settings: &crate::config::Settings, peer: IpAddr, 
 }
 
 fn metrics(state: &AppState) -> Response<Body> {
-    let mut text =
-        state.metrics.render(state.keys.len(), state.shared.local_replay_entries(), state.keys.cached_static_statics());
+    let mut text = state.metrics.render(
+        state.keys.active_len(state.now()),
+        state.shared.local_replay_entries(),
+        state.keys.cached_static_statics(),
+    );
     crate::metrics::render_store_stats(&mut text, &state.store.store_stats());
     state.metrics.otp.render(&mut text);
     let expiry = state.handshake.load().responder.entries().map(|e| e.not_after).max();
