@@ -173,6 +173,9 @@ fn a_stopped_postgres_degrades_the_service_and_it_heals_without_a_restart() {
     assert_eq!(not_ready.status, 503, "a load balancer takes the replica out while its store is down");
     assert_eq!(not_ready.json()["code"], "store_unavailable");
     assert_eq!(not_ready.header("retry-after"), Some("1"));
+    // Counted per store operation, on PostgreSQL as on the embedded store.
+    assert!(server.metric("onetrip_store_errors_total{op=\"ping\"}") >= 1, "the failed probes are counted");
+    assert!(server.metric("onetrip_store_operations_total{op=\"api_keys_page\"}") >= 1, "start-up read the keys");
     let grant = match server.handshake(&key, &ClientRequest { audience: "onetrip", scopes: "otp", second_factor: None })
     {
         Outcome::Granted(g) => *g,

@@ -125,7 +125,8 @@ pub(super) async fn open_backend(cli: &Cli, settings: &Settings) -> Result<(crat
             let (pg, created) =
                 crate::store::postgres::PgBackend::connect(url, pass.as_deref().map(String::as_str), unix_now())
                     .await?;
-            Ok((Arc::new(pg), created))
+            // PostgreSQL runs its own queries per port method: count them at the port.
+            Ok((Arc::new(crate::store::measured::Measured::new(pg)), created))
         }
     }
 }

@@ -16,6 +16,7 @@
 mod conformance;
 mod error;
 mod genesis;
+pub mod measured;
 pub mod ports;
 pub mod postgres;
 pub mod records;

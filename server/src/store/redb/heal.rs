@@ -8,13 +8,13 @@
 //! Nothing acknowledged is lost: a commit that failed was never acknowledged, and
 //! every acknowledged one was durable before the answer went out.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::Store;
 use crate::seal::Sealer;
+use crate::store::measured::OpCounter;
 use crate::store::ports::OpStats;
 use crate::store::StoreError;
 
@@ -27,7 +27,7 @@ pub(super) struct Handle {
     path: PathBuf,
     slot: Mutex<Slot>,
     last_try: Mutex<Option<Instant>>,
-    stats: Mutex<BTreeMap<&'static str, OpStats>>,
+    stats: OpCounter,
 }
 
 enum Slot {
@@ -61,7 +61,7 @@ impl Handle {
             path: store.path().to_owned(),
             slot: Mutex::new(Slot::Open(Arc::new(store))),
             last_try: Mutex::new(None),
-            stats: Mutex::new(BTreeMap::new()),
+            stats: OpCounter::default(),
         }
     }
 
@@ -99,11 +99,7 @@ impl Handle {
 
     /// Counts a call of `op` that took `took`.
     pub(super) fn record(&self, op: &'static str, took: Duration, failed: bool) {
-        let mut stats = lock(&self.stats);
-        let entry = stats.entry(op).or_insert(OpStats { op, ..OpStats::default() });
-        entry.calls += 1;
-        entry.errors += u64::from(failed);
-        entry.seconds += took.as_secs_f64();
+        self.stats.record(op, took, failed);
     }
 
     /// Records that `op` failed on `store` with `e`: for an I/O error the file is
@@ -124,7 +120,7 @@ impl Handle {
 
     /// Counts so far, by operation.
     pub(super) fn stats(&self) -> Vec<OpStats> {
-        lock(&self.stats).values().copied().collect()
+        self.stats.stats()
     }
 
     fn try_due(&self) -> bool {
