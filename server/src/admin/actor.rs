@@ -42,11 +42,13 @@ impl Actor {
     }
 
     /// An audit event done by this actor: `detail` gains `actor`.
-    pub(super) fn event(&self, at: u64, event: &'static str, mut detail: serde_json::Value) -> AuditEntry {
-        if let Some(map) = detail.as_object_mut() {
-            map.insert("actor".into(), serde_json::to_value(self).unwrap_or_default());
-        }
-        AuditEntry { at, event, detail }
+    pub(super) fn event(&self, at: u64, event: &'static str, detail: serde_json::Value) -> AuditEntry {
+        AuditEntry { at, event, detail }.by(self.json())
+    }
+
+    /// As audit events record it.
+    pub(super) fn json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
     }
 }
 

@@ -95,14 +95,14 @@ pub async fn execute(
         AdminRequest::ServerKeyRotate { overlap_secs } => {
             let lifetime =
                 live.map_or(crate::store::DEFAULT_SERVER_KEY_LIFETIME_SECS, |l| l.server_key_lifetime_secs());
-            let new_id = store.rotate_server_key(now, now + overlap_secs, lifetime).await?;
+            let new_id = store.rotate_server_key(now, now + overlap_secs, lifetime, actor.json()).await?;
             if let Some(live) = live {
                 live.server_keys_changed().await?;
             }
             answer(ServerKeyRotated { keys: server_keys(store, now).await?, new_key_id: hex::encode(new_id) })
         }
         AdminRequest::TokenKeyRotate { overlap_secs } => {
-            let new = store.rotate_token_key(now, overlap_secs).await?;
+            let new = store.rotate_token_key(now, overlap_secs, actor.json()).await?;
             if let Some(live) = live {
                 live.token_keys_changed().await?;
             }

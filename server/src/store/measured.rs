@@ -147,11 +147,22 @@ impl<B: SecretRepo> SecretRepo for Measured<B> {
     async fn maintain_server_keys(&self, now: u64, policy: KeyPolicy) -> Result<KeyChanges, StoreError> {
         self.timed("maintain_server_keys", self.inner.maintain_server_keys(now, policy)).await
     }
-    async fn rotate_server_key(&self, now: u64, old_not_after: u64, lifetime: u64) -> Result<[u8; 8], StoreError> {
-        self.timed("rotate_server_key", self.inner.rotate_server_key(now, old_not_after, lifetime)).await
+    async fn rotate_server_key(
+        &self,
+        now: u64,
+        old_not_after: u64,
+        lifetime: u64,
+        actor: serde_json::Value,
+    ) -> Result<[u8; 8], StoreError> {
+        self.timed("rotate_server_key", self.inner.rotate_server_key(now, old_not_after, lifetime, actor)).await
     }
-    async fn rotate_token_key(&self, now: u64, overlap_secs: u64) -> Result<[u8; 4], StoreError> {
-        self.timed("rotate_token_key", self.inner.rotate_token_key(now, overlap_secs)).await
+    async fn rotate_token_key(
+        &self,
+        now: u64,
+        overlap_secs: u64,
+        actor: serde_json::Value,
+    ) -> Result<[u8; 4], StoreError> {
+        self.timed("rotate_token_key", self.inner.rotate_token_key(now, overlap_secs, actor)).await
     }
     async fn drop_retired_token_keys(&self, now: u64) -> Result<usize, StoreError> {
         self.timed("drop_retired_token_keys", self.inner.drop_retired_token_keys(now)).await

@@ -248,10 +248,21 @@ pub trait SecretRepo: Send + Sync {
     async fn maintain_server_keys(&self, now: u64, policy: KeyPolicy) -> Result<KeyChanges, StoreError>;
 
     /// A new handshake key valid for `lifetime`; older keys end by `old_not_after`.
-    async fn rotate_server_key(&self, now: u64, old_not_after: u64, lifetime: u64) -> Result<[u8; 8], StoreError>;
+    async fn rotate_server_key(
+        &self,
+        now: u64,
+        old_not_after: u64,
+        lifetime: u64,
+        actor: serde_json::Value,
+    ) -> Result<[u8; 8], StoreError>;
 
     /// A new token master key; older ones keep opening tokens for `overlap_secs`.
-    async fn rotate_token_key(&self, now: u64, overlap_secs: u64) -> Result<[u8; 4], StoreError>;
+    async fn rotate_token_key(
+        &self,
+        now: u64,
+        overlap_secs: u64,
+        actor: serde_json::Value,
+    ) -> Result<[u8; 4], StoreError>;
 
     /// Deletes token keys whose overlap ended; returns how many.
     async fn drop_retired_token_keys(&self, now: u64) -> Result<usize, StoreError>;

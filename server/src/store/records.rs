@@ -21,6 +21,17 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
+impl AuditEntry {
+    /// This entry with `actor` (who asked; `null` for the server's own doing) in its
+    /// detail.
+    pub fn by(mut self, actor: serde_json::Value) -> Self {
+        if let (false, Some(map)) = (actor.is_null(), self.detail.as_object_mut()) {
+            map.insert("actor".into(), actor);
+        }
+        self
+    }
+}
+
 /// Format marker of a store, in its `meta` table: the same in every engine.
 pub(crate) const FORMAT: &[u8] = b"onetrip-store-v1";
 

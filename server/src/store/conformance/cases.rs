@@ -195,7 +195,7 @@ pub(crate) async fn server_keys_rotate_and_are_maintained_with_their_audit(h: &d
     assert_eq!(first.len(), 1, "a new state has one handshake key");
     let (first_id, not_before, _) = first[0];
     assert_eq!(not_before, T0);
-    let new = b.rotate_server_key(2_000, 5_000, 10_000).await.expect("rotate");
+    let new = b.rotate_server_key(2_000, 5_000, 10_000, serde_json::json!({ "via": "test" })).await.expect("rotate");
     let mut validity = b.server_key_validity().await.expect("validity");
     validity.sort();
     let mut expected = vec![(first_id, T0, 5_000), (new, 2_000, 12_000)];
@@ -214,18 +214,28 @@ pub(crate) async fn server_keys_rotate_and_are_maintained_with_their_audit(h: &d
     assert!(ids.contains(&new) && ids.contains(&successor) && !ids.contains(&first_id), "{ids:?}");
     let names = events(&b).await;
     assert_eq!((count(&names, "server_key.rotated"), count(&names, "server_key.destroyed")), (2, 1));
+    // The asked-for rotation names who asked; the scheduled one is the server's own.
+    let rotations: Vec<serde_json::Value> = b
+        .audit_since(0, usize::MAX)
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter(|e| e["event"] == "server_key.rotated")
+        .collect();
+    assert_eq!(rotations[0]["detail"]["actor"], serde_json::json!({ "via": "test" }));
+    assert!(rotations[1]["detail"].get("actor").is_none() && rotations[1]["detail"]["automatic"] == true);
 }
 
 pub(crate) async fn token_keys_rotate_and_retired_ones_are_dropped(h: &dyn Harness) {
     let b = h.open().await;
     let ids = |s: &crate::store::ServerSecrets| s.token_keys.iter().map(|k| k.0).collect::<Vec<_>>();
     let first = ids(&b.server_secrets().await.expect("secrets"))[0];
-    let new = b.rotate_token_key(1_000, 900).await.expect("rotate");
+    let new = b.rotate_token_key(1_000, 900, serde_json::Value::Null).await.expect("rotate");
     assert_eq!(ids(&b.server_secrets().await.expect("secrets")), [new, first], "newest first");
     assert_eq!(b.drop_retired_token_keys(1_899).await.expect("drop"), 0);
     assert_eq!(b.drop_retired_token_keys(1_900).await.expect("drop"), 1);
     assert_eq!(ids(&b.server_secrets().await.expect("secrets")), [new]);
-    let third = b.rotate_token_key(2_000, 0).await.expect("rotate");
+    let third = b.rotate_token_key(2_000, 0, serde_json::Value::Null).await.expect("rotate");
     assert_eq!(ids(&b.server_secrets().await.expect("secrets")), [third], "an overlap of 0 retires at once");
     let names = events(&b).await;
     assert_eq!((count(&names, "token_key.rotated"), count(&names, "token_key.retired")), (2, 1));
@@ -281,7 +291,7 @@ pub(crate) async fn everything_committed_survives_a_restart(h: &dyn Harness) {
     b.put_api_keys(vec![(key(1), record("kept", &["read"], &["db"], 100))], None).await.expect("put");
     b.revoke_token([4; 16], u64::from(u32::MAX), entry(T0, "token.revoked")).await.expect("revoke");
     b.put_replay_ids(vec![(2_000, [5; 16])]).await.expect("replay");
-    let token_key = b.rotate_token_key(T0, 100).await.expect("rotate");
+    let token_key = b.rotate_token_key(T0, 100, serde_json::Value::Null).await.expect("rotate");
     let totp = TotpPut {
         owner: [6; 16],
         account: "@key".into(),

@@ -216,7 +216,13 @@ impl SecretRepo for PgBackend {
         Ok(changes)
     }
 
-    async fn rotate_server_key(&self, now: u64, old_not_after: u64, lifetime: u64) -> Result<[u8; 8], StoreError> {
+    async fn rotate_server_key(
+        &self,
+        now: u64,
+        old_not_after: u64,
+        lifetime: u64,
+        actor: serde_json::Value,
+    ) -> Result<[u8; 8], StoreError> {
         let (id, new) = new_server_key(&self.sealer, now, now.saturating_add(lifetime));
         let mut client = self.client().await?;
         let tx = begin(&mut client).await?;
@@ -231,13 +237,18 @@ impl SecretRepo for PgBackend {
         }
         put_server_key(&tx, &id, &new).await?;
         let detail = serde_json::json!({ "new_key_id": hex::encode(id), "old_not_after": old_not_after });
-        append_audit(&tx, &AuditEntry { at: now, event: "server_key.rotated", detail }).await?;
+        append_audit(&tx, &AuditEntry { at: now, event: "server_key.rotated", detail }.by(actor)).await?;
         notify(&tx, &Change::ServerKeys).await?;
         commit(tx).await?;
         Ok(id)
     }
 
-    async fn rotate_token_key(&self, now: u64, overlap_secs: u64) -> Result<[u8; 4], StoreError> {
+    async fn rotate_token_key(
+        &self,
+        now: u64,
+        overlap_secs: u64,
+        actor: serde_json::Value,
+    ) -> Result<[u8; 4], StoreError> {
         let mut client = self.client().await?;
         let tx = begin(&mut client).await?;
         let rows = query(&tx, "SELECT value FROM meta WHERE name = 'token_keys' FOR UPDATE", &[]).await?;
@@ -246,7 +257,7 @@ impl SecretRepo for PgBackend {
         let (id, retired) = rotate_token_records(&self.sealer, &mut records, now, overlap_secs);
         execute(&tx, "UPDATE meta SET value = $1 WHERE name = 'token_keys'", &[&encode_token_records(&records)?])
             .await?;
-        append_audit(&tx, &token_rotation_event(&id, now, overlap_secs, retired)).await?;
+        append_audit(&tx, &token_rotation_event(&id, now, overlap_secs, retired).by(actor)).await?;
         notify(&tx, &Change::TokenKeys).await?;
         commit(tx).await?;
         Ok(id)

@@ -146,9 +146,9 @@ async fn a_change_on_one_replica_reaches_the_others_feed() {
     assert_eq!(next(&mut feed).await, Change::Key(a));
     writer.revoke_token([7; 16], T0 + 10, audit()).await.expect("revoke token");
     assert_eq!(next(&mut feed).await, Change::TokenRevoked([7; 16]));
-    writer.rotate_server_key(T0, T0 + 10, 100).await.expect("rotate server key");
+    writer.rotate_server_key(T0, T0 + 10, 100, serde_json::Value::Null).await.expect("rotate server key");
     assert_eq!(next(&mut feed).await, Change::ServerKeys);
-    writer.rotate_token_key(T0, 10).await.expect("rotate token key");
+    writer.rotate_token_key(T0, 10, serde_json::Value::Null).await.expect("rotate token key");
     assert_eq!(next(&mut feed).await, Change::TokenKeys);
 
     // The listening connection dies: the feed reconnects and asks for a resync.

@@ -190,12 +190,23 @@ impl SecretRepo for RedbBackend {
         self.blocking("maintain_server_keys", move |s| s.maintain_server_keys(now, policy)).await
     }
 
-    async fn rotate_server_key(&self, now: u64, old_not_after: u64, lifetime: u64) -> Result<[u8; 8], StoreError> {
-        self.blocking("rotate_server_key", move |s| s.rotate_server_key(now, old_not_after, lifetime)).await
+    async fn rotate_server_key(
+        &self,
+        now: u64,
+        old_not_after: u64,
+        lifetime: u64,
+        actor: serde_json::Value,
+    ) -> Result<[u8; 8], StoreError> {
+        self.blocking("rotate_server_key", move |s| s.rotate_server_key_by(now, old_not_after, lifetime, actor)).await
     }
 
-    async fn rotate_token_key(&self, now: u64, overlap_secs: u64) -> Result<[u8; 4], StoreError> {
-        self.blocking("rotate_token_key", move |s| s.rotate_token_key(now, overlap_secs)).await
+    async fn rotate_token_key(
+        &self,
+        now: u64,
+        overlap_secs: u64,
+        actor: serde_json::Value,
+    ) -> Result<[u8; 4], StoreError> {
+        self.blocking("rotate_token_key", move |s| s.rotate_token_key_by(now, overlap_secs, actor)).await
     }
 
     async fn drop_retired_token_keys(&self, now: u64) -> Result<usize, StoreError> {

@@ -74,6 +74,17 @@ impl Store {
     /// validity at `old_not_after` (if earlier than it was); keys already past their
     /// `not_after` are destroyed. Returns the new key id.
     pub fn rotate_server_key(&self, now: u64, old_not_after: u64, lifetime: u64) -> Result<[u8; 8], StoreError> {
+        self.rotate_server_key_by(now, old_not_after, lifetime, serde_json::Value::Null)
+    }
+
+    /// [`Self::rotate_server_key`], with who asked in its audit event.
+    pub fn rotate_server_key_by(
+        &self,
+        now: u64,
+        old_not_after: u64,
+        lifetime: u64,
+        actor: serde_json::Value,
+    ) -> Result<[u8; 8], StoreError> {
         let (id, new) = self.new_key_record(now, now.saturating_add(lifetime));
         let w = self.db.begin_write().map_err(|e| engine_error(&self.path, e))?;
         {
@@ -105,7 +116,8 @@ impl Store {
                     at: now,
                     event: "server_key.rotated",
                     detail: serde_json::json!({ "new_key_id": hex::encode(id), "old_not_after": old_not_after }),
-                },
+                }
+                .by(actor),
             )?;
         }
         w.commit().map_err(|e| engine_error(&self.path, e))?;

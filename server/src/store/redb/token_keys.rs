@@ -29,6 +29,16 @@ impl Store {
     /// `now + overlap_secs` (never later than it already would); keys whose time has
     /// come go now. One transaction, with its audit event; returns the new key id.
     pub fn rotate_token_key(&self, now: u64, overlap_secs: u64) -> Result<[u8; 4], StoreError> {
+        self.rotate_token_key_by(now, overlap_secs, serde_json::Value::Null)
+    }
+
+    /// [`Self::rotate_token_key`], with who asked in its audit event.
+    pub fn rotate_token_key_by(
+        &self,
+        now: u64,
+        overlap_secs: u64,
+        actor: serde_json::Value,
+    ) -> Result<[u8; 4], StoreError> {
         let w = self.db.begin_write().map_err(|e| engine_error(&self.path, e))?;
         let (id, retired) = {
             let mut meta = w.open_table(META).map_err(|e| engine_error(&self.path, e))?;
@@ -37,7 +47,7 @@ impl Store {
             meta.insert("token_keys", &encode_token_records(&records)?[..]).map_err(|e| engine_error(&self.path, e))?;
             rotated
         };
-        append_audit(&w, &self.path, &token_rotation_event(&id, now, overlap_secs, retired))?;
+        append_audit(&w, &self.path, &token_rotation_event(&id, now, overlap_secs, retired).by(actor))?;
         w.commit().map_err(|e| engine_error(&self.path, e))?;
         Ok(id)
     }
