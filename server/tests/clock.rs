@@ -184,7 +184,13 @@ fn webhook_codes(receiver: &Receiver, id: &str, n: usize) -> Vec<String> {
 
 fn on_webhook(receiver: &Receiver) -> impl FnOnce(&mut Settings) {
     let url = format!("http://127.0.0.1:{}/otp", receiver.port);
-    move |s| s.otp.webhook = Some(WebhookConfig { url, secret: SecretSetting(WEBHOOK_SECRET.to_owned().into()) })
+    move |s| {
+        s.otp.webhook = Some(WebhookConfig {
+            url,
+            secret: SecretSetting(WEBHOOK_SECRET.to_owned().into()),
+            retry_window_secs: onetrip_server::config::DEFAULT_WEBHOOK_RETRY_WINDOW_SECS,
+        })
+    }
 }
 
 /// Ten resends of `path` at once; asserts that exactly one sent a code and the others

@@ -549,7 +549,9 @@ pub async fn get(
 }
 
 /// Sends `code` on the verification's channel without holding up the caller; a
-/// delivery that fails after its retries marks the verification `failed`.
+/// delivery that fails after its retries (a webhook retries for minutes) marks the
+/// verification `failed`, unless a resend has replaced the code meanwhile: that
+/// newer code has its own delivery, and the old one's failure says nothing about it.
 fn deliver_in_background(state: &AppState, v: &Verification, owner_name: String, code: Zeroizing<String>) {
     let Some(channel) = parse_channel(&v.channel) else { return };
     let state = state.clone();
@@ -572,7 +574,7 @@ fn deliver_in_background(state: &AppState, v: &Verification, owner_name: String,
         let result = state.delivery.deliver(channel, &message).await;
         state.metrics.otp.delivery(channel, result.is_ok());
         let now = state.now();
-        let vid = v.id;
+        let (vid, sent) = (v.id, v.sends);
         let failed = result.is_err();
         let outcome = match &result {
             Ok(report) => format!("delivered after {} attempt(s)", report.attempts),
@@ -585,7 +587,11 @@ fn deliver_in_background(state: &AppState, v: &Verification, owner_name: String,
             let r = ports::update_verification(
                 &*state.store,
                 vid,
-                |v| v.delivery_failed(),
+                move |v| {
+                    if v.sends == sent {
+                        v.delivery_failed();
+                    }
+                },
                 move |v, _| Some(audit_entry(now, "otp.deliver", v, &outcome)),
             )
             .await;
