@@ -24,6 +24,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -218,7 +219,16 @@ pub enum DeliveryError {
     /// The delivery settings are unusable (at start-up).
     #[error("invalid delivery settings: {0}")]
     Config(String),
+    /// Retries stopped because the code is no longer wanted (a resend replaced it, or
+    /// the verification was checked or cancelled): not a failure of the channel.
+    #[error("delivery stopped: {0}")]
+    Superseded(String),
 }
+
+/// Asked before each retry: `false` stops the delivery with
+/// [`DeliveryError::Superseded`]. A retry window lasts minutes, and a code replaced or
+/// settled meanwhile must not reach the recipient late.
+pub type StillWanted<'a> = &'a (dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync);
 
 fn setup_hint(channel: &str) -> &'static str {
     match channel {
@@ -236,6 +246,7 @@ impl DeliveryError {
             DeliveryError::InvalidDestination { .. } => "invalid_destination",
             DeliveryError::Smtp(_) | DeliveryError::Webhook { .. } | DeliveryError::Template(_) => "delivery_failed",
             DeliveryError::Config(_) => "invalid_configuration",
+            DeliveryError::Superseded(_) => "superseded",
         }
     }
 }
@@ -322,6 +333,16 @@ impl Deliverer {
     /// (email) or the retry window (webhook) are spent, on a permanent refusal, or when
     /// the code expired (`msg.ttl_secs` is 0) before it could be sent.
     pub async fn deliver(&self, channel: Channel, msg: &OtpMessage<'_>) -> Result<DeliveryReport, DeliveryError> {
+        self.deliver_while(channel, msg, &|| Box::pin(async { true })).await
+    }
+
+    /// [`Deliverer::deliver`], asking `still_wanted` before each webhook retry.
+    pub async fn deliver_while(
+        &self,
+        channel: Channel,
+        msg: &OtpMessage<'_>,
+        still_wanted: StillWanted<'_>,
+    ) -> Result<DeliveryReport, DeliveryError> {
         self.validate(channel, msg.to)?;
         match (channel, &self.inner.smtp, &self.inner.webhook) {
             (Channel::Totp, _, _) => Ok(DeliveryReport { attempts: 0 }),
@@ -330,7 +351,7 @@ impl Deliverer {
                 Ok(DeliveryReport { attempts: 1 })
             }
             (Channel::Email, Some(smtp), _) => smtp.send(&self.inner.retry, msg).await,
-            (Channel::Webhook, _, Some(webhook)) => webhook.send(&self.inner.retry, msg).await,
+            (Channel::Webhook, _, Some(webhook)) => webhook.send(&self.inner.retry, msg, still_wanted).await,
             _ => Err(DeliveryError::NotConfigured { channel: channel.as_str() }),
         }
     }
@@ -390,14 +411,16 @@ struct Failure {
     message: String,
     /// The receiver's `Retry-After`, if it gave one.
     retry_after: Option<Duration>,
+    /// Stopped because the code is no longer wanted, not because the channel failed.
+    superseded: bool,
 }
 
 impl Failure {
     fn transient(status: Option<u16>, message: String) -> Self {
-        Self { retry: true, status, message, retry_after: None }
+        Self { retry: true, status, message, retry_after: None, superseded: false }
     }
     fn permanent(status: Option<u16>, message: String) -> Self {
-        Self { retry: false, status, message, retry_after: None }
+        Self { retry: false, status, message, retry_after: None, superseded: false }
     }
 }
 
@@ -441,6 +464,7 @@ impl RetryPolicy {
         channel: &'static str,
         msg: &OtpMessage<'_>,
         budget: Budget,
+        still_wanted: Option<StillWanted<'_>>,
         mut attempt: F,
     ) -> Result<DeliveryReport, Failure>
     where
@@ -487,6 +511,12 @@ impl RetryPolicy {
                     tracing::warn!(channel, operation = msg.verification_id, destination = %mask_destination(msg.to),
                         attempt = n, error = %f.message, retry_in = ?wait, "OTP delivery attempt failed");
                     tokio::time::sleep(wait).await;
+                    if let Some(wanted) = still_wanted {
+                        if !wanted().await {
+                            let message = format!("the code was replaced or settled after {n} attempt{}", plural(n));
+                            return Err(Failure { superseded: true, ..Failure::permanent(f.status, message) });
+                        }
+                    }
                 }
             }
         }

@@ -82,7 +82,7 @@ impl Smtp {
         let raw = format_message(&self.from, &to, msg, SystemTime::now());
         let timeout = retry.timeout;
         let outcome = retry
-            .run("email", msg, Budget::Attempts(retry.max_attempts), |_| async {
+            .run("email", msg, Budget::Attempts(retry.max_attempts), None, |_| async {
                 match tokio::time::timeout(timeout, self.transport.send_raw(&envelope, raw.as_bytes())).await {
                     Err(_) => {
                         Err(Failure::transient(None, format!("no answer from the SMTP relay within {timeout:?}")))

@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 
 use super::{
     describe, is_loopback, unix_now, Budget, DeliveryError, DeliveryReport, Failure, OtpMessage, Purpose, RetryPolicy,
-    WebhookSettings,
+    StillWanted, WebhookSettings,
 };
 
 /// Longest webhook destination (`to`), in bytes.
@@ -86,12 +86,13 @@ impl Webhook {
         &self,
         retry: &RetryPolicy,
         msg: &OtpMessage<'_>,
+        still_wanted: StillWanted<'_>,
     ) -> Result<DeliveryReport, DeliveryError> {
         let body = payload(msg)?;
         let body: &[u8] = &body;
         let budget = Budget::window(self.retry_window, msg.ttl_secs);
         let outcome = retry
-            .run("webhook", msg, budget, |timeout| async move {
+            .run("webhook", msg, budget, Some(still_wanted), |timeout| async move {
                 let timestamp = unix_now().to_string();
                 let request = Request::post(self.url.clone())
                     .header(http::header::CONTENT_TYPE, "application/json")
@@ -124,7 +125,13 @@ impl Webhook {
                 }
             })
             .await;
-        outcome.map_err(|f| DeliveryError::Webhook { status: f.status, message: f.message })
+        outcome.map_err(|f| {
+            if f.superseded {
+                DeliveryError::Superseded(f.message)
+            } else {
+                DeliveryError::Webhook { status: f.status, message: f.message }
+            }
+        })
     }
 }
 
