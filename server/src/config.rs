@@ -133,6 +133,8 @@ pub struct SmtpFileConfig {
 pub struct WebhookFileConfig {
     /// URL the signed JSON is POSTed to.
     pub url: Option<String>,
+    /// See [`WebhookConfig::retry_window_secs`].
+    pub retry_window_secs: Option<u64>,
 }
 
 /// A secret setting (SMTP password, webhook key): zeroized on drop, redacted in Debug.
@@ -206,7 +208,16 @@ pub struct WebhookConfig {
     pub url: String,
     /// HMAC-SHA256 key (from the environment).
     pub secret: SecretSetting,
+    /// Seconds a delivery keeps retrying a failing receiver (backoff 0.5 s doubling
+    /// to 15 s, with jitter), never past the code's expiry [default: 120].
+    pub retry_window_secs: u64,
 }
+
+/// Default of [`WebhookConfig::retry_window_secs`]: long enough to ride out a gateway
+/// restart, well inside the 10-minute default code lifetime.
+pub const DEFAULT_WEBHOOK_RETRY_WINDOW_SECS: u64 = 120;
+/// Largest [`WebhookConfig::retry_window_secs`].
+pub const MAX_WEBHOOK_RETRY_WINDOW_SECS: u64 = 3_600;
 
 /// Resolved OTP settings. Send limits are rates per 10 minutes with bursts of as
 /// many (GCRA, [`crate::shared::gcra`]); destinations are normalised
@@ -289,15 +300,19 @@ impl OtpSettings {
             }
             Some(SmtpFileConfig { host: None, .. }) | None => None,
         };
-        let webhook = match cfg.webhook.and_then(|w| w.url) {
-            Some(url) => {
+        let webhook = match cfg.webhook {
+            Some(WebhookFileConfig { url: Some(url), retry_window_secs }) => {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
                     return Err(ConfigError::WebhookUrl(url));
                 }
                 let secret = webhook_secret.filter(|s| s.len() >= 16).ok_or(ConfigError::WebhookSecret)?;
-                Some(WebhookConfig { url, secret: SecretSetting(secret.into()) })
+                let retry_window_secs = retry_window_secs.unwrap_or(DEFAULT_WEBHOOK_RETRY_WINDOW_SECS);
+                if retry_window_secs > MAX_WEBHOOK_RETRY_WINDOW_SECS {
+                    return Err(ConfigError::WebhookRetryWindow { max: MAX_WEBHOOK_RETRY_WINDOW_SECS });
+                }
+                Some(WebhookConfig { url, secret: SecretSetting(secret.into()), retry_window_secs })
             }
-            None => None,
+            Some(WebhookFileConfig { url: None, .. }) | None => None,
         };
         let sends_per_destination = cfg.sends_per_destination.unwrap_or(d.sends_per_destination);
         let s = Self {
@@ -601,6 +616,14 @@ fn merge_otp(flags: OtpFileConfig, file: OtpFileConfig) -> OtpFileConfig {
         }),
         (f, c) => f.or(c),
     };
+    // Field by field too: `--webhook-url` must not drop the file's retry window.
+    let webhook = match (flags.webhook, file.webhook) {
+        (Some(f), Some(c)) => Some(WebhookFileConfig {
+            url: f.url.or(c.url),
+            retry_window_secs: f.retry_window_secs.or(c.retry_window_secs),
+        }),
+        (f, c) => f.or(c),
+    };
     OtpFileConfig {
         sends_per_destination: flags.sends_per_destination.or(file.sends_per_destination),
         sends_per_destination_global: flags.sends_per_destination_global.or(file.sends_per_destination_global),
@@ -612,7 +635,7 @@ fn merge_otp(flags: OtpFileConfig, file: OtpFileConfig) -> OtpFileConfig {
         max_code_failures: flags.max_code_failures.or(file.max_code_failures),
         lockout_secs: flags.lockout_secs.or(file.lockout_secs),
         smtp,
-        webhook: flags.webhook.or(file.webhook),
+        webhook,
     }
 }
 
@@ -756,6 +779,25 @@ mod tests {
         }
         assert!(OtpSettings::resolve(smtp("smtp.example.com", "starttls"), None, None).is_ok());
         assert!(OtpSettings::resolve(smtp("smtp.example.com", "tls"), None, None).is_ok());
+    }
+
+    #[test]
+    fn the_webhook_retry_window_defaults_to_two_minutes_and_is_bounded() {
+        let secret = || Some("whsec-0123456789abcdef".to_owned());
+        let hook = |window| OtpFileConfig {
+            webhook: Some(WebhookFileConfig {
+                url: Some("https://hooks.example.com/otp".into()),
+                retry_window_secs: window,
+            }),
+            ..Default::default()
+        };
+        let window = |w| OtpSettings::resolve(hook(w), None, secret()).map(|s| s.webhook.unwrap().retry_window_secs);
+        assert_eq!(window(None).unwrap(), 120);
+        assert_eq!(window(Some(0)).unwrap(), 0);
+        assert_eq!(window(Some(3_600)).unwrap(), 3_600);
+        let e = window(Some(3_601)).unwrap_err();
+        assert!(matches!(e, ConfigError::WebhookRetryWindow { max: 3_600 }), "{e:?}");
+        assert!(e.to_string().contains("retry_window_secs"), "{e}");
     }
 
     #[test]

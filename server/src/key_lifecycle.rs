@@ -2,12 +2,17 @@
 //! `onetrip serve` runs [`run`], which every period makes a successor for a key near
 //! its end, destroys retired private keys from the store once their overlap ends,
 //! and re-signs the server key document before it expires
-//! ([`AppState::maintain_handshake_keys`]). The clock is injected so tests can
-//! move time instead of waiting for it.
+//! ([`AppState::maintain_handshake_keys`]). It also says, once, when an old
+//! handshake key's overlap ends and when a rotated API key's grace ends
+//! ([`GraceWatch`]), so operators see in the log the moment old credentials stop
+//! working. The clock is injected so tests can move time instead of waiting for it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use onetrip_protocol::KeyId;
+
+use crate::keys::KeyDirectory;
 use crate::state::AppState;
 
 /// Unix seconds; [`crate::state::unix_now`] in production.
@@ -18,20 +23,72 @@ pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 pub async fn run(state: AppState, clock: Clock, period: Duration) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut graces = GraceWatch::default();
     loop {
         tick.tick().await;
-        let now = clock();
-        match state.maintain_handshake_keys(now).await {
-            Ok(changes) => {
-                for id in &changes.destroyed {
-                    tracing::info!(key_id = %hex::encode(id), "retired handshake key destroyed");
-                }
-                if let Some(id) = changes.new_key_id {
-                    tracing::info!(key_id = %hex::encode(id), "handshake key rotated automatically");
-                }
+        step(&state, clock(), &mut graces).await;
+    }
+}
+
+/// One tick of [`run`] at `now`.
+pub async fn step(state: &AppState, now: u64, graces: &mut GraceWatch) {
+    match state.maintain_handshake_keys(now).await {
+        Ok(changes) => {
+            // A retired key is destroyed once, when its overlap is over: this line
+            // cannot repeat for the same key.
+            for id in &changes.destroyed {
+                tracing::info!(key_id = %hex::encode(id),
+                    "handshake key overlap ended: the old key is retired and its private key destroyed");
             }
-            Err(e) => tracing::error!(error = %e, "handshake key maintenance failed; retrying"),
+            if let Some(id) = changes.new_key_id {
+                tracing::info!(key_id = %hex::encode(id), "handshake key rotated automatically");
+            }
         }
+        Err(e) => tracing::error!(error = %e, "handshake key maintenance failed; retrying"),
+    }
+    graces.check(&state.keys, now);
+}
+
+/// Least time between two looks at the key directory for ended graces: a scan walks
+/// every key, too much for every second with a million keys, and a grace end logged
+/// up to this late (with its exact time in `ended_at`) is still useful.
+pub const GRACE_SCAN_SECS: u64 = 10;
+
+/// Logs, once each, the rotated API keys whose grace has ended. Nothing happens to
+/// such a key at that moment (handshakes compare its `expires_at` with the clock), so
+/// the watch remembers up to when it has looked and reports each end that falls
+/// after that. Ends that passed while the server was down are not reported.
+#[derive(Debug, Default)]
+pub struct GraceWatch {
+    /// The clock at the last scan; `None` before the first.
+    checked_at: Option<u64>,
+}
+
+impl GraceWatch {
+    /// Logs each key whose grace ended since the last scan (at most one scan per
+    /// [`GRACE_SCAN_SECS`]); returns their ids.
+    pub fn check(&mut self, keys: &KeyDirectory, now: u64) -> Vec<KeyId> {
+        let Some(since) = self.checked_at else {
+            self.checked_at = Some(now);
+            return Vec::new();
+        };
+        if now < since.saturating_add(GRACE_SCAN_SECS) {
+            return Vec::new();
+        }
+        self.checked_at = Some(now);
+        let mut ended = Vec::new();
+        keys.for_each(|entry| {
+            let record = &entry.record;
+            // Usable through `expires_at`, refused after it: still usable at the last
+            // scan (`since`), refused now.
+            let Some(end) = record.expires_at else { return };
+            if record.revoked_at.is_none() && since <= end && end < now {
+                tracing::info!(key_id = %entry.id, name = %record.name, ended_at = end,
+                    "API key rotation grace ended: the old key is refused from now on");
+                ended.push(entry.id);
+            }
+        });
+        ended
     }
 }
 
@@ -114,6 +171,88 @@ mod tests {
         let events: Vec<&str> = audit.iter().filter_map(|e| e["event"].as_str()).collect();
         assert!(events.contains(&"server_key.rotated") && events.contains(&"server_key.destroyed"), "{events:?}");
         task.abort();
+    }
+
+    /// Bytes written by a `tracing` subscriber that is the default while the guard
+    /// lives (this thread only: the tests run on a current-thread runtime).
+    fn capture_logs() -> (Arc<std::sync::Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
+        struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("log buffer").extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&buf);
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || Sink(Arc::clone(&sink)))
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        // Another test thread may have met these callsites first, with no subscriber,
+        // and cached "never log": recompute with this one in place.
+        tracing::callsite::rebuild_interest_cache();
+        (buf, guard)
+    }
+
+    fn lines_with(logs: &std::sync::Mutex<Vec<u8>>, needle: &str) -> Vec<String> {
+        let text = String::from_utf8(logs.lock().expect("log buffer").clone()).expect("utf-8 logs");
+        text.lines().filter(|l| l.contains(needle)).map(str::to_owned).collect()
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_grace_and_of_an_overlap_is_logged_once_each() {
+        use crate::admin::{execute, Actor, AdminRequest};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let start = unix_now();
+        let mut settings = Settings::defaults(dir.path().into());
+        settings.server_key_lifetime_secs = 100;
+        settings.server_key_overlap_secs = 20;
+        settings.server_key_document_ttl_secs = 10;
+        let state = state_at(dir.path(), start, settings).await;
+        let first_server_key = stored_ids(&state).await[0];
+        let (logs, _guard) = capture_logs();
+        let mut graces = GraceWatch::default();
+        step(&state, start, &mut graces).await;
+
+        // An API key rotated (on the state's clock, still at `start`) with a 30 s grace.
+        let create = AdminRequest::KeysCreate {
+            name: "billing-cron".into(),
+            scopes: vec![],
+            audiences: vec![],
+            require_otp: false,
+            otp_to: None,
+        };
+        let created = execute(&*state.store, Some(&state), create, &Actor::this_process()).await.expect("create");
+        let key = onetrip_protocol::ApiKey::parse(created["api_key"].as_str().expect("api_key")).expect("key");
+        let rotate = AdminRequest::KeysRotate { id: key.id().to_string(), grace_secs: 30 };
+        let rotated = execute(&*state.store, Some(&state), rotate, &Actor::this_process()).await.expect("rotate");
+        assert_eq!(rotated["old_key_expires_at"].as_u64(), Some(start + 30));
+
+        // Every second from the start to well past both ends, as `run` would tick.
+        for now in start..=start + 130 {
+            step(&state, now, &mut graces).await;
+            let grace = lines_with(&logs, "grace ended");
+            if now <= start + 30 {
+                assert!(grace.is_empty(), "logged while the grace still runs, at +{}", now - start);
+            }
+        }
+        let grace = lines_with(&logs, "grace ended");
+        assert_eq!(grace.len(), 1, "{grace:?}");
+        assert!(grace[0].contains("INFO"), "{}", grace[0]);
+        assert!(grace[0].contains(&key.id().to_string()) && grace[0].contains("billing-cron"), "{}", grace[0]);
+        assert!(grace[0].contains("the old key is refused from now on"), "{}", grace[0]);
+        assert!(grace[0].contains(&format!("ended_at={}", start + 30)), "{}", grace[0]);
+
+        let overlap = lines_with(&logs, "overlap ended");
+        assert_eq!(overlap.len(), 1, "{overlap:?}");
+        assert!(overlap[0].contains(&hex::encode(first_server_key)), "{}", overlap[0]);
+        assert!(!stored_ids(&state).await.contains(&first_server_key));
     }
 
     #[tokio::test]

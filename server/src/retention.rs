@@ -71,6 +71,11 @@ pub async fn run(state: AppState) {
                 );
                 // A retired token key must stop opening tokens now, not at a restart.
                 if swept.token_keys > 0 {
+                    // Dropped once, so said once: the old key's overlap is over.
+                    tracing::info!(
+                        token_keys = swept.token_keys,
+                        "token key overlap ended: tokens sealed with the old key are refused from now on"
+                    );
                     if let Err(e) = state.reload_token_keys().await {
                         tracing::error!(error = %e, "cannot reload the token keys after a retirement");
                     }

@@ -470,6 +470,9 @@ fn delivery_config(settings: &Settings) -> crate::otp::delivery::DeliveryConfig 
             from: s.from.clone(),
         }),
         webhook: otp.webhook.as_ref().map(|w| WebhookSettings { url: w.url.clone(), secret: w.secret.0.clone() }),
+        webhook_retry_window: std::time::Duration::from_secs(
+            otp.webhook.as_ref().map_or(crate::config::DEFAULT_WEBHOOK_RETRY_WINDOW_SECS, |w| w.retry_window_secs),
+        ),
         console_codes: settings.otp_console_codes,
         ..DeliveryConfig::default()
     }

@@ -184,7 +184,13 @@ fn webhook_codes(receiver: &Receiver, id: &str, n: usize) -> Vec<String> {
 
 fn on_webhook(receiver: &Receiver) -> impl FnOnce(&mut Settings) {
     let url = format!("http://127.0.0.1:{}/otp", receiver.port);
-    move |s| s.otp.webhook = Some(WebhookConfig { url, secret: SecretSetting(WEBHOOK_SECRET.to_owned().into()) })
+    move |s| {
+        s.otp.webhook = Some(WebhookConfig {
+            url,
+            secret: SecretSetting(WEBHOOK_SECRET.to_owned().into()),
+            retry_window_secs: onetrip_server::config::DEFAULT_WEBHOOK_RETRY_WINDOW_SECS,
+        })
+    }
 }
 
 /// Ten resends of `path` at once; asserts that exactly one sent a code and the others
@@ -265,6 +271,37 @@ fn the_cooldown_attempts_and_expiry_survive_a_restart_then_one_of_ten_resends_go
     );
     let r = h.call(&grant, "POST", &format!("/v1/otp/verifications/{short_id}/resend"), &Value::Null);
     assert_eq!((r.status, r.json()["code"].as_str()), (409, Some("verification_not_pending")));
+}
+
+#[test]
+fn a_resend_stops_the_retries_of_the_code_it_replaces() {
+    // Three 503s: the first code's delivery is still retrying when the resend comes.
+    let receiver = Receiver::start(vec![503, 503, 503]);
+    let h = Harness::start_with(on_webhook(&receiver));
+    let grant = h.grant(&h.create_key(&["otp"]), "otp");
+    let body = json!({ "to": "+15550000003", "channel": "sms" });
+    let id = created_id(&h.call(&grant, "POST", "/v1/otp/verifications", &body));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver.requests.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the first attempt never came");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.clock.advance(30);
+    let resent = h.call(&grant, "POST", &format!("/v1/otp/verifications/{id}/resend"), &Value::Null);
+    assert_eq!(resent.status, 200, "{}", String::from_utf8_lossy(&resent.body));
+    let code = webhook_codes(&receiver, &id, 1).remove(0);
+    // The old delivery's backoff is real time (0.5 s doubling): without the stop it
+    // would get through within ~3.5 s of its first attempt and hand over a dead code.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(webhook_codes(&receiver, &id, 1).len(), 1, "the replaced code was delivered too");
+    let audit = h.runtime.block_on(h.state.store.audit_since(0, 1_000)).unwrap();
+    let outcomes: Vec<&str> =
+        audit.iter().filter(|e| e["event"] == "otp.deliver").filter_map(|e| e["detail"]["outcome"].as_str()).collect();
+    assert!(outcomes.contains(&"stopped: superseded"), "{outcomes:?}");
+    assert!(!outcomes.iter().any(|o| o.starts_with("failed")), "{outcomes:?}");
+    // The code that arrived is the current one, and the verification never failed.
+    let r = h.call(&grant, "POST", &format!("/v1/otp/verifications/{id}/check"), &json!({ "code": code }));
+    assert_eq!(r.json()["status"], "approved", "{}", String::from_utf8_lossy(&r.body));
 }
 
 #[test]

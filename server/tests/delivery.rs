@@ -1,6 +1,8 @@
 //! Code delivery against real servers on loopback: an aiosmtpd SMTP server
 //! (`support/smtp_sink.py`) and a hyper webhook receiver that checks signatures. Each
 //! retry case checks the attempt count and that the run stays within its time bound.
+//! Webhook retries run over a window; the cases here use a 20 ms backoff and a 1 s
+//! window so that they finish fast.
 
 mod support;
 
@@ -40,10 +42,14 @@ fn message<'a>(to: &'a str, purpose: Purpose<'a>) -> OtpMessage<'a> {
     }
 }
 
-/// Small backoff and timeout so failing cases finish quickly.
+/// The webhook retry window of [`fast`].
+const WINDOW: Duration = Duration::from_secs(1);
+
+/// Small backoff, window and timeout so failing cases finish quickly.
 fn fast(config: DeliveryConfig) -> DeliveryConfig {
     DeliveryConfig {
         max_attempts: 3,
+        webhook_retry_window: WINDOW,
         initial_backoff: Duration::from_millis(20),
         timeout: Duration::from_millis(500),
         ..config
@@ -257,6 +263,8 @@ struct Received {
     content_type: String,
     body: Bytes,
     signature_ok: bool,
+    /// When it arrived.
+    at: Instant,
 }
 
 #[derive(Default)]
@@ -264,6 +272,8 @@ struct ReceiverState {
     /// (status, delay) per request, in order; afterwards `fallback`.
     script: VecDeque<(u16, Duration)>,
     fallback: u16,
+    /// `Retry-After` sent with every non-2xx answer.
+    retry_after: Option<&'static str>,
     received: Vec<Received>,
 }
 
@@ -282,11 +292,16 @@ impl Drop for Receiver {
 
 impl Receiver {
     async fn start(script: &[(u16, Duration)], fallback: u16) -> Self {
+        Self::start_with(script, fallback, None).await
+    }
+
+    async fn start_with(script: &[(u16, Duration)], fallback: u16, retry_after: Option<&'static str>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(ReceiverState {
             script: script.iter().copied().collect(),
             fallback,
+            retry_after,
             received: Vec::new(),
         }));
         let shared = Arc::clone(&state);
@@ -305,19 +320,27 @@ impl Receiver {
                             let body = req.into_body().collect().await?.to_bytes();
                             let signature_ok =
                                 verify_webhook_signature(SECRET.as_bytes(), &timestamp, &body, &signature, now(), 300);
-                            let (status, delay) = {
+                            let at = Instant::now();
+                            let (status, delay, retry_after) = {
                                 let mut s = state.lock().unwrap();
-                                s.received.push(Received { timestamp, signature, content_type, body, signature_ok });
-                                s.script.pop_front().unwrap_or((s.fallback, Duration::ZERO))
+                                s.received.push(Received {
+                                    timestamp,
+                                    signature,
+                                    content_type,
+                                    body,
+                                    signature_ok,
+                                    at,
+                                });
+                                let (status, delay) = s.script.pop_front().unwrap_or((s.fallback, Duration::ZERO));
+                                (status, delay, s.retry_after)
                             };
                             tokio::time::sleep(delay).await;
                             let status = if signature_ok { status } else { 401 };
-                            Ok::<_, hyper::Error>(
-                                http::Response::builder()
-                                    .status(status)
-                                    .body(Full::new(Bytes::from_static(b"{}")))
-                                    .unwrap(),
-                            )
+                            let mut answer = http::Response::builder().status(status);
+                            if let Some(value) = retry_after.filter(|_| status >= 300) {
+                                answer = answer.header("retry-after", value);
+                            }
+                            Ok::<_, hyper::Error>(answer.body(Full::new(Bytes::from_static(b"{}"))).unwrap())
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -333,6 +356,13 @@ impl Receiver {
         let url = format!("http://{}/hooks/otp", self.addr);
         Deliverer::new(fast(DeliveryConfig { webhook: Some(webhook_settings(&url)), ..DeliveryConfig::default() }))
             .unwrap()
+    }
+
+    /// A deliverer with [`fast`] settings but the given retry window.
+    fn deliverer_with(&self, window: Duration) -> Deliverer {
+        let url = format!("http://{}/hooks/otp", self.addr);
+        let config = fast(DeliveryConfig { webhook: Some(webhook_settings(&url)), ..DeliveryConfig::default() });
+        Deliverer::new(DeliveryConfig { webhook_retry_window: window, ..config }).unwrap()
     }
 
     fn received(&self) -> Vec<Received> {
@@ -385,16 +415,83 @@ async fn webhook_retries_429() {
 }
 
 #[tokio::test]
-async fn webhook_500_every_time_fails_after_max_attempts() {
+async fn webhook_retries_503_until_the_receiver_is_back() {
+    // Five failures: more than the old fixed three attempts, well inside the window.
+    let script = [(503, Duration::ZERO); 5];
+    let receiver = Receiver::start(&script, 200).await;
+    let report = receiver.deliverer().deliver(Channel::Webhook, &message("t", Purpose::Verification)).await.unwrap();
+    assert_eq!(report.attempts, 6);
+    let got = receiver.received();
+    assert_eq!(got.len(), 6);
+    // Backoff doubles (20 ms base, drawn from the upper half): each gap at least the
+    // lower bound of its step, so retries are spaced, not a burst.
+    for (i, pair) in got.windows(2).enumerate() {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_millis(10 << i), "gap {i} is {gap:?}");
+    }
+    let json: serde_json::Value = serde_json::from_slice(&got[5].body).unwrap();
+    assert_eq!(json["code"], CODE);
+}
+
+#[tokio::test]
+async fn webhook_500_every_time_stops_at_the_retry_window() {
     let receiver = Receiver::start(&[], 500).await;
     let started = Instant::now();
     let err = receiver.deliverer().deliver(Channel::Webhook, &message("t", Purpose::Verification)).await.unwrap_err();
+    let elapsed = started.elapsed();
     assert!(matches!(err, DeliveryError::Webhook { status: Some(500), .. }), "{err:?}");
-    assert!(err.to_string().contains("gave up after 3 attempts"), "{err}");
+    assert!(err.to_string().contains("gave up after"), "{err}");
     assert_eq!(err.code(), "delivery_failed");
-    assert_eq!(receiver.received().len(), 3);
-    assert!(started.elapsed() < Duration::from_secs(3));
+    // 20 ms doubling with jitter from the upper half: attempt 6 starts by 620 ms, an
+    // 8th could not start before 1.27 s, past the 1 s window.
+    let attempts = receiver.received().len();
+    assert!((6..=7).contains(&attempts), "{attempts} attempts");
+    assert!(err.to_string().contains(&format!("after {attempts} attempts")), "{err}");
+    assert!(elapsed < WINDOW + Duration::from_millis(500), "{elapsed:?}");
+    // Nothing more arrives once the delivery has given up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), attempts);
     assert_no_code(&err);
+}
+
+#[tokio::test]
+async fn webhook_retries_never_outlive_the_code() {
+    let receiver = Receiver::start(&[], 503).await;
+    let deliverer = receiver.deliverer_with(Duration::from_secs(120));
+    // Expires in 1 s, window 120 s: the code's life is the bound.
+    let started = Instant::now();
+    let msg = OtpMessage { ttl_secs: 1, ..message("t", Purpose::Verification) };
+    let err = deliverer.deliver(Channel::Webhook, &msg).await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+    let last = receiver.received().last().unwrap().at;
+    assert!(last - started < Duration::from_secs(1), "an attempt after expiry");
+    assert!(matches!(err, DeliveryError::Webhook { .. }), "{err:?}");
+
+    // Already expired: nothing is sent at all.
+    let before = receiver.received().len();
+    let msg = OtpMessage { ttl_secs: 0, ..message("t", Purpose::Verification) };
+    let err = deliverer.deliver(Channel::Webhook, &msg).await.unwrap_err();
+    assert!(err.to_string().contains("expired before it could be sent"), "{err}");
+    assert_eq!(receiver.received().len(), before);
+}
+
+#[tokio::test]
+async fn webhook_429_waits_for_retry_after_within_the_window() {
+    let receiver = Receiver::start_with(&[(429, Duration::ZERO)], 200, Some("1")).await;
+    let deliverer = receiver.deliverer_with(Duration::from_secs(5));
+    let report = deliverer.deliver(Channel::Webhook, &message("t", Purpose::Verification)).await.unwrap();
+    assert_eq!(report.attempts, 2);
+    let got = receiver.received();
+    assert!(got[1].at - got[0].at >= Duration::from_secs(1), "retried before Retry-After");
+
+    // A Retry-After past the window ends the delivery at once instead of waiting.
+    let receiver = Receiver::start_with(&[], 429, Some("3600")).await;
+    let started = Instant::now();
+    let err = receiver.deliverer().deliver(Channel::Webhook, &message("t", Purpose::Verification)).await.unwrap_err();
+    assert!(matches!(err, DeliveryError::Webhook { status: Some(429), .. }), "{err:?}");
+    assert_eq!(receiver.received().len(), 1);
+    assert!(started.elapsed() < Duration::from_millis(500));
 }
 
 #[tokio::test]
@@ -405,6 +502,20 @@ async fn webhook_400_fails_at_once() {
     assert!(err.to_string().contains("not retried after 1 attempt"), "{err}");
     assert_eq!(receiver.received().len(), 1);
     assert_no_code(&err);
+}
+
+#[tokio::test]
+async fn webhook_4xx_is_permanent_except_408_and_429() {
+    for status in [401, 403, 404, 410, 422] {
+        let receiver = Receiver::start(&[], status).await;
+        let err =
+            receiver.deliverer().deliver(Channel::Webhook, &message("t", Purpose::Verification)).await.unwrap_err();
+        assert!(matches!(err, DeliveryError::Webhook { status: Some(s), .. } if s == status), "{err:?}");
+        assert_eq!(receiver.received().len(), 1, "HTTP {status} was retried");
+    }
+    let receiver = Receiver::start(&[(408, Duration::ZERO), (408, Duration::ZERO)], 200).await;
+    let report = receiver.deliverer().deliver(Channel::Webhook, &message("t", Purpose::Verification)).await.unwrap();
+    assert_eq!(report.attempts, 3);
 }
 
 #[tokio::test]
@@ -442,20 +553,21 @@ async fn a_slow_webhook_receiver_is_timed_out_and_retried() {
     assert_eq!(report.attempts, 2);
     assert!(started.elapsed() < SLOW, "{:?}", started.elapsed());
 
-    // Always slow: every attempt times out, and the whole delivery stays bounded.
-    let receiver = Receiver::start(&[(200, SLOW), (200, SLOW), (200, SLOW)], 200).await;
+    // Always slow: every attempt times out (500 ms each), and the 1 s window ends the
+    // delivery after the second.
+    let receiver = Receiver::start(&[(200, SLOW); 5], 200).await;
     let started = Instant::now();
     let err = receiver.deliverer().deliver(Channel::Webhook, &message("t", Purpose::Verification)).await.unwrap_err();
     let elapsed = started.elapsed();
     assert!(matches!(err, DeliveryError::Webhook { status: None, .. }), "{err:?}");
     assert!(err.to_string().contains("no answer"), "{err}");
-    assert!(err.to_string().contains("after 3 attempts"), "{err}");
-    assert!(elapsed >= Duration::from_millis(1400) && elapsed < Duration::from_secs(6), "{elapsed:?}");
-    assert_eq!(receiver.received().len(), 3);
+    assert!(err.to_string().contains("after 2 attempts"), "{err}");
+    assert!(elapsed >= Duration::from_millis(1000) && elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert_eq!(receiver.received().len(), 2);
 }
 
 #[tokio::test]
-async fn an_unreachable_webhook_fails_after_max_attempts() {
+async fn an_unreachable_webhook_fails_when_the_window_ends() {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -467,8 +579,8 @@ async fn an_unreachable_webhook_fails_after_max_attempts() {
     let started = Instant::now();
     let err = deliverer.deliver(Channel::Webhook, &message("t", Purpose::Verification)).await.unwrap_err();
     assert!(matches!(err, DeliveryError::Webhook { status: None, .. }), "{err:?}");
-    assert!(err.to_string().contains("after 3 attempts"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(err.to_string().contains("gave up after"), "{err}");
+    assert!(started.elapsed() < WINDOW + Duration::from_millis(500), "{:?}", started.elapsed());
     assert_no_code(&err);
 }
 

@@ -128,8 +128,9 @@ fn email_codes_reach_a_real_smtp_server_for_step_up_and_the_api() {
 
 #[test]
 fn webhook_codes_are_signed_retried_and_failures_become_failed() {
-    // Two 503s first: the server retries with backoff and the third attempt lands.
-    let receiver = Receiver::start(vec![503, 503]);
+    // Three 503s first (more than the three attempts delivery used to give up after):
+    // the server retries with backoff and the fourth attempt lands.
+    let receiver = Receiver::start(vec![503, 503, 503]);
     let url = format!("http://127.0.0.1:{}/otp", receiver.port);
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start_with_env(
@@ -155,7 +156,7 @@ fn webhook_codes_are_signed_retried_and_failures_become_failed() {
         assert!(Instant::now() < deadline, "the webhook never arrived");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(receiver.requests.load(Ordering::SeqCst), 3, "two 503s, then success");
+    assert_eq!(receiver.requests.load(Ordering::SeqCst), 4, "three 503s, then success");
     assert_eq!(receiver.bad_signatures.load(Ordering::SeqCst), 0);
     let payload = receiver.received.lock().unwrap()[0].clone();
     assert_eq!(payload["verification_id"], id.as_str());
@@ -188,12 +189,15 @@ fn webhook_codes_are_signed_retried_and_failures_become_failed() {
 
 #[test]
 fn a_webhook_that_keeps_failing_marks_the_verification_failed() {
-    let receiver = Receiver::start(vec![500, 500, 500, 500, 500, 500]);
+    let receiver = Receiver::start(vec![500; 6]);
     let url = format!("http://127.0.0.1:{}/otp", receiver.port);
     let tmp = tempfile::tempdir().unwrap();
+    // The window comes from the file and the URL from the flag: both must count.
+    let config = tmp.path().join("onetrip.toml");
+    std::fs::write(&config, "[otp.webhook]\nretry_window_secs = 4\n").unwrap();
     let server = Server::start_with_env(
         &tmp.path().join("data"),
-        &["--webhook-url", &url],
+        &["--webhook-url", &url, "--config", config.to_str().unwrap()],
         &[("ONETRIP_WEBHOOK_SECRET", WEBHOOK_SECRET)],
     )
     .unwrap();
@@ -206,9 +210,19 @@ fn a_webhook_that_keeps_failing_marks_the_verification_failed() {
         "/v1/otp/verifications",
         &serde_json::json!({ "to": "+15550000000", "channel": "webhook" }),
     );
+    let created = Instant::now();
+    assert_eq!(r.status, 201, "the create call does not wait for the retries");
     let id = r.json()["id"].as_str().unwrap().to_owned();
     wait_for_status(&server, &svc, &id, "failed");
-    assert_eq!(receiver.requests.load(Ordering::SeqCst), 3, "bounded retries");
+    let elapsed = created.elapsed();
+    // 0.5 s doubling with jitter from the upper half: the 4th attempt starts by 3.5 s,
+    // a 6th could not start before 7.75 s, past the 4 s window.
+    let attempts = receiver.requests.load(Ordering::SeqCst);
+    assert!((4..=5).contains(&attempts), "{attempts} attempts in a 4 s window");
+    assert!(elapsed < Duration::from_secs(6), "{elapsed:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(receiver.requests.load(Ordering::SeqCst), attempts, "attempts after the window");
+    assert_eq!(audit_outcomes(&server, "otp.deliver"), ["failed: delivery_failed"]);
     // A failed verification compares nothing.
     let r = call(
         &server,

@@ -67,7 +67,10 @@ pub(super) fn settings(cli: &Cli, args: Option<&ServeArgs>) -> Result<Settings, 
             max_code_failures: a.otp_max_code_failures,
             lockout_secs: a.otp_lockout_secs,
             smtp,
-            webhook: a.webhook_url.clone().map(|url| crate::config::WebhookFileConfig { url: Some(url) }),
+            webhook: a
+                .webhook_url
+                .clone()
+                .map(|url| crate::config::WebhookFileConfig { url: Some(url), retry_window_secs: None }),
         });
     }
     Settings::merge(overrides, file, default_data_dir())

@@ -117,6 +117,12 @@ pub enum ConfigError {
     /// `otp.webhook.url` without a usable `ONETRIP_WEBHOOK_SECRET`.
     #[error("otp.webhook.url needs ONETRIP_WEBHOOK_SECRET (at least 16 characters)")]
     WebhookSecret,
+    /// `otp.webhook.retry_window_secs` is out of range.
+    #[error("otp.webhook.retry_window_secs must be between 0 (one attempt) and {max} (1 hour)")]
+    WebhookRetryWindow {
+        /// The largest window accepted.
+        max: u64,
+    },
     /// An OTP send or API rate is zero.
     #[error(
         "otp.sends_per_destination, otp.sends_per_key, otp.api_rate_per_ip and otp.api_rate_per_key must be \

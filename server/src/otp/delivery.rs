@@ -2,6 +2,9 @@
 //! gateways and push services, and the development console. Each attempt has a
 //! timeout; transient failures are retried with exponential backoff and jitter, and a
 //! delivery that still fails is an error for the caller to record, never silence.
+//! Email gets a fixed number of attempts; the webhook keeps retrying over a window
+//! (`[otp.webhook] retry_window_secs`) so that a gateway blip of a minute or two does
+//! not cost the code, and never past the code's own expiry.
 //!
 //! # Webhook signatures
 //!
@@ -21,8 +24,9 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use onetrip_protocol::Channel;
 use serde::{Deserialize, Serialize};
@@ -39,8 +43,11 @@ pub use webhook::{
     verify_webhook_signature, webhook_signature, MAX_WEBHOOK_TO_LEN, SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };
 
-/// Longest backoff between two attempts, whatever the attempt count.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest backoff between two attempts, whatever the attempt count: over a two-minute
+/// window a receiver back from an outage hears from us within 15 s.
+const MAX_BACKOFF: Duration = Duration::from_secs(15);
+/// Longest `Retry-After` honoured; beyond it the window ends the delivery anyway.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3_600);
 
 /// How the SMTP connection is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -109,8 +116,11 @@ pub struct DeliveryConfig {
     pub webhook: Option<WebhookSettings>,
     /// Print console-channel codes on stderr (development only).
     pub console_codes: bool,
-    /// Attempts per delivery, the first included (at least 1).
+    /// Email attempts per delivery, the first included (at least 1).
     pub max_attempts: u32,
+    /// How long a webhook delivery keeps retrying after its first attempt; never past
+    /// the code's expiry. Zero: one attempt.
+    pub webhook_retry_window: Duration,
     /// Wait before the second attempt; doubled for each further one, with jitter.
     pub initial_backoff: Duration,
     /// Limit for one attempt (connect, send, answer).
@@ -124,6 +134,7 @@ impl Default for DeliveryConfig {
             webhook: None,
             console_codes: false,
             max_attempts: 3,
+            webhook_retry_window: Duration::from_secs(120),
             initial_backoff: Duration::from_millis(500),
             timeout: Duration::from_secs(10),
         }
@@ -208,7 +219,16 @@ pub enum DeliveryError {
     /// The delivery settings are unusable (at start-up).
     #[error("invalid delivery settings: {0}")]
     Config(String),
+    /// Retries stopped because the code is no longer wanted (a resend replaced it, or
+    /// the verification was checked or cancelled): not a failure of the channel.
+    #[error("delivery stopped: {0}")]
+    Superseded(String),
 }
+
+/// Asked before each retry: `false` stops the delivery with
+/// [`DeliveryError::Superseded`]. A retry window lasts minutes, and a code replaced or
+/// settled meanwhile must not reach the recipient late.
+pub type StillWanted<'a> = &'a (dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync);
 
 fn setup_hint(channel: &str) -> &'static str {
     match channel {
@@ -226,6 +246,7 @@ impl DeliveryError {
             DeliveryError::InvalidDestination { .. } => "invalid_destination",
             DeliveryError::Smtp(_) | DeliveryError::Webhook { .. } | DeliveryError::Template(_) => "delivery_failed",
             DeliveryError::Config(_) => "invalid_configuration",
+            DeliveryError::Superseded(_) => "superseded",
         }
     }
 }
@@ -277,7 +298,11 @@ impl Deliverer {
             timeout: config.timeout,
         };
         let smtp = config.smtp.as_ref().map(|s| Smtp::new(s, config.timeout)).transpose()?;
-        let webhook = config.webhook.as_ref().map(|w| Webhook::new(w, config.timeout)).transpose()?;
+        let webhook = config
+            .webhook
+            .as_ref()
+            .map(|w| Webhook::new(w, config.timeout, config.webhook_retry_window))
+            .transpose()?;
         Ok(Self { inner: Arc::new(Inner { console_codes: config.console_codes, retry, smtp, webhook }) })
     }
 
@@ -305,8 +330,19 @@ impl Deliverer {
     }
 
     /// Sends `msg` on `channel`, retrying transient failures; `Err` once the attempts
-    /// are spent or on a permanent refusal.
+    /// (email) or the retry window (webhook) are spent, on a permanent refusal, or when
+    /// the code expired (`msg.ttl_secs` is 0) before it could be sent.
     pub async fn deliver(&self, channel: Channel, msg: &OtpMessage<'_>) -> Result<DeliveryReport, DeliveryError> {
+        self.deliver_while(channel, msg, &|| Box::pin(async { true })).await
+    }
+
+    /// [`Deliverer::deliver`], asking `still_wanted` before each webhook retry.
+    pub async fn deliver_while(
+        &self,
+        channel: Channel,
+        msg: &OtpMessage<'_>,
+        still_wanted: StillWanted<'_>,
+    ) -> Result<DeliveryReport, DeliveryError> {
         self.validate(channel, msg.to)?;
         match (channel, &self.inner.smtp, &self.inner.webhook) {
             (Channel::Totp, _, _) => Ok(DeliveryReport { attempts: 0 }),
@@ -315,7 +351,7 @@ impl Deliverer {
                 Ok(DeliveryReport { attempts: 1 })
             }
             (Channel::Email, Some(smtp), _) => smtp.send(&self.inner.retry, msg).await,
-            (Channel::Webhook, _, Some(webhook)) => webhook.send(&self.inner.retry, msg).await,
+            (Channel::Webhook, _, Some(webhook)) => webhook.send(&self.inner.retry, msg, still_wanted).await,
             _ => Err(DeliveryError::NotConfigured { channel: channel.as_str() }),
         }
     }
@@ -338,6 +374,14 @@ impl Deliverer {
 fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn plural(n: u32) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
 }
 
 fn unix_now() -> u64 {
@@ -365,14 +409,43 @@ struct Failure {
     retry: bool,
     status: Option<u16>,
     message: String,
+    /// The receiver's `Retry-After`, if it gave one.
+    retry_after: Option<Duration>,
+    /// Stopped because the code is no longer wanted, not because the channel failed.
+    superseded: bool,
 }
 
 impl Failure {
     fn transient(status: Option<u16>, message: String) -> Self {
-        Self { retry: true, status, message }
+        Self { retry: true, status, message, retry_after: None, superseded: false }
     }
     fn permanent(status: Option<u16>, message: String) -> Self {
-        Self { retry: false, status, message }
+        Self { retry: false, status, message, retry_after: None, superseded: false }
+    }
+}
+
+/// When a delivery stops retrying.
+#[derive(Debug, Clone, Copy)]
+enum Budget {
+    /// A fixed number of attempts, the first included (email).
+    Attempts(u32),
+    /// No attempt starts at or after `retry_until`, and none runs past `expires` (the
+    /// code's expiry: a code that can no longer be used must not be sent).
+    Window {
+        /// End of the retry window (at most `expires`).
+        retry_until: Instant,
+        /// The code's expiry.
+        expires: Instant,
+    },
+}
+
+impl Budget {
+    /// The retry window starting now: `window`, cut short by a code that expires in
+    /// `ttl_secs`.
+    fn window(window: Duration, ttl_secs: u64) -> Self {
+        let now = Instant::now();
+        let expires = now + Duration::from_secs(ttl_secs.min(86_400 * 366));
+        Budget::Window { retry_until: (now + window).min(expires), expires }
     }
 }
 
@@ -384,33 +457,66 @@ struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Runs `attempt` until it succeeds, fails permanently, or `max_attempts` are spent.
-    /// The final failure's message says how many attempts were made.
+    /// Runs `attempt` (given its time limit) until it succeeds, fails permanently, or
+    /// `budget` is spent. The final failure's message says how many attempts were made.
     async fn run<F, Fut>(
         &self,
         channel: &'static str,
         msg: &OtpMessage<'_>,
+        budget: Budget,
+        still_wanted: Option<StillWanted<'_>>,
         mut attempt: F,
     ) -> Result<DeliveryReport, Failure>
     where
-        F: FnMut() -> Fut,
+        F: FnMut(Duration) -> Fut,
         Fut: Future<Output = Result<(), Failure>>,
     {
         let mut n = 0;
         loop {
+            let timeout = match budget {
+                Budget::Attempts(_) => self.timeout,
+                Budget::Window { expires, .. } => {
+                    let left = expires.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Failure::permanent(
+                            None,
+                            format!("the code expired before it could be sent (after {n} attempt{})", plural(n)),
+                        ));
+                    }
+                    // An attempt still in flight at expiry would hand over a dead code.
+                    self.timeout.min(left)
+                }
+            };
             n += 1;
-            match attempt().await {
+            match attempt(timeout).await {
                 Ok(()) => return Ok(DeliveryReport { attempts: n }),
-                Err(mut f) if !f.retry || n >= self.max_attempts => {
-                    let why = if f.retry { "gave up" } else { "not retried" };
-                    f.message = format!("{} ({why} after {n} attempt{})", f.message, if n == 1 { "" } else { "s" });
+                Err(mut f) if !f.retry => {
+                    f.message = format!("{} (not retried after {n} attempt{})", f.message, plural(n));
                     return Err(f);
                 }
-                Err(f) => {
-                    let wait = self.backoff(n);
+                Err(mut f) => {
+                    // A receiver's Retry-After is honoured (never retried sooner), but
+                    // never below our own backoff: `Retry-After: 0` must not become a
+                    // tight loop over the whole window.
+                    let backoff = self.backoff(n);
+                    let wait = f.retry_after.map_or(backoff, |asked| asked.min(MAX_RETRY_AFTER).max(backoff));
+                    let spent = match budget {
+                        Budget::Attempts(max) => n >= max,
+                        Budget::Window { retry_until, .. } => Instant::now() + wait >= retry_until,
+                    };
+                    if spent {
+                        f.message = format!("{} (gave up after {n} attempt{})", f.message, plural(n));
+                        return Err(f);
+                    }
                     tracing::warn!(channel, operation = msg.verification_id, destination = %mask_destination(msg.to),
                         attempt = n, error = %f.message, retry_in = ?wait, "OTP delivery attempt failed");
                     tokio::time::sleep(wait).await;
+                    if let Some(wanted) = still_wanted {
+                        if !wanted().await {
+                            let message = format!("the code was replaced or settled after {n} attempt{}", plural(n));
+                            return Err(Failure { superseded: true, ..Failure::permanent(f.status, message) });
+                        }
+                    }
                 }
             }
         }

@@ -549,7 +549,9 @@ pub async fn get(
 }
 
 /// Sends `code` on the verification's channel without holding up the caller; a
-/// delivery that fails after its retries marks the verification `failed`.
+/// delivery that fails after its retries (a webhook retries for minutes) marks the
+/// verification `failed`, unless a resend has replaced the code meanwhile: that
+/// newer code has its own delivery, and the old one's failure says nothing about it.
 fn deliver_in_background(state: &AppState, v: &Verification, owner_name: String, code: Zeroizing<String>) {
     let Some(channel) = parse_channel(&v.channel) else { return };
     let state = state.clone();
@@ -569,13 +571,30 @@ fn deliver_in_background(state: &AppState, v: &Verification, owner_name: String,
             locale: v.locale.as_deref(),
             purpose,
         };
-        let result = state.delivery.deliver(channel, &message).await;
-        state.metrics.otp.delivery(channel, result.is_ok());
+        let (vid, sent) = (v.id, v.sends);
+        let lookup = state.clone();
+        let still_wanted = move || -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> {
+            let state = lookup.clone();
+            Box::pin(async move {
+                match state.store.get_verification(vid).await {
+                    Ok(Some(cur)) => cur.status == Status::Pending && cur.sends == sent,
+                    Ok(None) => false,
+                    // A store blip must not cost the code: keep trying.
+                    Err(_) => true,
+                }
+            })
+        };
+        let result = state.delivery.deliver_while(channel, &message, &still_wanted).await;
         let now = state.now();
-        let vid = v.id;
-        let failed = result.is_err();
+        let superseded = matches!(result, Err(crate::otp::delivery::DeliveryError::Superseded(_)));
+        // A stop for a replaced or settled code says nothing about the channel.
+        if !superseded {
+            state.metrics.otp.delivery(channel, result.is_ok());
+        }
+        let failed = result.is_err() && !superseded;
         let outcome = match &result {
             Ok(report) => format!("delivered after {} attempt(s)", report.attempts),
+            Err(e @ crate::otp::delivery::DeliveryError::Superseded(_)) => format!("stopped: {}", e.code()),
             Err(e) => {
                 tracing::warn!(verification = %id, channel = channel.as_str(), error = %e, "OTP delivery failed");
                 format!("failed: {}", e.code())
@@ -585,7 +604,11 @@ fn deliver_in_background(state: &AppState, v: &Verification, owner_name: String,
             let r = ports::update_verification(
                 &*state.store,
                 vid,
-                |v| v.delivery_failed(),
+                move |v| {
+                    if v.sends == sent {
+                        v.delivery_failed();
+                    }
+                },
                 move |v, _| Some(audit_entry(now, "otp.deliver", v, &outcome)),
             )
             .await;

@@ -13,8 +13,8 @@ use rand::RngCore;
 use zeroize::Zeroizing;
 
 use super::{
-    describe, is_loopback, DeliveryError, DeliveryReport, Failure, OtpMessage, Purpose, RetryPolicy, SmtpSettings,
-    SmtpTls,
+    describe, is_loopback, Budget, DeliveryError, DeliveryReport, Failure, OtpMessage, Purpose, RetryPolicy,
+    SmtpSettings, SmtpTls,
 };
 
 /// Subject of every code mail; it carries no code, so lock-screen previews and mail
@@ -82,7 +82,7 @@ impl Smtp {
         let raw = format_message(&self.from, &to, msg, SystemTime::now());
         let timeout = retry.timeout;
         let outcome = retry
-            .run("email", msg, || async {
+            .run("email", msg, Budget::Attempts(retry.max_attempts), None, |_| async {
                 match tokio::time::timeout(timeout, self.transport.send_raw(&envelope, raw.as_bytes())).await {
                     Err(_) => {
                         Err(Failure::transient(None, format!("no answer from the SMTP relay within {timeout:?}")))

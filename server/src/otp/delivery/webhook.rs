@@ -3,7 +3,7 @@
 //! module's documentation).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use hmac::digest::KeyInit;
@@ -19,8 +19,8 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use super::{
-    describe, is_loopback, unix_now, DeliveryError, DeliveryReport, Failure, OtpMessage, Purpose, RetryPolicy,
-    WebhookSettings,
+    describe, is_loopback, unix_now, Budget, DeliveryError, DeliveryReport, Failure, OtpMessage, Purpose, RetryPolicy,
+    StillWanted, WebhookSettings,
 };
 
 /// Longest webhook destination (`to`), in bytes.
@@ -38,12 +38,14 @@ const MAX_RESPONSE_BODY: usize = 16 * 1024;
 pub(super) struct Webhook {
     pub(super) url: Uri,
     secret: Zeroizing<Vec<u8>>,
+    /// How long a delivery keeps retrying (see [`Budget::window`]).
+    retry_window: Duration,
     client: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Webhook {
     /// Checks the settings and builds the client (no connection is made yet).
-    pub(super) fn new(w: &WebhookSettings, timeout: Duration) -> Result<Self, DeliveryError> {
+    pub(super) fn new(w: &WebhookSettings, timeout: Duration, retry_window: Duration) -> Result<Self, DeliveryError> {
         let config = DeliveryError::Config;
         let url: Uri = w.url.parse().map_err(|e| config(format!("webhook_url `{}` is not a URL: {e}", w.url)))?;
         match (url.scheme_str(), url.host()) {
@@ -74,44 +76,48 @@ impl Webhook {
             .enable_http1()
             .wrap_connector(http);
         let client = HyperClient::builder(TokioExecutor::new()).build(connector);
-        Ok(Self { url, secret: Zeroizing::new(w.secret.as_bytes().to_vec()), client })
+        Ok(Self { url, secret: Zeroizing::new(w.secret.as_bytes().to_vec()), retry_window, client })
     }
 
-    /// Posts `msg`, retrying connection failures, timeouts, 408, 429 and 5xx; any
-    /// other non-2xx answer ends it at once. Each attempt is signed afresh.
+    /// Posts `msg`, retrying connection failures, timeouts, 408, 429 (after its
+    /// `Retry-After`) and 5xx until the retry window or the code's life ends; any other
+    /// non-2xx answer ends it at once. Each attempt is signed afresh.
     pub(super) async fn send(
         &self,
         retry: &RetryPolicy,
         msg: &OtpMessage<'_>,
+        still_wanted: StillWanted<'_>,
     ) -> Result<DeliveryReport, DeliveryError> {
         let body = payload(msg)?;
-        let timeout = retry.timeout;
+        let body: &[u8] = &body;
+        let budget = Budget::window(self.retry_window, msg.ttl_secs);
         let outcome = retry
-            .run("webhook", msg, || async {
+            .run("webhook", msg, budget, Some(still_wanted), |timeout| async move {
                 let timestamp = unix_now().to_string();
                 let request = Request::post(self.url.clone())
                     .header(http::header::CONTENT_TYPE, "application/json")
                     .header(http::header::USER_AGENT, concat!("onetrip/", env!("CARGO_PKG_VERSION")))
                     .header(TIMESTAMP_HEADER, &timestamp)
-                    .header(SIGNATURE_HEADER, webhook_signature(&self.secret, &timestamp, &body))
-                    .body(Full::new(Bytes::copy_from_slice(&body)))
+                    .header(SIGNATURE_HEADER, webhook_signature(&self.secret, &timestamp, body))
+                    .body(Full::new(Bytes::copy_from_slice(body)))
                     .map_err(|e| Failure::permanent(None, format!("cannot build the request: {e}")))?;
                 let exchange = async {
                     let response = self.client.request(request).await.map_err(|e| describe(&e))?;
                     let status = response.status();
+                    let retry_after = response.headers().get(http::header::RETRY_AFTER).and_then(parse_retry_after);
                     // Drained so the pooled connection can be reused; never logged (a
                     // receiver might echo the code).
                     let _ = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BODY).collect().await;
-                    Ok::<_, String>(status)
+                    Ok::<_, String>((status, retry_after))
                 };
                 match tokio::time::timeout(timeout, exchange).await {
                     Err(_) => Err(Failure::transient(None, format!("no answer from the receiver within {timeout:?}"))),
                     Ok(Err(e)) => Err(Failure::transient(None, format!("{e}; check webhook_url"))),
-                    Ok(Ok(status)) if status.is_success() => Ok(()),
-                    Ok(Ok(status)) => {
+                    Ok(Ok((status, _))) if status.is_success() => Ok(()),
+                    Ok(Ok((status, retry_after))) => {
                         let message = format!("the receiver answered HTTP {}", status.as_u16());
                         if retryable(status) {
-                            Err(Failure::transient(Some(status.as_u16()), message))
+                            Err(Failure { retry_after, ..Failure::transient(Some(status.as_u16()), message) })
                         } else {
                             Err(Failure::permanent(Some(status.as_u16()), message))
                         }
@@ -119,7 +125,13 @@ impl Webhook {
                 }
             })
             .await;
-        outcome.map_err(|f| DeliveryError::Webhook { status: f.status, message: f.message })
+        outcome.map_err(|f| {
+            if f.superseded {
+                DeliveryError::Superseded(f.message)
+            } else {
+                DeliveryError::Webhook { status: f.status, message: f.message }
+            }
+        })
     }
 }
 
@@ -127,6 +139,17 @@ impl Webhook {
 /// answer means the receiver rejects this request as it is.
 fn retryable(status: StatusCode) -> bool {
     status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3); `None` when
+/// unreadable, and then our own backoff applies.
+fn parse_retry_after(value: &http::HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
 /// A webhook destination: 1 to 256 bytes, no control characters. Its meaning (phone
@@ -234,6 +257,18 @@ mod tests {
         assert!(!verify_webhook_signature(key, "x", b"{}", &sig, 1000, 300));
         assert!(!verify_webhook_signature(key, "1000", b"{}", "v1=zz", 1000, 300));
         assert!(!verify_webhook_signature(key, "1000", b"{}", "", 1000, 300));
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let parse = |s: &str| parse_retry_after(&http::HeaderValue::from_str(s).unwrap());
+        assert_eq!(parse("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse(" 0 "), Some(Duration::ZERO));
+        assert_eq!(parse("soon"), None);
+        assert_eq!(parse("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO), "a past date: now");
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let d = parse(&later).unwrap();
+        assert!((Duration::from_secs(118)..=Duration::from_secs(120)).contains(&d), "{d:?}");
     }
 
     #[test]
