@@ -360,10 +360,12 @@ impl Deliverer {
     fn console(&self, msg: &OtpMessage<'_>) {
         let to = mask_destination(msg.to);
         if self.inner.console_codes {
-            eprintln!(
-                "[onetrip console channel] code for {} (operation {}): {}",
+            // One write of the whole line: a reader of the log never sees half a code.
+            let line = zeroize::Zeroizing::new(format!(
+                "[onetrip console channel] code for {} (operation {}): {}\n",
                 msg.to, msg.verification_id, msg.code
-            );
+            ));
+            eprint!("{}", line.as_str());
         } else {
             tracing::info!(destination = %to, operation = msg.verification_id,
                 "console channel: code sent (start with --otp-console-codes to see it)");

@@ -119,7 +119,10 @@ impl Server {
     pub fn console_code(&self, id: &str) -> String {
         let marker = format!("(operation {id}): ");
         for _ in 0..250 {
-            if let Some(line) = self.stderr().lines().rev().find(|l| l.contains(&marker)) {
+            // Complete lines only: the server may be writing the last one right now.
+            let text = self.stderr();
+            let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+            if let Some(line) = complete.lines().rev().find(|l| l.contains(&marker)) {
                 return line.rsplit(": ").next().unwrap().trim().to_owned();
             }
             std::thread::sleep(Duration::from_millis(20));
