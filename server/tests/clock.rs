@@ -441,3 +441,27 @@ fn a_server_key_rotation_costs_the_client_one_refetch_once_the_overlap_is_over()
     assert_eq!(client.handshakes(), 4, "one stale attempt, one refetch, one success");
     assert_eq!(h.metric("onetrip_handshakes_total{status=\"server_key_changed\"}"), 1);
 }
+
+/// Admin changes on a running server are stamped with the server's clock, so that a
+/// rotation's times agree with the clock that later judges them.
+#[test]
+fn admin_changes_take_the_servers_clock_not_the_systems() {
+    let h = Harness::start();
+    let later = h.now() + 400 * 86_400;
+    h.set_clock(later);
+    let created = h.admin(AdminRequest::KeysCreate {
+        name: "stamped".into(),
+        scopes: vec![],
+        audiences: vec![],
+        require_otp: false,
+        otp_to: None,
+    });
+    assert_eq!(created["created_at"], later, "{created}");
+    let rotated = h.admin(AdminRequest::ServerKeyRotate { overlap_secs: 60 });
+    let new_id = rotated["new_key_id"].as_str().expect("new key id").to_owned();
+    let new_key = rotated["keys"]
+        .as_array()
+        .and_then(|keys| keys.iter().find(|k| k["key_id"] == new_id.as_str()).cloned())
+        .unwrap_or_else(|| panic!("the new key is listed: {rotated}"));
+    assert_eq!(new_key["not_before"], later, "{new_key}");
+}

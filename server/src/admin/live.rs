@@ -20,6 +20,11 @@ pub trait Live: Send + Sync {
     fn server_key_lifetime_secs(&self) -> u64 {
         crate::store::DEFAULT_SERVER_KEY_LIFETIME_SECS
     }
+    /// The server's time (its injectable clock), which admin changes are stamped
+    /// with, so that a rotation's times agree with the clock that judges them.
+    fn now(&self) -> u64 {
+        crate::state::unix_now()
+    }
     /// A token was revoked until `until`.
     async fn token_revoked(&self, _token_id: [u8; 16], _until: u64) -> Result<(), LiveError> {
         Ok(())
@@ -32,6 +37,10 @@ pub trait Live: Send + Sync {
 
 #[async_trait::async_trait]
 impl Live for AppState {
+    fn now(&self) -> u64 {
+        AppState::now(self)
+    }
+
     async fn key_changed(&self, id: KeyId, record: &ApiKeyRecord) {
         match KeyEntry::new(id, record.clone()) {
             Some(entry) => {

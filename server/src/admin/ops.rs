@@ -25,7 +25,8 @@ pub async fn execute(
     req: AdminRequest,
     actor: &Actor,
 ) -> Result<serde_json::Value, AdminError> {
-    let now = unix_now();
+    // A running server's own clock (tests move it); the system's for the CLI alone.
+    let now = live.map_or_else(unix_now, |l| l.now());
     match req {
         AdminRequest::KeysCreate { name, scopes, audiences, require_otp, otp_to } => {
             let spec = NewKeySpec::checked(name, scopes, audiences, require_otp, otp_to)?;
