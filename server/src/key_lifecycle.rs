@@ -106,6 +106,16 @@ mod tests {
 
     /// A fresh store in `dir` and its state, on a clock standing at `start` (the
     /// state's first document is signed at exactly `start`).
+    /// Handshake keys that live 100 s with a 20 s overlap, documents 10 s: a whole
+    /// lifecycle in a few moves of the clock.
+    fn short_key_policy(dir: &std::path::Path) -> Settings {
+        let mut settings = Settings::defaults(dir.into());
+        settings.server_key_lifetime_secs = 100;
+        settings.server_key_overlap_secs = 20;
+        settings.server_key_document_ttl_secs = 10;
+        settings
+    }
+
     async fn state_at(dir: &std::path::Path, start: u64, settings: Settings) -> AppState {
         let (store, _) = Store::open_or_init(dir, None, start).expect("store");
         let clock = Arc::new(ManualClock::at(start));
@@ -131,10 +141,7 @@ mod tests {
     async fn the_task_rotates_and_destroys_the_retired_key_without_any_rotate_command() {
         let dir = tempfile::tempdir().expect("temp dir");
         let start = unix_now();
-        let mut settings = Settings::defaults(dir.path().into());
-        settings.server_key_lifetime_secs = 100;
-        settings.server_key_overlap_secs = 20;
-        settings.server_key_document_ttl_secs = 10;
+        let settings = short_key_policy(dir.path());
         let state = state_at(dir.path(), start, settings).await;
         // The first key was fitted to the policy at start: valid start ..= start + 100.
         let first = stored_ids(&state).await;
@@ -210,10 +217,7 @@ mod tests {
         use crate::admin::{execute, Actor, AdminRequest};
         let dir = tempfile::tempdir().expect("temp dir");
         let start = unix_now();
-        let mut settings = Settings::defaults(dir.path().into());
-        settings.server_key_lifetime_secs = 100;
-        settings.server_key_overlap_secs = 20;
-        settings.server_key_document_ttl_secs = 10;
+        let settings = short_key_policy(dir.path());
         let state = state_at(dir.path(), start, settings).await;
         let first_server_key = stored_ids(&state).await[0];
         let (logs, _guard) = capture_logs();

@@ -3,6 +3,8 @@
 //! batch is all there or not there at all; a running server then precomputes (or
 //! drops) only the keys that changed.
 
+use std::collections::HashSet;
+
 use onetrip_protocol::api_key::KeyId;
 
 use super::answers::{KeyCreated, KeySummary, KeysCreated, KeysRevoked};
@@ -79,11 +81,19 @@ pub(super) async fn revoke_many(
             live.key_changed(*id, record).await;
         }
     }
-    let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    // Sets: a batch is up to 10,000 ids, too many for pairwise look-ups.
+    let seen: HashSet<[u8; 16]> = std::mem::take(&mut *seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        .iter()
+        .map(|id: &KeyId| *id.as_bytes())
+        .collect();
+    let fresh: HashSet<[u8; 16]> = written.iter().map(|(id, _)| *id.as_bytes()).collect();
     let revoked: Vec<String> = written.iter().map(|(id, _)| id.to_string()).collect();
-    let already_revoked =
-        seen.iter().filter(|id| !written.iter().any(|(w, _)| w == *id)).map(KeyId::to_string).collect();
-    let not_found = wanted.iter().filter(|id| !seen.contains(id)).map(KeyId::to_string).collect();
+    let already_revoked = wanted
+        .iter()
+        .filter(|id| seen.contains(id.as_bytes()) && !fresh.contains(id.as_bytes()))
+        .map(KeyId::to_string)
+        .collect();
+    let not_found = wanted.iter().filter(|id| !seen.contains(id.as_bytes())).map(KeyId::to_string).collect();
     Ok(KeysRevoked { revoked, already_revoked, not_found })
 }
 

@@ -58,7 +58,10 @@ pub(super) async fn create_many(cli: &Cli, batch: Batch, count: u64, out: &Path,
                 })
             }
         };
-        let mut text = String::with_capacity(created.keys.len() * 64);
+        // The batch's secrets, wiped once written (sized exactly: no reallocation
+        // leaves an unwiped copy behind).
+        let size = created.keys.iter().map(|k| k.api_key.expose().len() + 1).sum();
+        let mut text = zeroize::Zeroizing::new(String::with_capacity(size));
         for key in &created.keys {
             text.push_str(key.api_key.expose());
             text.push('\n');
