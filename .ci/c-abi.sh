@@ -41,6 +41,9 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 gcc -Wall -Wextra -Werror -std=c11 -pthread -I bindings/c/include \
   bindings/c/tests/c/onetrip_test.c target/debug/libonetrip.a -lm -ldl -o "$out/onetrip_test_static"
+# The README's C driver (notes/c-abi.md; bindings/c/examples/driver.c) builds too.
+gcc -Wall -Wextra -Werror -std=c11 -I bindings/c/include bindings/c/examples/driver.c \
+  -L target/debug -lonetrip -o "$out/driver"
 echo "static link ok ($(du -h "$out/onetrip_test_static" | cut -f1))"
 # The C program's run against a real server, plainly and under valgrind, is
 # `cargo test -p onetrip-ffi --test c_program`, part of `cargo test --workspace`.

@@ -53,6 +53,11 @@
 #define ONETRIP_RESPONSE_LEN 400
 
 /**
+ * Length of a database login credential (`otl1.…`, without a NUL).
+ */
+#define ONETRIP_LOGIN_CREDENTIAL_LEN 507
+
+/**
  * Bytes of a second-factor operation id.
  */
 #define ONETRIP_OPERATION_LEN 16
@@ -237,6 +242,28 @@ typedef struct onetrip_claims {
   char scopes[ONETRIP_SCOPES_SIZE];
 } onetrip_claims;
 
+/**
+ * A verified login credential: its token's claims, the replay id to refuse a second
+ * use with, and until when remembering that id matters. Caller-owned; nothing in it
+ * needs freeing.
+ */
+typedef struct onetrip_login {
+  /**
+   * The token's claims.
+   */
+  struct onetrip_claims claims;
+  /**
+   * Unique per credential: a database that refuses replays keeps the ids it has
+   * accepted until `not_after` and refuses one it has seen.
+   */
+  uint8_t replay_id[ONETRIP_REPLAY_ID_LEN];
+  /**
+   * Unix seconds after which this credential no longer verifies (so its replay id
+   * may be forgotten).
+   */
+  uint64_t not_after;
+} onetrip_login;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -345,6 +372,27 @@ enum onetrip_status onetrip_client_token_with_code(const struct onetrip_client *
                                                    char *buf,
                                                    size_t buf_len,
                                                    size_t *out_len);
+
+/**
+ * Writes a database login credential for `user` (and `database`, or NULL when the
+ * database side cannot see the database name) into `buf`: an `otl1.…` string of
+ * `ONETRIP_LOGIN_CREDENTIAL_LEN` characters to send as the password. It carries the
+ * token and a proof bound to user, database, audience and the current time; the
+ * database checks it with `onetrip_verifier_verify_login`. A new credential per
+ * connection: each has its own replay id. Buffer rules as `onetrip_client_token`;
+ * wipe the buffer when done.
+ *
+ * # Safety
+ * `client` is a live handle; `user` is NUL-terminated; `database` is NULL or
+ * NUL-terminated; `buf` is NULL or has `buf_len` writable bytes; `out_len` is NULL
+ * or writable.
+ */
+enum onetrip_status onetrip_client_login_credential(const struct onetrip_client *client,
+                                                    const char *user,
+                                                    const char *database,
+                                                    char *buf,
+                                                    size_t buf_len,
+                                                    size_t *out_len);
 
 /**
  * Signs one request to a resource server: writes the `Authorization` value into
@@ -552,6 +600,28 @@ enum onetrip_status onetrip_verifier_verify_request(const struct onetrip_verifie
                                                     uint64_t window_secs,
                                                     struct onetrip_claims *claims,
                                                     uint8_t *replay_id);
+
+/**
+ * Verifies a database login credential (the password a driver sent) for `user` and
+ * `database` (NULL when the database side cannot see the database name; it must
+ * then have been made with NULL too) at the current time, within the credential's
+ * clock window. Fills `*login` when not NULL. Refusing a credential already used is
+ * the caller's: keep `login->replay_id` until `login->not_after`.
+ *
+ * `ONETRIP_STATUS_LOGIN_INVALID` for a malformed or altered credential, or one for
+ * another user, database or audience; `ONETRIP_STATUS_TOKEN_EXPIRED`,
+ * `ONETRIP_STATUS_CLOCK_SKEW` (outside the window), `ONETRIP_STATUS_TOKEN_INVALID`
+ * (a token this verifier cannot open).
+ *
+ * # Safety
+ * `verifier` is a live handle; `credential` and `user` are NUL-terminated;
+ * `database` is NULL or NUL-terminated; `login` is NULL or writable.
+ */
+enum onetrip_status onetrip_verifier_verify_login(const struct onetrip_verifier *verifier,
+                                                  const char *credential,
+                                                  const char *user,
+                                                  const char *database,
+                                                  struct onetrip_login *login);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -156,6 +156,42 @@ pub unsafe extern "C" fn onetrip_client_token_with_code(
     })
 }
 
+/// Writes a database login credential for `user` (and `database`, or NULL when the
+/// database side cannot see the database name) into `buf`: an `otl1.…` string of
+/// `ONETRIP_LOGIN_CREDENTIAL_LEN` characters to send as the password. It carries the
+/// token and a proof bound to user, database, audience and the current time; the
+/// database checks it with `onetrip_verifier_verify_login`. A new credential per
+/// connection: each has its own replay id. Buffer rules as `onetrip_client_token`;
+/// wipe the buffer when done.
+///
+/// # Safety
+/// `client` is a live handle; `user` is NUL-terminated; `database` is NULL or
+/// NUL-terminated; `buf` is NULL or has `buf_len` writable bytes; `out_len` is NULL
+/// or writable.
+#[no_mangle]
+pub unsafe extern "C" fn onetrip_client_login_credential(
+    client: *const onetrip_client,
+    user: *const c_char,
+    database: *const c_char,
+    buf: *mut c_char,
+    buf_len: usize,
+    out_len: *mut usize,
+) -> onetrip_status {
+    guard(|| {
+        // SAFETY: the caller's contract covers each pointer.
+        let (client, user, database) = unsafe {
+            (
+                boundary::handle(client, "client")?,
+                boundary::text(user, "user")?,
+                boundary::optional_text(database, "database")?,
+            )
+        };
+        let credential = client.inner.login_credential(user, database)?;
+        // SAFETY: buffer contract forwarded from the caller.
+        unsafe { boundary::write_text(credential.as_str(), buf, buf_len, out_len, "the credential buffer") }
+    })
+}
+
 /// Signs one request to a resource server: writes the `Authorization` value into
 /// `authorization` and the `Onetrip-PoP` value into `pop`. For a database login,
 /// method `"CONNECT"`, path the database name and body the startup packet is one

@@ -10,9 +10,9 @@
 //! |---|---|
 //! | [`boundary`] | panic guard, per-thread last error, every pointer conversion |
 //! | [`status`] | `onetrip_status` and the mapping of every Rust error to it |
-//! | [`client`] | `onetrip_client_*`: the blocking client (token, step-up, signing) |
+//! | [`client`] | `onetrip_client_*`: the blocking client (token, step-up, signing, login credential) |
 //! | [`handshake`] | `onetrip_handshake_*`: the 384/400-byte handshake without I/O |
-//! | [`verifier`] | `onetrip_verifier_*`: token, signed-request checks in-process |
+//! | [`verifier`] | `onetrip_verifier_*`: token, signed-request and login checks in-process |
 //!
 //! Conventions, stated once here and in the header:
 //! - every function returns `onetrip_status` except `onetrip_version`,
@@ -44,10 +44,13 @@ pub const ONETRIP_POP_LEN: usize = 71;
 pub const ONETRIP_REQUEST_LEN: usize = 384;
 /// Bytes of a sans-IO handshake response.
 pub const ONETRIP_RESPONSE_LEN: usize = 400;
+/// Length of a database login credential (`otl1.…`, without a NUL).
+pub const ONETRIP_LOGIN_CREDENTIAL_LEN: usize = 507;
 /// Bytes of a second-factor operation id.
 pub const ONETRIP_OPERATION_LEN: usize = 16;
 
 const _: () = assert!(ONETRIP_AUTHORIZATION_LEN == "Onetrip ".len() + onetrip_protocol::token::TOKEN_BASE64_LEN);
+const _: () = assert!(ONETRIP_LOGIN_CREDENTIAL_LEN == onetrip_protocol::LOGIN_CREDENTIAL_MAX_LEN);
 const _: () = assert!(ONETRIP_POP_LEN == onetrip_protocol::pop::POP_HEADER_LEN);
 const _: () = assert!(ONETRIP_REQUEST_LEN == onetrip_protocol::REQUEST_LEN);
 const _: () = assert!(ONETRIP_RESPONSE_LEN == onetrip_protocol::RESPONSE_LEN);

@@ -3,7 +3,7 @@
 //! one code per thing a C caller would do differently (retry, ask for a code, fix a
 //! pin, fix the clock, get a new token); the message says the rest.
 
-use onetrip_client::{Error, PopError, TokenError};
+use onetrip_client::{Error, LoginError, PopError, TokenError};
 
 use crate::boundary::FfiError;
 
@@ -129,6 +129,21 @@ impl From<TokenError> for FfiError {
     }
 }
 
+impl From<LoginError> for FfiError {
+    fn from(e: LoginError) -> Self {
+        let status = match &e {
+            LoginError::Expired { .. } => onetrip_status::TokenExpired,
+            LoginError::ClockWindow { .. } => onetrip_status::ClockSkew,
+            LoginError::NameTooLong => onetrip_status::InvalidArgument,
+            LoginError::Token(t) => return t.clone().into(),
+            // Malformed, forged, for another user, database or audience: one code, as
+            // the verifier cannot tell "another user" from "altered".
+            _ => onetrip_status::LoginInvalid,
+        };
+        FfiError::new(status, e.to_string())
+    }
+}
+
 impl From<PopError> for FfiError {
     fn from(e: PopError) -> Self {
         TokenError::Pop(e).into()
@@ -190,5 +205,17 @@ mod tests {
             assert_eq!(FfiError::from(e).status, onetrip_status::TokenInvalid);
         }
         assert_eq!(FfiError::from(TokenError::NoKey).status, onetrip_status::InvalidArgument);
+    }
+
+    #[test]
+    fn login_errors_separate_expiry_clock_names_and_forgery() {
+        assert_eq!(FfiError::from(LoginError::Expired { expires_at: 1 }).status, onetrip_status::TokenExpired);
+        let window = LoginError::ClockWindow { timestamp: 1, now: 999 };
+        assert_eq!(FfiError::from(window).status, onetrip_status::ClockSkew);
+        assert_eq!(FfiError::from(LoginError::NameTooLong).status, onetrip_status::InvalidArgument);
+        for e in [LoginError::BadProof, LoginError::Prefix, LoginError::WrongAudience, LoginError::Encoding] {
+            assert_eq!(FfiError::from(e).status, onetrip_status::LoginInvalid);
+        }
+        assert_eq!(FfiError::from(LoginError::Token(TokenError::Invalid)).status, onetrip_status::TokenInvalid);
     }
 }

@@ -1,6 +1,6 @@
-//! `onetrip_verifier_*`: the database (resource-server) side. Verifies tokens and
-//! signed requests in-process with only the audience key `onetrip audience-key
-//! <audience>` prints; no call to the onetrip server. Stateless and thread-safe:
+//! `onetrip_verifier_*`: the database (resource-server) side. Verifies tokens,
+//! signed requests and login credentials in-process with only the audience key
+//! `onetrip audience-key <audience>` prints; no call to the onetrip server. Stateless and thread-safe:
 //! replay refusal is the caller's, keyed by the replay id each check returns.
 
 use std::ffi::c_char;
@@ -25,6 +25,7 @@ pub const ONETRIP_REPLAY_ID_LEN: usize = 16;
 
 const _: () = assert!(ONETRIP_KEY_ID_SIZE == onetrip_protocol::api_key::KEY_ID_LEN * 2 + 1);
 const _: () = assert!(ONETRIP_REPLAY_ID_LEN == onetrip_protocol::token::TOKEN_ID_LEN);
+const _: () = assert!(ONETRIP_REPLAY_ID_LEN == onetrip_protocol::login::LOGIN_REPLAY_ID_LEN);
 
 /// What a verified token says (the session key stays inside the library). Filled by
 /// the library into caller-owned storage; nothing in it needs freeing.
@@ -64,6 +65,22 @@ impl From<&Claims> for onetrip_claims {
         fill_field(&mut out.scopes, c.scopes());
         out
     }
+}
+
+/// A verified login credential: its token's claims, the replay id to refuse a second
+/// use with, and until when remembering that id matters. Caller-owned; nothing in it
+/// needs freeing.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct onetrip_login {
+    /// The token's claims.
+    pub claims: onetrip_claims,
+    /// Unique per credential: a database that refuses replays keeps the ids it has
+    /// accepted until `not_after` and refuses one it has seen.
+    pub replay_id: [u8; ONETRIP_REPLAY_ID_LEN],
+    /// Unix seconds after which this credential no longer verifies (so its replay id
+    /// may be forgotten).
+    pub not_after: u64,
 }
 
 /// A verifier for one audience. Thread-safe and immutable: share one handle. Create
@@ -236,6 +253,51 @@ pub unsafe extern "C" fn onetrip_verifier_verify_request(
             let id = proof.replay_id();
             // SAFETY: non-NULL with ONETRIP_REPLAY_ID_LEN writable bytes (caller's contract).
             unsafe { std::ptr::copy_nonoverlapping(id.as_ptr(), replay_id, ONETRIP_REPLAY_ID_LEN) };
+        }
+        Ok(())
+    })
+}
+
+/// Verifies a database login credential (the password a driver sent) for `user` and
+/// `database` (NULL when the database side cannot see the database name; it must
+/// then have been made with NULL too) at the current time, within the credential's
+/// clock window. Fills `*login` when not NULL. Refusing a credential already used is
+/// the caller's: keep `login->replay_id` until `login->not_after`.
+///
+/// `ONETRIP_STATUS_LOGIN_INVALID` for a malformed or altered credential, or one for
+/// another user, database or audience; `ONETRIP_STATUS_TOKEN_EXPIRED`,
+/// `ONETRIP_STATUS_CLOCK_SKEW` (outside the window), `ONETRIP_STATUS_TOKEN_INVALID`
+/// (a token this verifier cannot open).
+///
+/// # Safety
+/// `verifier` is a live handle; `credential` and `user` are NUL-terminated;
+/// `database` is NULL or NUL-terminated; `login` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn onetrip_verifier_verify_login(
+    verifier: *const onetrip_verifier,
+    credential: *const c_char,
+    user: *const c_char,
+    database: *const c_char,
+    login: *mut onetrip_login,
+) -> onetrip_status {
+    guard(|| {
+        // SAFETY: the caller's contract covers each pointer.
+        let (verifier, credential, user, database) = unsafe {
+            (
+                boundary::handle(verifier, "verifier")?,
+                boundary::text(credential, "credential")?,
+                boundary::text(user, "user")?,
+                boundary::optional_text(database, "database")?,
+            )
+        };
+        let verified = verifier.inner.verify_login(credential, user, database, now())?;
+        // SAFETY: `as_mut` handles NULL; otherwise writable per the caller's contract.
+        if let Some(out) = unsafe { login.as_mut() } {
+            *out = onetrip_login {
+                claims: onetrip_claims::from(&verified.claims),
+                replay_id: verified.replay_id,
+                not_after: verified.not_after,
+            };
         }
         Ok(())
     })

@@ -184,6 +184,7 @@ fn c_program_passes_against_a_real_server_without_leaks() {
         &["--name", "admin", "--scope", "db:read", "--audience", "db", "--require-otp", "--otp-to", "console:alice"],
     );
     let audience_key = cli(&bin, tmp.path(), &["audience-key", "db"]);
+    let other_audience_key = cli(&bin, tmp.path(), &["audience-key", "reports"]);
     let env = [
         ("ONETRIP_URL", format!("http://127.0.0.1:{}", server.port)),
         ("ONETRIP_PORT", server.port.to_string()),
@@ -193,6 +194,7 @@ fn c_program_passes_against_a_real_server_without_leaks() {
         ("ONETRIP_STEPUP_KEY", stepup),
         ("ONETRIP_SERVER_LOG", server.log.display().to_string()),
         ("ONETRIP_AUDIENCE_KEY", audience_key),
+        ("ONETRIP_OTHER_AUDIENCE_KEY", other_audience_key),
     ];
 
     let mut plain = Command::new(&exe);

@@ -7,7 +7,8 @@
  * Environment: ONETRIP_URL, ONETRIP_PORT, ONETRIP_PIN, ONETRIP_API_KEY (audience
  * db, scope db:read), ONETRIP_REVOKED_KEY, ONETRIP_STEPUP_KEY (console second
  * factor), ONETRIP_SERVER_LOG (where the console codes appear),
- * ONETRIP_AUDIENCE_KEY (`onetrip audience-key db`).
+ * ONETRIP_AUDIENCE_KEY (`onetrip audience-key db`), ONETRIP_OTHER_AUDIENCE_KEY
+ * (`onetrip audience-key reports`).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -174,6 +175,43 @@ static void test_refusals(void) {
          ONETRIP_STATUS_OK);
   EXPECT(onetrip_client_token(denied, auth, sizeof auth, NULL), ONETRIP_STATUS_SCOPE_DENIED);
   onetrip_client_free(denied);
+}
+
+static void test_login(onetrip_client *c, onetrip_verifier *v) {
+  size_t len = 0;
+  EXPECT(onetrip_client_login_credential(c, "app", "orders", NULL, 0, &len), ONETRIP_STATUS_BUFFER_TOO_SMALL);
+  CHECK(len == ONETRIP_LOGIN_CREDENTIAL_LEN, "size query gave %zu", len);
+  char cred[ONETRIP_LOGIN_CREDENTIAL_LEN + 1], other[ONETRIP_LOGIN_CREDENTIAL_LEN + 1];
+  EXPECT(onetrip_client_login_credential(c, "app", "orders", cred, sizeof cred, &len), ONETRIP_STATUS_OK);
+  CHECK(len == strlen(cred) && strncmp(cred, "otl1.", 5) == 0, "credential %.8s…", cred);
+  onetrip_login login;
+  memset(&login, 0, sizeof login);
+  EXPECT(onetrip_verifier_verify_login(v, cred, "app", "orders", &login), ONETRIP_STATUS_OK);
+  CHECK(strcmp(login.claims.audience, "db") == 0, "audience %s", login.claims.audience);
+  CHECK(login.not_after > (uint64_t)time(NULL), "not_after %llu", (unsigned long long)login.not_after);
+  /* Bound to user, database and audience; altered ones are refused. */
+  EXPECT(onetrip_verifier_verify_login(v, cred, "admin", "orders", NULL), ONETRIP_STATUS_LOGIN_INVALID);
+  EXPECT(onetrip_verifier_verify_login(v, cred, "app", "billing", NULL), ONETRIP_STATUS_LOGIN_INVALID);
+  EXPECT(onetrip_verifier_verify_login(v, cred, "app", NULL, NULL), ONETRIP_STATUS_LOGIN_INVALID);
+  memcpy(other, cred, sizeof cred);
+  other[ONETRIP_LOGIN_CREDENTIAL_LEN - 10] = other[ONETRIP_LOGIN_CREDENTIAL_LEN - 10] == 'A' ? 'B' : 'A';
+  EXPECT(onetrip_verifier_verify_login(v, other, "app", "orders", NULL), ONETRIP_STATUS_LOGIN_INVALID);
+  EXPECT(onetrip_verifier_verify_login(v, "password", "app", "orders", NULL), ONETRIP_STATUS_LOGIN_INVALID);
+  EXPECT(onetrip_verifier_verify_login(v, NULL, "app", "orders", NULL), ONETRIP_STATUS_NULL_POINTER);
+  onetrip_verifier *elsewhere = NULL;
+  EXPECT(onetrip_verifier_new(env("ONETRIP_OTHER_AUDIENCE_KEY"), "reports", &elsewhere), ONETRIP_STATUS_OK);
+  onetrip_status got = onetrip_verifier_verify_login(elsewhere, cred, "app", "orders", NULL);
+  CHECK(got == ONETRIP_STATUS_LOGIN_INVALID || got == ONETRIP_STATUS_TOKEN_INVALID,
+        "another audience's database accepted it (%d)", (int)got);
+  onetrip_verifier_free(elsewhere);
+  /* Each credential has its own replay id; without a database name it binds none. */
+  onetrip_login second;
+  EXPECT(onetrip_client_login_credential(c, "app", NULL, other, sizeof other, NULL), ONETRIP_STATUS_OK);
+  EXPECT(onetrip_verifier_verify_login(v, other, "app", NULL, &second), ONETRIP_STATUS_OK);
+  CHECK(memcmp(second.replay_id, login.replay_id, ONETRIP_REPLAY_ID_LEN) != 0, "replay ids differ");
+  EXPECT(onetrip_verifier_verify_login(v, other, "app", "orders", NULL), ONETRIP_STATUS_LOGIN_INVALID);
+  explicit_bzero(cred, sizeof cred);
+  explicit_bzero(other, sizeof other);
 }
 
 /* The console channel's code for `operation`, from the server's log. */
@@ -361,6 +399,7 @@ int main(void) {
   if (c == NULL || v == NULL) return 1;
   test_token_and_verifier(c, v);
   test_sign_request(c, v);
+  test_login(c, v);
   test_refusals();
   test_step_up(v);
   test_threads(v);
