@@ -398,3 +398,59 @@ fn bad_proxy_ranges_and_drain_times_are_refused_with_their_setting_named() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A rolling restart's first step: behind the shipped HAProxy config, a replica that
+/// gets SIGTERM is marked DOWN by the health checks while it still serves, and no
+/// request of a steady client fails, before, during or after its exit.
+#[test]
+fn haproxy_takes_a_draining_replica_out_before_it_closes_and_no_request_fails() {
+    let trusted = ["--proxy-protocol-from", "127.0.0.1/32"];
+    let mut draining = Server::start(&[trusted[0], trusted[1], "--drain-secs", "3"]);
+    let staying = Server::start(&trusted);
+    let backends: Vec<SocketAddr> =
+        [draining.port, staying.port].iter().map(|p| SocketAddr::from(([127, 0, 0, 1], *p))).collect();
+    let Some(lb) = support::haproxy::Haproxy::start(&backends, "") else { return };
+    assert!(lb.wait_all_up(Duration::from_secs(10)), "{:?}\n{}", lb.server_states(), lb.log());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = lb.addr().port();
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // One kept-alive client connection, as a load generator holds.
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let connect = || {
+                let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let r = BufReader::new(s.try_clone().unwrap());
+                (s, r)
+            };
+            let (mut s, mut r) = connect();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sent = s.write_all(&request_bytes("GET", "/v1/server-key", &[], b"", false));
+                let answer = sent.ok().and_then(|()| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_answer(&mut r).0)).ok()
+                });
+                match answer {
+                    Some(200) => ok += 1,
+                    other => {
+                        failed.push(other);
+                        (s, r) = connect();
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    sigterm(&draining);
+    assert!(lb.wait_server("onetrip1", "DOWN", Duration::from_secs(10)), "{:?}", lb.server_states());
+    assert!(draining.child.try_wait().unwrap().is_none(), "HAProxy saw the drain before the replica stopped");
+    let (status, _) = wait_exit(&mut draining, Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    assert!(failed.is_empty(), "{} requests failed ({failed:?}), {ok} succeeded\n{}", failed.len(), lb.log());
+    assert!(ok > 50, "{ok}");
+}
