@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 if ! command -v haproxy >/dev/null 2>&1; then
   apt-get update && apt-get install -y haproxy
 fi
-haproxy -v | head -1
+haproxy -v | sed -n 1p
 haproxy -c -f deploy/haproxy.cfg
 
 export ONETRIP_REQUIRE_TOOLS=1
