@@ -61,6 +61,8 @@ pub use blocking::BlockingClient;
 #[cfg(feature = "http")]
 pub use client::{Client, ClientBuilder, Clock, IntoApiKey};
 pub use error::Error;
+/// The login credential format (PROTOCOL.md §14): constants and the sans-IO builder.
+pub use onetrip_protocol::login;
 pub use onetrip_protocol::{
     ApiKey, ApiKeyError, Channel, Claims, DefaultBackend, DocumentError, Fingerprint, KeyId, LoginError, PopError,
     PopProof, Secret, Token, TokenError, TokenVerifier, VerifiedLogin, LOGIN_CREDENTIAL_MAX_LEN, LOGIN_WINDOW_SECS,
