@@ -392,7 +392,7 @@ pub struct Settings {
     /// Simultaneous connections; more wait in the kernel backlog.
     pub max_connections: usize,
     /// Simultaneous connections from one client (an IPv4 address, an IPv6 /64); more
-    /// are closed at once. Behind a proxy this counts the proxy.
+    /// are closed at once. Behind a proxy this counts the proxy, unless it sends PROXY headers (`proxy_protocol_from`).
     pub max_connections_per_ip: usize,
     /// Time allowed to receive request headers (and, on a kept-alive connection, the
     /// next request to start).
