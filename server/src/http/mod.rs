@@ -98,11 +98,11 @@ async fn dispatch(state: AppState, req: Request<Incoming>, conn: ConnInfo) -> Re
             resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
             resp
         }
-        // Liveness: the process answers. Handshakes of known keys go on without the
-        // store (the key directory is in memory), so a down store is `degraded`, not down.
         // Replica-shared state (Redis) down: handshakes and OTP fail closed here, so
         // the load balancer should send them to another replica.
         (&Method::GET, "/healthz") if !state.shared.healthy() => crate::shared_redis::unhealthy(),
+        // Liveness: the process answers. Handshakes of known keys go on without the
+        // store (the key directory is in memory), so a down store is `degraded`, not down.
         (&Method::GET, "/healthz") if state.store_up() => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
         (&Method::GET, "/healthz") => {
             json(StatusCode::OK, &serde_json::json!({ "status": "degraded", "store": "unreachable" }))
