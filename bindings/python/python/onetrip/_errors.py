@@ -158,3 +158,11 @@ class InvalidToken(Error):
         super().__init__(message)
         #: Stable machine-readable reason.
         self.reason = reason
+
+
+# Tracebacks and reprs say `onetrip.AuthFailed`, the name users import.
+for _cls in (Error, AuthFailed, SecondFactorRequired, SecondFactorFailed, ScopeDenied, ServerIdentityChanged,
+             ClockSkew, Unavailable, Timeout, RateLimited, ProtocolError, HttpError, InvalidInput,
+             TrustFileError, InvalidToken):
+    _cls.__module__ = "onetrip"
+del _cls
