@@ -178,6 +178,15 @@ impl Client {
         Ok(headers(&signed))
     }
 
+    /// A database login credential for `user` (and `database`, when the database
+    /// can see it): a password string of at most 507 characters, valid for about a
+    /// minute and bound to user, database, audience and time. A secret: never log it.
+    #[pyo3(signature = (user, database=None))]
+    fn login_credential(&self, py: Python<'_>, user: &str, database: Option<&str>) -> PyResult<String> {
+        let credential = py.detach(|| self.inner.login_credential(user, database)).map_err(client_error)?;
+        Ok(credential.as_str().to_owned())
+    }
+
     /// Drops the cached token: the next call fetches a new one.
     fn invalidate(&self) {
         self.inner.invalidate();
@@ -257,6 +266,20 @@ impl AsyncClientCore {
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let signed = c.sign_request(&method, &path, &body).await.map_err(client_error)?;
             Ok(headers(&signed))
+        })
+    }
+
+    #[pyo3(signature = (user, database=None))]
+    fn login_credential<'py>(
+        &self,
+        py: Python<'py>,
+        user: String,
+        database: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let c = self.inner.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let credential = c.login_credential(&user, database.as_deref()).await.map_err(client_error)?;
+            Ok(credential.as_str().to_owned())
         })
     }
 

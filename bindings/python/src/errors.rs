@@ -7,7 +7,7 @@
 //! the Rust `Display` texts, which never contain a key, token or code.
 
 use onetrip_client::Error as ClientError;
-use onetrip_client::{PopError, TokenError};
+use onetrip_client::{LoginError, PopError, TokenError};
 use pyo3::PyErr;
 
 use crate::convert::hex;
@@ -97,4 +97,28 @@ pub fn token_error(e: TokenError) -> PyErr {
 /// A malformed `Onetrip-PoP` header.
 pub fn pop_error(e: PopError) -> PyErr {
     InvalidToken::new_err((e.to_string(), pop_reason(&e)))
+}
+
+/// The stable `reason` code of a refused login credential.
+pub fn login_reason(e: &LoginError) -> &'static str {
+    match e {
+        LoginError::TooLong => "too_long",
+        LoginError::Prefix => "prefix",
+        LoginError::Length => "length",
+        LoginError::Encoding => "encoding",
+        LoginError::NameTooLong => "name_too_long",
+        LoginError::WrongAudience => "wrong_audience",
+        LoginError::Expired { .. } => "expired",
+        LoginError::ClockWindow { .. } => "clock_window",
+        // Another user, another database, or altered: bound in the MAC, so the
+        // verifier cannot tell which.
+        LoginError::BadProof => "bad_proof",
+        LoginError::Token(t) => token_reason(t),
+        _ => "invalid",
+    }
+}
+
+/// A refused login credential (verifier side): `InvalidToken(message, reason)`.
+pub fn login_error(e: LoginError) -> PyErr {
+    InvalidToken::new_err((e.to_string(), login_reason(&e)))
 }

@@ -33,6 +33,8 @@ fn _onetrip(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::AccessToken>()?;
     m.add_class::<verifier::TokenVerifier>()?;
     m.add_class::<verifier::Claims>()?;
+    m.add_class::<verifier::VerifiedLogin>()?;
+    m.add("LOGIN_CREDENTIAL_MAX_LEN", onetrip_client::LOGIN_CREDENTIAL_MAX_LEN)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("AUTHORIZATION_SCHEME", onetrip_client::AUTHORIZATION_SCHEME)?;
     m.add("POP_HEADER", onetrip_client::POP_HEADER)?;

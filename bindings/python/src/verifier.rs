@@ -7,7 +7,7 @@ use onetrip_client::{DefaultBackend, PopProof, Token, AUTHORIZATION_SCHEME};
 use pyo3::prelude::*;
 
 use crate::convert::{self, hex};
-use crate::errors::{pop_error, token_error, InvalidInput, InvalidToken};
+use crate::errors::{login_error, pop_error, token_error, InvalidInput, InvalidToken};
 
 /// A token as given: the `Authorization` value (`Onetrip <token>`), the bare
 /// base64url token, or its raw bytes.
@@ -166,7 +166,57 @@ impl TokenVerifier {
         Ok(Claims { claims, replay_id: Some(proof.replay_id()) })
     }
 
+    /// Verifies a database login credential for `user` (and `database`, when it
+    /// was bound) at `now`. Raises `InvalidToken`. To refuse replays, remember
+    /// `VerifiedLogin.replay_id` until `VerifiedLogin.not_after`.
+    #[pyo3(signature = (credential, user, database=None, now=None))]
+    fn verify_login(
+        &self,
+        credential: &str,
+        user: &str,
+        database: Option<&str>,
+        now: Option<u64>,
+    ) -> PyResult<VerifiedLogin> {
+        let v = self.0.verify_login(credential, user, database, convert::now_or_system(now)).map_err(login_error)?;
+        Ok(VerifiedLogin { claims: v.claims, replay_id: v.replay_id, not_after: v.not_after })
+    }
+
     fn __repr__(&self) -> String {
         format!("TokenVerifier(audience={:?})", self.0.audience())
+    }
+}
+
+/// An accepted login credential: the token's claims, and what a replay cache needs.
+#[pyclass(module = "onetrip", frozen)]
+pub struct VerifiedLogin {
+    claims: onetrip_client::Claims,
+    replay_id: [u8; 16],
+    not_after: u64,
+}
+
+#[pymethods]
+impl VerifiedLogin {
+    /// The token's claims (API key id, scopes, expiry, second factor).
+    #[getter]
+    fn claims(&self) -> Claims {
+        Claims { claims: self.claims.clone(), replay_id: Some(self.replay_id) }
+    }
+    /// Replay id of this exact credential (32 hex): refuse a second login with it.
+    #[getter]
+    fn replay_id(&self) -> String {
+        hex(&self.replay_id)
+    }
+    /// Unix seconds after which the credential is refused anyway: forget the replay id then.
+    #[getter]
+    fn not_after(&self) -> u64 {
+        self.not_after
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "VerifiedLogin(api_key_id={:?}, audience={:?}, not_after={})",
+            self.claims.api_key_id.to_string(),
+            self.claims.audience(),
+            self.not_after
+        )
     }
 }

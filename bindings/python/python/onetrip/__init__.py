@@ -5,6 +5,7 @@ in-process verifier for resource servers.
 >>> import onetrip
 >>> client = onetrip.Client("http://127.0.0.1:7420", "otk_…", pin="SHA256:…", audience="db")
 >>> headers = client.sign_request("POST", "/query", b"select 1")  # doctest: +SKIP
+>>> password = client.login_credential("app", "orders")  # doctest: +SKIP
 
 :class:`Client` blocks (releasing the GIL); :class:`AsyncClient` is its asyncio
 twin; :class:`TokenVerifier` is the resource-server side. Errors derive from
@@ -31,16 +32,19 @@ from ._errors import (
 )
 from ._onetrip import (
     AUTHORIZATION_SCHEME,
+    LOGIN_CREDENTIAL_MAX_LEN,
     POP_HEADER,
     AccessToken,
     Claims,
     Client,
     TokenVerifier,
+    VerifiedLogin,
     __version__,
 )
 
 __all__ = [
     "AUTHORIZATION_SCHEME",
+    "LOGIN_CREDENTIAL_MAX_LEN",
     "POP_HEADER",
     "AccessToken",
     "AsyncClient",
@@ -62,5 +66,6 @@ __all__ = [
     "TokenVerifier",
     "TrustFileError",
     "Unavailable",
+    "VerifiedLogin",
     "__version__",
 ]

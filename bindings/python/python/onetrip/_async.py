@@ -61,6 +61,11 @@ class AsyncClient:
         ``{"Authorization": ..., "Onetrip-PoP": ...}``."""
         return await self._core.sign_request(method, path, body)
 
+    async def login_credential(self, user: str, database: Optional[str] = None) -> str:
+        """A database login credential for ``user`` (and ``database``): use it as the
+        password of one new connection. A secret: never log it."""
+        return await self._core.login_credential(user, database)
+
     def invalidate(self) -> None:
         """Drops the cached token: the next call fetches a new one."""
         self._core.invalidate()

@@ -150,8 +150,10 @@ class InvalidToken(Error):
 
     ``reason`` is a stable code: ``length``, ``encoding``, ``scheme``, ``version``,
     ``unknown_key``, ``wrong_audience``, ``invalid``, ``malformed``, ``expired``,
-    ``not_yet_valid``, ``pop_stale``, ``pop_signature``, ``pop_malformed``. Tell the
-    peer only that authentication failed; log the reason.
+    ``not_yet_valid``, ``pop_stale``, ``pop_signature``, ``pop_malformed``; for login
+    credentials also ``too_long``, ``prefix``, ``name_too_long``, ``clock_window`` and
+    ``bad_proof`` (another user or database, or altered). Tell the peer only that
+    authentication failed; log the reason.
     """
 
     def __init__(self, message: str, reason: str) -> None:

@@ -9,6 +9,8 @@ from typing import Any, Awaitable, Dict, List, Optional, Union, final
 __version__: str
 AUTHORIZATION_SCHEME: str
 """``"Onetrip"``: the scheme of the ``Authorization`` header value."""
+LOGIN_CREDENTIAL_MAX_LEN: int
+"""Longest login credential, in characters (every credential has this length)."""
 POP_HEADER: str
 """``"Onetrip-PoP"``: the header carrying the proof of possession."""
 
@@ -73,6 +75,11 @@ class Client:
     def sign_request(self, method: str, path: str, body: bytes = b"") -> Dict[str, str]:
         """Headers for one request to a resource server:
         ``{"Authorization": "Onetrip …", "Onetrip-PoP": "…"}``. ``path`` includes the query."""
+    def login_credential(self, user: str, database: Optional[str] = None) -> str:
+        """A database login credential for ``user`` (and ``database``, when the
+        database can see it): the password for one new connection, at most
+        ``LOGIN_CREDENTIAL_MAX_LEN`` characters, valid for about a minute, bound to
+        user, database, audience and time. A secret: never log it."""
     def invalidate(self) -> None:
         """Drops the cached token: the next call fetches a new one."""
     @property
@@ -99,6 +106,7 @@ class _AsyncClient:
     def token(self) -> Awaitable[AccessToken]: ...
     def token_with_code(self, operation: str, code: str) -> Awaitable[AccessToken]: ...
     def sign_request(self, method: str, path: str, body: bytes = b"") -> Awaitable[Dict[str, str]]: ...
+    def login_credential(self, user: str, database: Optional[str] = None) -> Awaitable[str]: ...
     def invalidate(self) -> None: ...
     @property
     def handshakes(self) -> int: ...
@@ -130,8 +138,9 @@ class Claims:
         """The granted scopes."""
     @property
     def replay_id(self) -> Optional[str]:
-        """From ``verify_request``: the proof's replay id (32 hex). Remember it for
-        ``window`` seconds and refuse a second use. ``None`` from ``verify``."""
+        """From ``verify_request`` (or ``verify_login``): the proof's (credential's)
+        replay id, 32 hex. Remember it for ``window`` seconds and refuse a second
+        use. ``None`` from ``verify``."""
     def has_scope(self, scope: str) -> bool:
         """True when ``scope`` is one of the granted scopes."""
 
@@ -167,3 +176,24 @@ class TokenVerifier:
         """Verifies a token and the request's proof of possession (method, path with
         query, body) within ``window`` seconds. Raises :class:`onetrip.InvalidToken`."""
 
+    def verify_login(
+        self, credential: str, user: str, database: Optional[str] = None, now: Optional[int] = None
+    ) -> "VerifiedLogin":
+        """Verifies a database login credential for ``user`` (and ``database``, when it
+        was bound) at ``now``. Raises :class:`onetrip.InvalidToken` (``reason``:
+        ``bad_proof`` for another user or database, ``clock_window``, ``expired``, …).
+        To refuse replays, remember ``replay_id`` until ``not_after``."""
+
+@final
+class VerifiedLogin:
+    """An accepted login credential."""
+
+    @property
+    def claims(self) -> Claims:
+        """The token's claims."""
+    @property
+    def replay_id(self) -> str:
+        """Replay id of this credential (32 hex): refuse a second login with it."""
+    @property
+    def not_after(self) -> int:
+        """Unix seconds after which the credential is refused anyway; forget the replay id then."""
