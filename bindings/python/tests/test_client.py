@@ -162,8 +162,10 @@ def test_step_up_with_console_code(server):
 
 
 def test_gil_is_released_during_a_network_call(black_hole, db_key, server):
-    """A Python thread keeps running while another waits on the network."""
-    client = onetrip.Client(black_hole.url, db_key, pin=server.fingerprint, timeout=1.0, retries=1)
+    """A Python thread keeps running while another waits on the network: the counter
+    runs and stops while the fetch (1.5 s against a silent server) is still waiting.
+    Were the GIL held, the main thread could not even wake before the fetch ended."""
+    client = onetrip.Client(black_hole.url, db_key, pin=server.fingerprint, timeout=1.5, retries=1)
     counts = []
     stop = threading.Event()
 
@@ -184,16 +186,16 @@ def test_gil_is_released_during_a_network_call(black_hole, db_key, server):
             result["err"] = e
 
     t = threading.Thread(target=fetch)
+    t0 = time.monotonic()
     t.start()
     started.wait()
     time.sleep(0.1)  # the fetch is now inside Rust, waiting on the black hole
     counter = threading.Thread(target=count)
-    t0 = time.monotonic()
     counter.start()
-    time.sleep(0.4)
+    time.sleep(0.3)
     stop.set()
     counter.join()
-    assert time.monotonic() - t0 < 0.9, "the counter could not run while the fetch held the GIL"
+    assert t.is_alive() and time.monotonic() - t0 < 1.2, "Python could not run while the fetch held the GIL"
     assert counts[0] > 10_000
     t.join()
     assert isinstance(result.get("err"), onetrip.Timeout)
