@@ -41,6 +41,25 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# A free port whose Redis Cluster bus port (+10000) is free too.
+redis_port() {
+  python3 - <<'PY'
+import socket
+for _ in range(200):
+    a = socket.socket(); a.bind(("127.0.0.1", 0)); port = a.getsockname()[1]
+    if port + 10000 > 65535:
+        continue
+    b = socket.socket()
+    try:
+        b.bind(("127.0.0.1", port + 10000))
+    except OSError:
+        continue
+    print(port); break
+else:
+    raise SystemExit("no free port pair for Redis")
+PY
+}
+
 alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 
 # Waits up to $2 tenths of a second for file $1 to contain $3.
@@ -108,7 +127,7 @@ stop_all() {
 start_redis() {
   local i port dir nodes=()
   for i in $(seq 1 $REDIS_NODES); do
-    port=$(free_port)
+    port=$(redis_port)
     dir="$STATE/redis-$port"
     mkdir -p "$dir"
     # cluster-node-timeout 1000: a dead primary is replaced in about two seconds.
@@ -236,6 +255,13 @@ status_all() {
       down=1
     fi
   done
+  if [ -f "$STATE/pg/data/postmaster.pid" ]; then
+    pid=$(head -n 1 "$STATE/pg/data/postmaster.pid")
+    if alive "$pid"; then echo "postgres pid $pid running"; else
+      echo "postgres pid $pid gone"
+      down=1
+    fi
+  fi
   [ -f "$STATE/endpoint-port" ] && echo "endpoint: http://127.0.0.1:$(cat "$STATE/endpoint-port")"
   [ -f "$STATE/fingerprint" ] && echo "fingerprint: $(cat "$STATE/fingerprint")"
   return $down

@@ -87,10 +87,11 @@ impl Load {
     }
 
     /// Adds a replayer: one request after another, each sent `copies` times
-    /// `spacing` apart; for each request, how many of its copies got a token.
+    /// `spacing` apart, copy `i` to `ports[i % len]`; for each request, how many of
+    /// its copies got a token.
     pub fn with_replays(
         mut self,
-        port: u16,
+        ports: Vec<u16>,
         doc: &ServerKeyDocument,
         key: &ApiKey,
         copies: usize,
@@ -102,8 +103,8 @@ impl Load {
             while !stop.load(Ordering::Relaxed) {
                 let r = replayable(&doc, &key, &ClientRequest::default(), copies);
                 let mut got = 0;
-                for pending in r.pending {
-                    if exchange(port, &r.bytes, pending, Duration::from_secs(3)).granted() {
+                for (i, pending) in r.pending.into_iter().enumerate() {
+                    if exchange(ports[i % ports.len()], &r.bytes, pending, Duration::from_secs(3)).granted() {
                         got += 1;
                     }
                     std::thread::sleep(spacing);

@@ -7,6 +7,7 @@
 // Each test crate that includes this module uses only some of it.
 #![allow(dead_code)]
 
+pub mod haproxy;
 pub mod load;
 
 use std::io::{Read, Write};
@@ -288,13 +289,18 @@ pub fn exchange(port: u16, bytes: &[u8], pending: AwaitingResponse, deadline: Du
 
 /// One POST on a fresh connection with a deadline, errors returned (not panics).
 pub fn post(port: u16, path: &str, body: &[u8], deadline: Duration) -> std::io::Result<HttpResponse> {
+    call(port, "POST", path, body, deadline)
+}
+
+/// One request on a fresh connection with a deadline, errors returned (not panics).
+pub fn call(port: u16, method: &str, path: &str, body: &[u8], deadline: Duration) -> std::io::Result<HttpResponse> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, deadline)?;
     s.set_read_timeout(Some(deadline))?;
     s.set_write_timeout(Some(deadline))?;
     s.set_nodelay(true)?;
     let headers = [("content-type", "application/octet-stream")];
-    s.write_all(&common::request_bytes("POST", path, &headers, body, true))?;
+    s.write_all(&common::request_bytes(method, path, &headers, body, true))?;
     let start = Instant::now();
     let mut raw = Vec::new();
     let mut buf = [0u8; 8192];
@@ -318,4 +324,20 @@ pub fn post(port: u16, path: &str, body: &[u8], deadline: Duration) -> std::io::
 /// The server-key document `port` serves (through a balancer too).
 pub fn document(port: u16) -> ServerKeyDocument {
     ServerKeyDocument::parse(&common::http(port, "GET", "/v1/server-key", &[], b"").body).unwrap()
+}
+
+/// Whether this build's `serve` has `flag` (features other branches add:
+/// `--shared`, `--drain-secs`, `--proxy-protocol-from`).
+pub fn serve_has(flag: &str) -> bool {
+    let out = Command::new(common::BIN).args(["serve", "--help"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).contains(&format!("{flag} "))
+}
+
+/// [`serve_has`] for a test that cannot run without `flag`: says it skips when not.
+pub fn needs(flag: &str) -> bool {
+    let has = serve_has(flag);
+    if !has {
+        eprintln!("skipped: this onetrip serve has no {flag} yet");
+    }
+    has
 }
