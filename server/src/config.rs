@@ -20,6 +20,10 @@ pub const MAX_TOKEN_TTL_SECS: u64 = 86_400;
 /// machine's measured maximum) for their whole lifetime, at most ~19 bytes each
 /// (`server::replay_cache`), so at most ~150 MB under that load and nothing idle.
 pub const DEFAULT_REPLAY_CACHE_CAPACITY: usize = 8_000_000;
+/// Seconds `/healthz` answers `draining` after SIGTERM before the listener closes.
+pub const DEFAULT_DRAIN_SECS: u64 = 5;
+/// Longest drain accepted.
+pub const MAX_DRAIN_SECS: u64 = 3600;
 /// Audit events are kept 90 days by default.
 pub const DEFAULT_AUDIT_RETENTION_DAYS: u64 = 90;
 /// Longest audit retention accepted: 100 years is "forever" without overflow.
@@ -79,6 +83,10 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     /// See [`Settings::otp_console_codes`].
     pub otp_console_codes: Option<bool>,
+    /// See [`Settings::proxy_protocol_from`]: CIDR ranges.
+    pub proxy_protocol_from: Option<Vec<String>>,
+    /// See [`Settings::drain_secs`].
+    pub drain_secs: Option<u64>,
     /// The `[otp]` table: limits, MFA scopes, delivery channels.
     pub otp: Option<OtpFileConfig>,
 }
@@ -424,6 +432,13 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Development only: the console channel prints the codes it "sends".
     pub otp_console_codes: bool,
+    /// Peers (load balancers) that must start each connection with a PROXY v2 header
+    /// giving the client's address; a header from any other peer is refused. Empty:
+    /// off.
+    pub proxy_protocol_from: crate::proxy_protocol::TrustedProxies,
+    /// After SIGTERM, seconds `/healthz` answers 503 `draining` (while everything else
+    /// is served) before the listener closes; 0 closes it at once.
+    pub drain_secs: u64,
     /// OTP limits and delivery channels.
     pub otp: OtpSettings,
     /// Bearer token that `/metrics` requires from any address (from
@@ -461,6 +476,8 @@ impl Settings {
             log: "info".into(),
             log_format: LogFormat::Text,
             otp_console_codes: false,
+            proxy_protocol_from: crate::proxy_protocol::TrustedProxies::default(),
+            drain_secs: DEFAULT_DRAIN_SECS,
             otp: OtpSettings::default(),
             metrics_token: None,
         }
@@ -507,6 +524,11 @@ impl Settings {
             log: pick!(log),
             log_format: pick!(log_format),
             otp_console_codes: pick!(otp_console_codes),
+            proxy_protocol_from: crate::proxy_protocol::TrustedProxies::parse(
+                &overrides.proxy_protocol_from.or(file.proxy_protocol_from).unwrap_or_default(),
+            )
+            .map_err(ConfigError::ProxyProtocolFrom)?,
+            drain_secs: pick!(drain_secs),
             otp,
             metrics_token: std::env::var("ONETRIP_METRICS_TOKEN")
                 .ok()
@@ -551,6 +573,9 @@ impl Settings {
         self.validate_server_keys()?;
         if !(1..=MAX_AUDIT_RETENTION_DAYS).contains(&self.audit_retention_days) {
             return Err(ConfigError::AuditRetention);
+        }
+        if self.drain_secs > MAX_DRAIN_SECS {
+            return Err(ConfigError::DrainSecs);
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::TlsPair);

@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod otp;
 pub mod problem;
 pub mod process_metrics;
+pub mod proxy_protocol;
 pub mod replay_cache;
 pub mod replay_guard;
 pub mod retention;

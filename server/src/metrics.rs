@@ -39,6 +39,10 @@ pub struct Metrics {
     pub connections_refused_per_ip: AtomicU64,
     /// Connections closed by the write or idle timeout.
     pub connections_timed_out: AtomicU64,
+    /// Connections closed because a peer outside `proxy_protocol_from` sent a PROXY header.
+    pub proxy_headers_refused: AtomicU64,
+    /// Connections from a trusted proxy closed for a missing, bad or slow PROXY header.
+    pub proxy_headers_invalid: AtomicU64,
     /// Replay ids stamped ahead of the clock, written to the store ([`crate::replay_guard`]).
     pub replay_ids_persisted: AtomicU64,
     /// Store transactions (fsyncs) that wrote them.
@@ -47,6 +51,8 @@ pub struct Metrics {
     pub store_probe_failures: AtomicU64,
     /// 1 while the store answers its probes, 0 while it does not.
     pub store_up: AtomicI64,
+    /// 1 from SIGTERM until the listener closes (`/healthz` answers `draining`).
+    pub draining: AtomicI64,
     /// Problem answers by (route, code): every refusal, counted with its reason.
     refusals: DashMap<(&'static str, &'static str), AtomicU64>,
 }
@@ -134,6 +140,11 @@ impl Metrics {
                 "Most connections open at once.",
                 self.connections_peak.load(Ordering::Relaxed),
             ),
+            (
+                "onetrip_draining",
+                "1 while shutting down: /healthz answers 503 draining, requests are still served.",
+                self.draining.load(Ordering::Relaxed),
+            ),
         ];
         let replay = replay_entries
             .map(|n| ("onetrip_replay_cache_entries", "Request ids held by this process's replay cache.", n as i64));
@@ -155,6 +166,16 @@ impl Metrics {
                 "onetrip_connections_refused_per_ip_total",
                 "Connections closed on accept: their client had max_connections_per_ip open.",
                 self.connections_refused_per_ip.load(Ordering::Relaxed),
+            ),
+            (
+                "onetrip_proxy_headers_refused_total",
+                "Connections closed: a PROXY header from an address not in proxy_protocol_from.",
+                self.proxy_headers_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "onetrip_proxy_headers_invalid_total",
+                "Connections from a trusted proxy closed: no valid PROXY v2 header in time.",
+                self.proxy_headers_invalid.load(Ordering::Relaxed),
             ),
             (
                 "onetrip_connections_timed_out_total",

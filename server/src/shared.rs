@@ -336,22 +336,67 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Distinct clients past which requests sweep out stale windows, at most once a
+/// second between them (not on every request, as before).
+pub const IP_LIMITER_SWEEP_ABOVE: usize = 100_000;
+/// Most clients tracked at once (~40 bytes each, ~20 MB): memory stays bounded however
+/// many distinct sources (IPv4 addresses, IPv6 /64s) arrive within one second.
+pub const IP_LIMITER_CAPACITY: usize = 500_000;
+
 /// Per-replica, per-client fixed-window limiter for unauthenticated paths: checked
 /// before any cryptography, without allocation, and never shared (an IP flooding one
 /// replica need not cost the others a round trip to Redis). Clients are counted by
 /// [`client_key`] (IPv6 per /64).
-#[derive(Debug, Default)]
+///
+/// Bounded in work and memory: past `sweep_above` clients, stale windows are dropped
+/// at most once a second (one request that second pays one pass over the table; the
+/// others pay nothing), and past `capacity` clients a new client is refused until the
+/// next second's sweep, while the clients already counted go on as usual. Only a
+/// source that holds more than `capacity` addresses (or /64s) in one second can meet
+/// that refusal, and it is one second long.
+#[derive(Debug)]
 pub struct IpLimiter {
     windows: DashMap<IpAddr, (u64, u64)>,
+    last_sweep: AtomicU64,
+    sweep_above: usize,
+    capacity: usize,
+    #[cfg(test)]
+    sweeps: AtomicU64,
+}
+
+impl Default for IpLimiter {
+    fn default() -> Self {
+        Self::with_bounds(IP_LIMITER_SWEEP_ABOVE, IP_LIMITER_CAPACITY)
+    }
 }
 
 impl IpLimiter {
+    /// A limiter that sweeps above `sweep_above` clients and tracks at most `capacity`.
+    pub fn with_bounds(sweep_above: usize, capacity: usize) -> Self {
+        Self {
+            windows: DashMap::new(),
+            last_sweep: AtomicU64::new(0),
+            sweep_above,
+            capacity: capacity.max(1),
+            #[cfg(test)]
+            sweeps: AtomicU64::new(0),
+        }
+    }
+
     /// Counts one request from `ip` in the current one-second window.
     pub fn check(&self, ip: IpAddr, per_second: u64, now: u64) -> RateDecision {
-        if self.windows.len() > 100_000 {
-            self.windows.retain(|_, (start, _)| *start + 1 >= now);
+        let key = client_key(ip);
+        if self.windows.len() > self.sweep_above && self.last_sweep.swap(now, Ordering::Relaxed) != now {
+            // A window of an earlier second is reset on its client's next request
+            // anyway: it holds nothing worth keeping.
+            self.windows.retain(|_, (start, _)| *start >= now);
+            #[cfg(test)]
+            self.sweeps.fetch_add(1, Ordering::Relaxed);
         }
-        let mut w = self.windows.entry(client_key(ip)).or_insert((now, 0));
+        if self.windows.len() >= self.capacity && !self.windows.contains_key(&key) {
+            return RateDecision::Limited { retry_after: 1 };
+        }
+        let mut w = self.windows.entry(key).or_insert((now, 0));
         if w.0 != now {
             *w = (now, 0);
         }
@@ -398,5 +443,47 @@ mod ip_tests {
             assert_eq!(l.check(ip("192.0.2.1"), 3, 100), RateDecision::Allowed);
         }
         assert_eq!(l.check(ip("192.0.2.2"), 3, 100), RateDecision::Allowed);
+    }
+
+    fn nth_ip(i: u32) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i))
+    }
+
+    #[test]
+    fn a_large_table_is_swept_at_most_once_a_second_not_on_every_request() {
+        // The bounds the server runs with: before, every request past 100,000 clients
+        // ran a full pass over the table.
+        let l = IpLimiter::default();
+        let past = u32::try_from(IP_LIMITER_SWEEP_ABOVE).unwrap() + 1_000;
+        for i in 0..past {
+            assert_eq!(l.check(nth_ip(i), 5, 100), RateDecision::Allowed);
+        }
+        for i in 0..10_000 {
+            l.check(nth_ip(i), 5, 100);
+        }
+        assert_eq!(l.sweeps.load(Ordering::Relaxed), 1, "one pass in second 100, however many requests");
+        assert_eq!(l.windows.len(), past as usize, "nothing was stale in second 100");
+        for i in 0..10_000 {
+            l.check(nth_ip(i), 5, 101);
+        }
+        assert_eq!(l.sweeps.load(Ordering::Relaxed), 2, "one more pass in second 101");
+        assert!(l.windows.len() <= 10_000, "the stale windows of second 100 are gone: {}", l.windows.len());
+    }
+
+    #[test]
+    fn the_table_holds_at_most_its_capacity_and_known_clients_go_on() {
+        let l = IpLimiter::with_bounds(10, 100);
+        let mut refused = 0;
+        for i in 0..1_000 {
+            if l.check(nth_ip(i), 5, 100) != RateDecision::Allowed {
+                refused += 1;
+            }
+        }
+        assert_eq!(l.windows.len(), 100, "memory is bounded by the capacity");
+        assert_eq!(refused, 900, "new clients past the capacity wait for the next second");
+        assert_eq!(l.check(nth_ip(3), 5, 100), RateDecision::Allowed, "a counted client is unaffected");
+        // The next second's sweep frees the table for everyone.
+        assert_eq!(l.check(nth_ip(999), 5, 101), RateDecision::Allowed);
+        assert_eq!(l.windows.len(), 1);
     }
 }

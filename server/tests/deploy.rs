@@ -123,3 +123,73 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     let ours: Vec<&str> = said.lines().filter(|l| l.contains("onetrip.service")).collect();
     assert!(ours.is_empty(), "systemd-analyze verify warns about the unit:\n{}", ours.join("\n"));
 }
+
+/// `haproxy -c` on the shipped `deploy/haproxy.cfg` and on the harness's generated form
+/// of it (the one the HAProxy tests run).
+#[test]
+fn the_haproxy_config_passes_haproxy_check() {
+    if !support::haproxy::available() {
+        return;
+    }
+    let out = Command::new("haproxy").arg("-c").arg("-f").arg(deploy("haproxy.cfg")).output().expect("haproxy -c");
+    assert!(
+        out.status.success(),
+        "haproxy -c: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let backends = ["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()];
+    let generated =
+        support::haproxy::config_for(&backends, "127.0.0.1:3".parse().unwrap(), "retries 0", &dir.path().join("s"));
+    assert!(generated.contains("server onetrip2 127.0.0.1:2") && !generated.contains("7421"), "{generated}");
+    let file = dir.path().join("haproxy.cfg");
+    std::fs::write(&file, generated).unwrap();
+    let out = Command::new("haproxy").arg("-c").arg("-f").arg(&file).output().expect("haproxy -c");
+    assert!(
+        out.status.success(),
+        "generated: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The shipped HAProxy config takes a draining replica out before its listener closes:
+/// fall x inter plus one check timeout is below the default drain time.
+#[test]
+fn the_haproxy_health_checks_notice_a_drain_in_time() {
+    let cfg = std::fs::read_to_string(deploy("haproxy.cfg")).unwrap();
+    // The value after `key` on the (uncommented) line that starts with `prefix`.
+    let value = |prefix: &str, key: &str| -> String {
+        let line = cfg
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line in haproxy.cfg"));
+        let mut words = line.split_whitespace().skip_while(|w| *w != key);
+        words.nth(1).unwrap_or_else(|| panic!("`{key}` has no value in `{line}`")).to_owned()
+    };
+    let ms = |v: String| -> u64 {
+        match v.strip_suffix("ms") {
+            Some(n) => n.parse().unwrap(),
+            None => v.trim_end_matches('s').parse::<u64>().unwrap() * 1000,
+        }
+    };
+    let inter = ms(value("default-server", "inter"));
+    let fall = value("default-server", "fall").parse::<u64>().unwrap();
+    let check = ms(value("timeout check", "check"));
+    let drain_ms = onetrip_server::config::DEFAULT_DRAIN_SECS * 1000;
+    assert!(
+        fall * inter + check < drain_ms,
+        "fall {fall} x inter {inter} ms + check {check} ms vs drain {drain_ms} ms"
+    );
+    for needed in [
+        "send-proxy-v2",
+        "check-send-proxy",
+        "option httpchk GET /healthz",
+        "http-check expect status 200",
+        "balance roundrobin",
+    ] {
+        assert!(cfg.contains(needed), "haproxy.cfg lacks {needed}");
+    }
+}

@@ -202,6 +202,15 @@ pub struct ServeArgs {
     /// DEVELOPMENT ONLY: the console OTP channel prints the codes on stderr.
     #[arg(long, env = "ONETRIP_OTP_CONSOLE_CODES")]
     pub otp_console_codes: bool,
+    /// Load balancers (CIDR ranges, comma-separated, e.g. `127.0.0.1/32,::1/128`) that
+    /// must start every connection with a PROXY v2 header naming the client; a header
+    /// from any other address is refused [default: none, off].
+    #[arg(long, env = "ONETRIP_PROXY_PROTOCOL_FROM", value_delimiter = ',')]
+    pub proxy_protocol_from: Option<Vec<String>>,
+    /// After SIGTERM: seconds /healthz answers 503 `draining` while requests are still
+    /// served, before the listener closes; 0 = close at once [default: 5].
+    #[arg(long, env = "ONETRIP_DRAIN_SECS")]
+    pub drain_secs: Option<u64>,
     /// Scope that only second-factor tokens get (repeatable), e.g. `admin`.
     #[arg(long = "mfa-scope", env = "ONETRIP_MFA_SCOPES", value_delimiter = ',')]
     pub mfa_scopes: Vec<String>,

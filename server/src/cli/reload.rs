@@ -129,6 +129,8 @@ fn needs_restart(running: &Settings, fresh: &Settings) -> Vec<&'static str> {
         tls_key,
         log_format,
         otp_console_codes,
+        proxy_protocol_from,
+        drain_secs,
         otp,
         metrics_token,
     )

@@ -68,7 +68,7 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         .map_err(|e| format!("cannot create the admin socket {}: {e}", admin_socket.display()))?;
     // Before the announcement below: a SIGTERM sent as soon as we are "up" must stop
     // us gracefully, not by the default action.
-    let shutdown = crate::listener::shutdown_signal();
+    let signals = crate::listener::StopSignals::install();
     let hangups = super::reload::Hangups::listen()?;
     // Stamps in the start second are refused (crate::replay_guard): answer nobody
     // before the clock has left it, so no client in sync is refused.
@@ -114,6 +114,7 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             tracing::info!(computed = n, elapsed_ms = started.elapsed().as_millis() as u64, "key cache warmed");
         }));
     }
+    let shutdown = signals.drain_then_close(state.clone(), std::time::Duration::from_secs(state.settings.drain_secs));
     let reload = super::reload::Reloader { cli, args, state: &state, certificates, log_filter };
     tokio::select! {
         () = crate::listener::run(listener, tls, state.clone(), shutdown) => {}

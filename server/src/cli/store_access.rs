@@ -44,6 +44,8 @@ pub(super) fn settings(cli: &Cli, args: Option<&ServeArgs>) -> Result<Settings, 
         overrides.log = a.log.clone();
         overrides.log_format = a.log_format;
         overrides.otp_console_codes = a.otp_console_codes.then_some(true);
+        overrides.proxy_protocol_from = a.proxy_protocol_from.clone();
+        overrides.drain_secs = a.drain_secs;
         let smtp = (a.smtp_host.is_some()
             || a.smtp_port.is_some()
             || a.smtp_tls.is_some()

@@ -81,6 +81,12 @@ pub enum ConfigError {
     /// `audit_retention_days` is out of range.
     #[error("audit_retention_days must be between 1 and {MAX_AUDIT_RETENTION_DAYS}")]
     AuditRetention,
+    /// A `proxy_protocol_from` entry is not a CIDR range.
+    #[error("proxy_protocol_from: {0}")]
+    ProxyProtocolFrom(crate::proxy_protocol::CidrError),
+    /// `drain_secs` is out of range.
+    #[error("drain_secs must be between 0 and {}", super::MAX_DRAIN_SECS)]
+    DrainSecs,
     /// Only one of `tls_cert` and `tls_key` is set.
     #[error("TLS needs both tls_cert and tls_key")]
     TlsPair,

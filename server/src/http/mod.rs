@@ -58,7 +58,8 @@ pub async fn route(
 ) -> Result<Response<Body>, std::convert::Infallible> {
     use tracing::Instrument;
     let id = request_id::of(req.headers());
-    let span = tracing::info_span!("request", id = id.to_str().unwrap_or("-"));
+    // The client's address (behind a trusted proxy, the one its PROXY header named).
+    let span = tracing::info_span!("request", id = id.to_str().unwrap_or("-"), client = %conn.peer);
     let mut resp = dispatch(state, req, conn).instrument(span).await;
     resp.headers_mut().insert(request_id::HEADER, id);
     Ok(resp)
@@ -85,6 +86,18 @@ async fn dispatch(state: AppState, req: Request<Incoming>, conn: ConnInfo) -> Re
             Some(limited) => limited,
             None => whoami(&state, req, conn).await,
         },
+        // Shutting down (SIGTERM, --drain-secs): the load balancer takes this replica
+        // out while every other route is still served.
+        (&Method::GET, "/healthz") if state.metrics.draining.load(std::sync::atomic::Ordering::Relaxed) == 1 => {
+            let mut resp = problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "Draining",
+                "this replica is shutting down; it still serves requests until its listener closes",
+            );
+            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            resp
+        }
         // Liveness: the process answers. Handshakes of known keys go on without the
         // store (the key directory is in memory), so a down store is `degraded`, not down.
         (&Method::GET, "/healthz") if state.store_up() => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),

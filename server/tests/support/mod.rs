@@ -4,6 +4,8 @@
 // Each test crate that includes this module uses only some of it.
 #![allow(dead_code)]
 
+pub mod haproxy;
+
 /// Whether a missing tool fails the test (CI sets `ONETRIP_REQUIRE_TOOLS=1` and
 /// installs the tools) instead of skipping it.
 pub fn tools_required() -> bool {
