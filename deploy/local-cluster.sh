@@ -179,17 +179,17 @@ start_haproxy() {
     servers+="    server onetrip$i 127.0.0.1:$(cat "$STATE/replica$i.port") check send-proxy-v2 check-send-proxy inter 200ms fall 2 rise 2"$'\n'
   done
   # deploy/haproxy.cfg with this cluster's ports: its `bind` line and its server lines.
-  awk -v front="127.0.0.1:$front" -v servers="$servers" -v pidfile="$STATE/haproxy.pid" '
+  awk -v front="127.0.0.1:$front" -v servers="$servers" '
     /^[ \t]*bind[ \t]/ { sub(/bind[ \t]+[^ \t]+/, "bind " front) }
     /^[ \t]*server[ \t]/ { if (!done) { printf "%s", servers; done = 1 } next }
-    /^[ \t]*(daemon|pidfile|user|group|chroot|stats socket)/ { next }
     { print }
-    /^global/ { print "    pidfile " pidfile; print "    daemon" }
   ' "$ROOT/deploy/haproxy.cfg" >"$STATE/haproxy.cfg"
   local haproxy
   haproxy=$(command -v haproxy || echo /usr/sbin/haproxy)
   "$haproxy" -c -q -f "$STATE/haproxy.cfg" || die "haproxy rejects $STATE/haproxy.cfg"
-  "$haproxy" -f "$STATE/haproxy.cfg" >"$STATE/haproxy.log" 2>&1 || die "haproxy did not start"
+  # Foreground (-db) in its own session: its log (stderr) goes to a file, its PID is ours.
+  setsid "$haproxy" -db -f "$STATE/haproxy.cfg" </dev/null >"$STATE/haproxy.log" 2>&1 &
+  echo $! >"$STATE/haproxy.pid"
   echo "$front" >"$STATE/endpoint-port"
   # Healthy once every replica answers its check through the balancer.
   for _ in $(seq 1 100); do

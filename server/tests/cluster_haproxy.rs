@@ -1,47 +1,51 @@
-//! Three replicas on one PostgreSQL store behind a real HAProxy (round robin, health
-//! checks on /healthz every 200 ms): a client's handshakes land on every replica; a
+//! Three replicas on one PostgreSQL store behind a real HAProxy configured from the
+//! shipped deploy/haproxy.cfg (round robin, PROXY v2, health checks on /healthz): a client's handshakes land on every replica; a
 //! replica killed with SIGKILL under load is routed around, and once the checks have
 //! noticed no request fails; a rolling restart with drain (SIGTERM, exit, start,
 //! healthy, next) fails no request at all.
 
 mod cluster;
 mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use cluster::haproxy::Haproxy;
 use cluster::load::{Kind, Load};
 use cluster::{exchange, replayable, Fleet};
 use onetrip_protocol::handshake::ClientRequest;
+use support::haproxy::Haproxy;
 
 /// Serve flags: per-IP and per-key limits out of the way (all traffic is one key
-/// from 127.0.0.1), PROXY v2 from the balancer when this build speaks it.
+/// from 127.0.0.1), PROXY v2 from the balancer.
 fn serve_flags(extra: &[&'static str]) -> Vec<&'static str> {
     let mut flags = vec!["--auth-rate-per-ip", "100000", "--auth-rate-per-key", "100000"];
-    if cluster::serve_has("--proxy-protocol-from") {
-        flags.extend(["--proxy-protocol-from", cluster::haproxy::TRUSTED]);
-    }
+    flags.extend(["--proxy-protocol-from", cluster::LB_SOURCE]);
     flags.extend_from_slice(extra);
     flags
 }
 
-fn proxied() -> bool {
-    cluster::serve_has("--proxy-protocol-from")
+/// HAProxy from the shipped deploy/haproxy.cfg in front of `fleet`, every replica up.
+fn balancer(fleet: &Fleet) -> Option<Haproxy> {
+    let backends: Vec<std::net::SocketAddr> =
+        fleet.ports.iter().map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], *p))).collect();
+    let lb = Haproxy::start(&backends, cluster::LB_EXTRA)?;
+    assert!(lb.wait_all_up(Duration::from_secs(10)), "replicas not up in HAProxy: {}", lb.log());
+    Some(lb)
 }
 
 #[test]
 fn a_clients_handshakes_through_haproxy_land_on_all_three_replicas() {
     let Some(fleet) = Fleet::start(3, &serve_flags(&[])) else { return };
-    let Some(lb) = Haproxy::start(&fleet.ports, proxied()) else { return };
+    let Some(lb) = balancer(&fleet) else { return };
     let (key, _) = fleet.create_key(&["--name", "balanced"]);
     let ok = "onetrip_handshakes_total{status=\"ok\"}";
     let before: Vec<u64> = fleet.running().map(|s| s.metric(ok)).collect();
-    let doc = cluster::document(lb.port);
+    let doc = cluster::document(lb.addr().port());
     assert!(doc.check_pin(&fleet.replica(0).fingerprint).is_ok(), "the balancer serves the pinned identity");
     for _ in 0..30 {
         let r = replayable(&doc, &key, &ClientRequest::default(), 1);
         let pending = r.pending.into_iter().next().unwrap();
-        let answer = exchange(lb.port, &r.bytes, pending, Duration::from_secs(5));
+        let answer = exchange(lb.addr().port(), &r.bytes, pending, Duration::from_secs(5));
         assert!(answer.granted(), "{answer:?}");
     }
     let after: Vec<u64> = fleet.running().map(|s| s.metric(ok)).collect();
@@ -54,15 +58,15 @@ fn a_clients_handshakes_through_haproxy_land_on_all_three_replicas() {
 #[test]
 fn a_replica_killed_under_load_is_routed_around_and_then_nothing_fails() {
     let Some(mut fleet) = Fleet::start(3, &serve_flags(&[])) else { return };
-    let Some(lb) = Haproxy::start(&fleet.ports, proxied()) else { return };
+    let Some(lb) = balancer(&fleet) else { return };
     let (key, _) = fleet.create_key(&["--name", "steady"]);
-    let doc = cluster::document(lb.port);
-    let load = Load::start(lb.port, &doc, &key, 4, Duration::from_secs(5), Duration::from_millis(10));
+    let doc = cluster::document(lb.addr().port());
+    let load = Load::start(lb.addr().port(), &doc, &key, 4, Duration::from_secs(5), Duration::from_millis(10));
     std::thread::sleep(Duration::from_secs(1));
     let killed_at = load.started.elapsed();
     fleet.kill9(1);
-    // Two failed checks 200 ms apart take it out; allow a full second.
-    let noticed = killed_at + Duration::from_secs(1);
+    // Two failed checks 500 ms apart (deploy/haproxy.cfg) take it out; allow 2 s.
+    let noticed = killed_at + Duration::from_secs(2);
     std::thread::sleep(Duration::from_secs(3));
     let (report, _) = load.stop();
     let hung = report.count(|k| matches!(k, Kind::Bad(s) if s.contains("Timeout")));
@@ -75,21 +79,19 @@ fn a_replica_killed_under_load_is_routed_around_and_then_nothing_fails() {
 
 #[test]
 fn a_rolling_restart_with_drain_under_load_fails_no_request() {
-    if !cluster::needs("--drain-secs") {
-        return;
-    }
-    let Some(mut fleet) = Fleet::start(3, &serve_flags(&["--drain-secs", "1"])) else { return };
-    let Some(lb) = Haproxy::start(&fleet.ports, proxied()) else { return };
+    // Drain longer than HAProxy needs to notice (fall 2 x inter 500 ms + 1 s check timeout).
+    let Some(mut fleet) = Fleet::start(3, &serve_flags(&["--drain-secs", "3"])) else { return };
+    let Some(lb) = balancer(&fleet) else { return };
     let (key, _) = fleet.create_key(&["--name", "steady"]);
-    let doc = cluster::document(lb.port);
-    let load = Load::start(lb.port, &doc, &key, 4, Duration::from_secs(5), Duration::from_millis(10));
+    let doc = cluster::document(lb.addr().port());
+    let load = Load::start(lb.addr().port(), &doc, &key, 4, Duration::from_secs(5), Duration::from_millis(10));
     std::thread::sleep(Duration::from_millis(500));
     let start = Instant::now();
     for i in 0..3 {
         let exited = fleet.terminate(i, Duration::from_secs(15));
         fleet.launch(i);
-        // Healthy again in HAProxy's eyes: two passed checks 200 ms apart.
-        std::thread::sleep(Duration::from_millis(800));
+        // Up again in HAProxy's eyes before the next one goes.
+        assert!(lb.wait_all_up(Duration::from_secs(10)), "replica {i} not back up: {}", lb.log());
         eprintln!("replica {i} drained and exited in {exited:?}, back on port {}", fleet.ports[i]);
     }
     let (report, _) = load.stop();

@@ -7,7 +7,6 @@
 // Each test crate that includes this module uses only some of it.
 #![allow(dead_code)]
 
-pub mod haproxy;
 pub mod load;
 
 use std::io::{Read, Write};
@@ -22,6 +21,14 @@ use onetrip_protocol::handshake::{ClientRequest, REQUEST_LEN, REQUEST_NONCE_LEN}
 use onetrip_protocol::{AwaitingResponse, ClientHandshake, DefaultBackend, Outcome, ServerKeyDocument};
 
 const PG_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg-throwaway.sh");
+
+/// The address HAProxy speaks PROXY v2 from in the cluster tests (its backend gets
+/// `source 127.0.0.2`), for the replicas' `--proxy-protocol-from`: the tests' own
+/// direct calls from 127.0.0.1 (metrics, keys, handshakes) then need no header.
+pub const LB_SOURCE: &str = "127.0.0.2/32";
+
+/// The `extra` for `support::haproxy::Haproxy::start` that goes with [`LB_SOURCE`].
+pub const LB_EXTRA: &str = "source 127.0.0.2";
 
 /// Whether a missing outside tool fails the test instead of skipping it.
 pub fn tools_required() -> bool {
