@@ -4,7 +4,7 @@
 
 use crate::client::{Client, ClientBuilder};
 use crate::error::Error;
-use crate::token::{AccessToken, SignedRequest};
+use crate::token::{AccessToken, LoginCredential, SignedRequest};
 
 /// Blocking onetrip client. Cheap to share by reference across threads; calls from
 /// inside an async runtime are refused (use [`Client`] there).
@@ -62,6 +62,14 @@ impl BlockingClient {
     /// As [`Client::sign_request`].
     pub fn sign_request(&self, method: &str, path: &str, body: &[u8]) -> Result<SignedRequest, Error> {
         self.block_on(self.client.sign_request(method, path, body))
+    }
+
+    /// See [`Client::login_credential`].
+    ///
+    /// # Errors
+    /// As [`Client::login_credential`].
+    pub fn login_credential(&self, user: &str, database: Option<&str>) -> Result<LoginCredential, Error> {
+        self.block_on(self.client.login_credential(user, database))
     }
 
     /// See [`Client::otp_create`].

@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::core::{ClientCore, Flight, Pending, Step};
 use crate::error::Error;
-use crate::token::{AccessToken, SignedRequest};
+use crate::token::{AccessToken, LoginCredential, SignedRequest};
 use crate::transport::{Backoff, Transport};
 use crate::trust::{self, Trust};
 
@@ -362,6 +362,17 @@ impl Client {
     /// As [`Self::token`]; [`Error::InvalidRequest`] for an absurdly long method or path.
     pub async fn sign_request(&self, method: &str, path: &str, body: &[u8]) -> Result<SignedRequest, Error> {
         self.token().await?.sign(method, path, body, self.now())
+    }
+
+    /// A database login credential (PROTOCOL.md §14) for `user` and, when given,
+    /// `database`, from the current token, refreshed if needed (as [`Self::token`]).
+    /// Send it as the password of one connection: the database refuses it a second
+    /// time, and after [`onetrip_protocol::LOGIN_WINDOW_SECS`].
+    ///
+    /// # Errors
+    /// As [`Self::token`]; [`Error::InvalidRequest`] for a name over 255 bytes.
+    pub async fn login_credential(&self, user: &str, database: Option<&str>) -> Result<LoginCredential, Error> {
+        self.token().await?.login_credential(user, database, self.now())
     }
 
     /// One handshake with its one-time allowances. Call with the gate held.

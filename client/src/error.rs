@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use onetrip_protocol::{ApiKeyError, Channel, DocumentError, Fingerprint, HandshakeError, PopError};
+use onetrip_protocol::{ApiKeyError, Channel, DocumentError, Fingerprint, HandshakeError, LoginError, PopError};
 
 /// Everything that can go wrong getting or using a token.
 ///
@@ -134,6 +134,15 @@ impl From<PopError> for Error {
     }
 }
 
+impl From<LoginError> for Error {
+    fn from(e: LoginError) -> Self {
+        match e {
+            LoginError::NameTooLong => Error::InvalidRequest("user or database name longer than 255 bytes"),
+            _ => Error::InvalidRequest("cannot make the login credential"),
+        }
+    }
+}
+
 impl Error {
     /// True for errors worth retrying later without changing anything (the client
     /// has already retried transport errors and 503 itself).
@@ -144,6 +153,7 @@ impl Error {
 
     /// True for errors the client retries itself with backoff: transport failures,
     /// timeouts and HTTP 503. Protocol answers are never in this set.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn is_transient(&self) -> bool {
         matches!(self, Error::Transport(_) | Error::Timeout(_) | Error::Http { status: 503, .. })
     }

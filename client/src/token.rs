@@ -1,6 +1,7 @@
 //! A granted token as the client holds it ([`AccessToken`]: token, session key, expiry
 //! and local refresh deadline) and the headers it produces for one request to a
-//! resource server ([`SignedRequest`]: `Authorization: Onetrip …` and `Onetrip-PoP`).
+//! resource server ([`SignedRequest`]: `Authorization: Onetrip …` and `Onetrip-PoP`),
+//! or the password-field string for a database login ([`LoginCredential`]).
 
 use std::sync::Arc;
 
@@ -126,6 +127,26 @@ impl AccessToken {
         self.sign_with_rng(method, path, body, local_now, &mut rand_core::OsRng)
     }
 
+    /// A database login credential (PROTOCOL.md §14) for `user` and, when given,
+    /// `database`, stamped with server time (local time plus the learnt offset), with
+    /// a nonce from the OS CSPRNG. Send it as the password; it is single-use and valid
+    /// for [`onetrip_protocol::LOGIN_WINDOW_SECS`] around its timestamp.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] for a user or database name over 255 bytes.
+    pub fn login_credential(
+        &self,
+        user: &str,
+        database: Option<&str>,
+        local_now: u64,
+    ) -> Result<LoginCredential, Error> {
+        let mut nonce = [0u8; onetrip_protocol::LOGIN_NONCE_LEN];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+        let now = local_now.saturating_add_signed(self.0.clock_offset);
+        let s = onetrip_protocol::login_credential(&self.0.token, &self.0.session_key, user, database, now, &nonce)?;
+        Ok(LoginCredential(s))
+    }
+
     /// [`Self::sign`] with a caller-supplied CSPRNG.
     ///
     /// # Errors
@@ -179,5 +200,24 @@ impl SignedRequest {
     /// The access token (expiry, refresh deadline).
     pub fn access_token(&self) -> &AccessToken {
         &self.token
+    }
+}
+
+/// A database login credential: send [`Self::as_str`] as the password. Zeroized on
+/// drop; `Debug` prints nothing of it.
+#[derive(Clone)]
+pub struct LoginCredential(Zeroizing<String>);
+
+impl std::fmt::Debug for LoginCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoginCredential([redacted])")
+    }
+}
+
+impl LoginCredential {
+    /// The credential text (`otl1.…`, [`onetrip_protocol::LOGIN_CREDENTIAL_MAX_LEN`]
+    /// characters).
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }

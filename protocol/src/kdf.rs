@@ -32,6 +32,11 @@ pub const LABEL_TOKEN_SERVER_KEY: &str = "onetrip v1 token server key";
 pub const LABEL_AUDIENCE_TAG: &str = "onetrip v1 audience tag";
 /// Proof-of-possession MAC key from the session key.
 pub const LABEL_POP_KEY: &str = "onetrip v1 pop key";
+/// Login credential MAC key from the session key (PROTOCOL.md §14): a label of its
+/// own, so a login credential's MAC is never a valid HTTP proof of possession.
+pub const LABEL_LOGIN_KEY: &str = "onetrip v1 login key";
+/// Replay id of a login credential (§14).
+pub const LABEL_LOGIN_REPLAY_ID: &str = "onetrip v1 login replay id";
 /// Ed25519 signing context of the server key document.
 pub const SIGN_CONTEXT_DOCUMENT: &[u8] = b"onetrip v1 server key document\0";
 /// Ed25519 signing context of a "server key changed" answer.
@@ -79,6 +84,8 @@ mod tests {
             LABEL_TOKEN_SERVER_KEY,
             LABEL_AUDIENCE_TAG,
             LABEL_POP_KEY,
+            LABEL_LOGIN_KEY,
+            LABEL_LOGIN_REPLAY_ID,
         ];
         for (i, x) in all.iter().enumerate() {
             for y in &all[i + 1..] {

@@ -15,6 +15,7 @@
 //! | [`handshake`] | the one-roundtrip request/response, client and server state machines |
 //! | [`token`] | fixed-size sealed tokens, per-audience keys, the `TokenVerifier` |
 //! | [`pop`] | proof-of-possession signatures made with the session key |
+//! | [`login`] | database login credentials: token and proof in one password string |
 //! | `fuzzing` | (feature `fuzzing`) the properties the `fuzz/` targets check |
 //!
 //! The byte-level specification is `PROTOCOL.md` at the repository root; every
@@ -32,6 +33,7 @@ mod codec;
 pub mod fuzzing;
 pub mod handshake;
 pub mod kdf;
+pub mod login;
 pub mod pop;
 pub mod secret;
 pub mod server_key;
@@ -44,6 +46,10 @@ pub use handshake::{
     server::{Authenticated, OpenedRequest, RejectReason, Rejected, Reply, RequestError, Responder, StaticStatic},
     status::Status,
     Channel, ClientRequest, SecondFactor, WireError, REQUEST_LEN, RESPONSE_LEN,
+};
+pub use login::{
+    login_credential, LoginError, VerifiedLogin, LOGIN_CREDENTIAL_MAX_LEN, LOGIN_NAME_MAX_LEN, LOGIN_NONCE_LEN,
+    LOGIN_PREFIX, LOGIN_WINDOW_SECS,
 };
 pub use pop::{PopError, PopProof};
 pub use secret::Secret;

@@ -39,6 +39,14 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// See [`Settings::store`] (`redb`, or a `postgres://` URL).
     pub store: Option<String>,
+    /// See [`Settings::shared`] (`memory`, or redis:// URLs).
+    pub shared: Option<String>,
+    /// See [`crate::shared_redis::RedisSetting::prefix`].
+    pub shared_prefix: Option<String>,
+    /// See [`crate::shared_redis::RedisSetting::connect_timeout`].
+    pub shared_connect_timeout_ms: Option<u64>,
+    /// See [`crate::shared_redis::RedisSetting::command_timeout`].
+    pub shared_command_timeout_ms: Option<u64>,
     /// See [`Settings::admin_socket`].
     pub admin_socket: Option<PathBuf>,
     /// See [`Settings::token_ttl_secs`].
@@ -381,6 +389,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Where durable state lives: the embedded store (default) or PostgreSQL.
     pub store: StoreSetting,
+    /// Where replica-shared state (replay ids, rate limits, revocations, OTP resend
+    /// leases) lives: this process (default) or Redis / Redis Cluster.
+    pub shared: crate::shared_redis::SharedSetting,
     /// Admin Unix socket path.
     pub admin_socket: PathBuf,
     /// Token lifetime.
@@ -392,7 +403,7 @@ pub struct Settings {
     /// Simultaneous connections; more wait in the kernel backlog.
     pub max_connections: usize,
     /// Simultaneous connections from one client (an IPv4 address, an IPv6 /64); more
-    /// are closed at once. Behind a proxy this counts the proxy.
+    /// are closed at once. Behind a proxy this counts the proxy, unless it sends PROXY headers (`proxy_protocol_from`).
     pub max_connections_per_ip: usize,
     /// Time allowed to receive request headers (and, on a kept-alive connection, the
     /// next request to start).
@@ -455,6 +466,7 @@ impl Settings {
             admin_socket: data_dir.join("admin.sock"),
             data_dir,
             store: StoreSetting::Embedded,
+            shared: crate::shared_redis::SharedSetting::Memory,
             token_ttl_secs: 900,
             clock_window_secs: onetrip_protocol::DEFAULT_CLOCK_WINDOW_SECS,
             default_audience: "onetrip".into(),
@@ -503,6 +515,12 @@ impl Settings {
             admin_socket: overrides.admin_socket.or(file.admin_socket).unwrap_or(d.admin_socket),
             data_dir,
             store: StoreSetting::parse(overrides.store.as_deref().or(file.store.as_deref()))?,
+            shared: crate::shared_redis::SharedSetting::parse(
+                overrides.shared.as_deref().or(file.shared.as_deref()),
+                overrides.shared_prefix.as_deref().or(file.shared_prefix.as_deref()),
+                overrides.shared_connect_timeout_ms.or(file.shared_connect_timeout_ms),
+                overrides.shared_command_timeout_ms.or(file.shared_command_timeout_ms),
+            )?,
             token_ttl_secs: pick!(token_ttl_secs),
             clock_window_secs: pick!(clock_window_secs),
             default_audience: pick!(default_audience),

@@ -57,6 +57,7 @@ pub mod retention;
 pub mod revocation;
 pub mod seal;
 pub mod shared;
+pub mod shared_redis;
 pub mod state;
 pub mod store;
 pub mod tls;

@@ -1,6 +1,6 @@
 //! State that several replicas must share: the replay cache, rate limits and token
 //! revocations. Handlers see only the [`SharedState`] trait; [`MemoryShared`] is the
-//! single-node default, and a Redis backend can implement the same trait.
+//! single-node default; [`crate::shared_redis::RedisShared`] shares it between replicas.
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,6 +69,31 @@ pub trait SharedState: Send + Sync + 'static {
     /// when the backend keeps one here (a shared server's sizes are not this process's).
     fn local_replay_entries(&self) -> Option<usize> {
         None
+    }
+
+    /// False while the backend is known to fail (its last probe or a command since
+    /// failed): `/healthz` then answers 503 `shared_state_unavailable`, so that a load
+    /// balancer takes this replica out. Cheap: no round trip.
+    fn healthy(&self) -> bool {
+        true
+    }
+
+    /// Checks the backend (the serve loop calls it once a second), so that
+    /// [`SharedState::healthy`] recovers without traffic.
+    async fn probe(&self) {}
+
+    /// True once after the backend came back from an outage in which it may have
+    /// lost writes (Redis restarted, or failed over): the serve loop then reloads the
+    /// replay ids stamped ahead and the token revocations from the store.
+    fn take_recovery(&self) -> bool {
+        false
+    }
+
+    /// Backend hook for `/metrics`: failed operations by name
+    /// (`onetrip_shared_state_errors_total{op}`); none for a backend that cannot fail
+    /// that way.
+    fn error_counts(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
     }
 }
 

@@ -443,8 +443,10 @@ fn haproxy_takes_a_draining_replica_out_before_it_closes_and_no_request_fails() 
         })
     };
     std::thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
     sigterm(&draining);
     assert!(lb.wait_server("onetrip1", "DOWN", Duration::from_secs(10)), "{:?}", lb.server_states());
+    let down_after = signalled.elapsed();
     assert!(draining.child.try_wait().unwrap().is_none(), "HAProxy saw the drain before the replica stopped");
     let (status, _) = wait_exit(&mut draining, Duration::from_secs(20));
     assert!(status.success(), "{status:?}");
@@ -453,4 +455,5 @@ fn haproxy_takes_a_draining_replica_out_before_it_closes_and_no_request_fails() 
     let (ok, failed) = load.join().unwrap();
     assert!(failed.is_empty(), "{} requests failed ({failed:?}), {ok} succeeded\n{}", failed.len(), lb.log());
     assert!(ok > 50, "{ok}");
+    eprintln!("SIGTERM -> HAProxy DOWN: {down_after:?}; {ok} requests through the drain, none failed");
 }

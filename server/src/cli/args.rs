@@ -137,6 +137,20 @@ pub struct ServeArgs {
     /// Token lifetime in seconds [default: 900].
     #[arg(long, env = "ONETRIP_TOKEN_TTL_SECS")]
     pub token_ttl_secs: Option<u64>,
+    /// Replica-shared state (replay ids, rate limits, revocations): `memory`, one
+    /// plain Redis `redis://host:port`, or a Redis Cluster `redis://a:p,b:p` /
+    /// `redis+cluster://host:port` [default: memory].
+    #[arg(long, env = "ONETRIP_SHARED")]
+    pub shared: Option<String>,
+    /// Prefix of every Redis key [default: onetrip:].
+    #[arg(long, env = "ONETRIP_SHARED_PREFIX")]
+    pub shared_prefix: Option<String>,
+    /// Milliseconds one connection attempt to Redis may take [default: 500].
+    #[arg(long, env = "ONETRIP_SHARED_CONNECT_TIMEOUT_MS")]
+    pub shared_connect_timeout_ms: Option<u64>,
+    /// Milliseconds one Redis command may take before the request fails closed [default: 100].
+    #[arg(long, env = "ONETRIP_SHARED_COMMAND_TIMEOUT_MS")]
+    pub shared_command_timeout_ms: Option<u64>,
     /// Accepted client clock difference in seconds, ± [default: 60].
     #[arg(long, env = "ONETRIP_CLOCK_WINDOW_SECS")]
     pub clock_window_secs: Option<u64>,

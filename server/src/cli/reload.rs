@@ -108,6 +108,7 @@ fn needs_restart(running: &Settings, fresh: &Settings) -> Vec<&'static str> {
         listen,
         data_dir,
         store,
+        shared,
         admin_socket,
         token_ttl_secs,
         clock_window_secs,

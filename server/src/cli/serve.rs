@@ -12,6 +12,7 @@ use super::CliError;
 use crate::admin;
 use crate::config::StoreSetting;
 use crate::shared::MemoryShared;
+use crate::shared_redis::{RedisShared, SharedSetting};
 use crate::state::{AppState, SystemClock};
 use crate::tls::{CertificateFiles, TlsSetupError};
 
@@ -47,10 +48,20 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     let admin_socket = settings.admin_socket.clone();
     let data_dir = settings.data_dir.clone();
     let store_shown = matches!(settings.store, StoreSetting::Postgres(_)).then(|| settings.store.shown());
-    let shared = Arc::new(MemoryShared::with_window(settings.clock_window_secs, settings.replay_cache_capacity));
-    let state = AppState::from_parts(settings, store, shared.clone(), Arc::new(SystemClock))
-        .await
-        .map_err(|e| e.to_string())?;
+    // The in-memory backend needs the maintenance task's sweep; Redis expires by itself.
+    let (shared, memory): (crate::shared::Shared, Option<Arc<MemoryShared>>) = match &settings.shared {
+        SharedSetting::Memory => {
+            let m = Arc::new(MemoryShared::with_window(settings.clock_window_secs, settings.replay_cache_capacity));
+            (m.clone(), Some(m))
+        }
+        SharedSetting::Redis(r) => {
+            let redis = RedisShared::connect(r.clone(), settings.clock_window_secs).await.map_err(|e| e.to_string())?;
+            println!("shared state: {}", r.shown());
+            (Arc::new(redis), None)
+        }
+    };
+    let state =
+        AppState::from_parts(settings, store, shared, Arc::new(SystemClock)).await.map_err(|e| e.to_string())?;
     let restored = crate::replay_guard::restore(&state).await.map_err(|e| e.to_string())?;
     tracing::debug!(restored, "replay ids stamped ahead by the previous run loaded");
     let revoked = crate::revocation::restore(&state).await.map_err(|e| e.to_string())?;
@@ -92,7 +103,7 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             }
         })
     };
-    let maintenance = tokio::spawn(maintenance(state.clone(), shared));
+    let maintenance = tokio::spawn(maintenance(state.clone(), memory));
     let clock = Arc::clone(&state.clock);
     let key_lifecycle = tokio::spawn(crate::key_lifecycle::run(
         state.clone(),
@@ -138,7 +149,7 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
 
 /// Once a second: expire replay ids and rate windows; every ten seconds, persist
 /// `last_used_at`. (Handshake keys have their own task, [`crate::key_lifecycle`].)
-async fn maintenance(state: AppState, shared: Arc<MemoryShared>) {
+async fn maintenance(state: AppState, memory: Option<Arc<MemoryShared>>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut ticks: u64 = 0;
     let mut refused_logged = 0;
@@ -146,7 +157,13 @@ async fn maintenance(state: AppState, shared: Arc<MemoryShared>) {
         tick.tick().await;
         ticks += 1;
         let now = state.now();
-        shared.sweep(now);
+        if let Some(memory) = &memory {
+            memory.sweep(now);
+        }
+        state.shared.probe().await;
+        if state.shared.take_recovery() {
+            restore_shared(&state).await;
+        }
         state.probe_store(std::time::Duration::from_secs(2)).await;
         if ticks % 10 == 0 {
             if let Err(e) = state.flush_last_used().await {
@@ -200,4 +217,18 @@ fn init_tracing(filter: &str, format: crate::config::LogFormat) -> Option<super:
             .with_span_list(false)
     });
     tracing_subscriber::registry().with(filter).with(text_layer).with(json_layer).try_init().ok().map(|()| handle)
+}
+
+/// After a shared-state outage (Redis may have lost writes): put back what the
+/// store knows, as at a start. A failure is retried at the next recovery; until then
+/// requests stamped before the recovery are refused anyway.
+async fn restore_shared(state: &AppState) {
+    match crate::replay_guard::restore(state).await {
+        Ok(n) => tracing::info!(restored = n, "replay ids stamped ahead reloaded into the shared state"),
+        Err(e) => tracing::error!(error = %e, "cannot reload replay ids into the shared state"),
+    }
+    match crate::revocation::restore(state).await {
+        Ok(n) => tracing::info!(revoked = n, "token revocations reloaded into the shared state"),
+        Err(e) => tracing::error!(error = %e, "cannot reload token revocations into the shared state"),
+    }
 }

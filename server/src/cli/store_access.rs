@@ -22,6 +22,10 @@ pub(super) fn settings(cli: &Cli, args: Option<&ServeArgs>) -> Result<Settings, 
     let mut overrides = FileConfig { data_dir: cli.data_dir.clone(), store: cli.store.clone(), ..Default::default() };
     if let Some(a) = args {
         overrides.listen = a.listen;
+        overrides.shared = a.shared.clone();
+        overrides.shared_prefix = a.shared_prefix.clone();
+        overrides.shared_connect_timeout_ms = a.shared_connect_timeout_ms;
+        overrides.shared_command_timeout_ms = a.shared_command_timeout_ms;
         overrides.token_ttl_secs = a.token_ttl_secs;
         overrides.clock_window_secs = a.clock_window_secs;
         overrides.default_audience = a.default_audience.clone();

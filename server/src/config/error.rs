@@ -28,6 +28,9 @@ pub enum ConfigError {
     /// `store` is neither the embedded engine nor a PostgreSQL URL.
     #[error("store must be `redb` (the embedded default) or a postgres:// URL")]
     Store,
+    /// `shared`, `shared_prefix` or a shared-state timeout is refused.
+    #[error(transparent)]
+    Shared(#[from] crate::shared_redis::SharedSettingError),
     /// `token_ttl_secs` is out of range.
     #[error("token_ttl_secs must be between 60 and {}", super::MAX_TOKEN_TTL_SECS)]
     TokenTtl,

@@ -98,6 +98,9 @@ async fn dispatch(state: AppState, req: Request<Incoming>, conn: ConnInfo) -> Re
             resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
             resp
         }
+        // Replica-shared state (Redis) down: handshakes and OTP fail closed here, so
+        // the load balancer should send them to another replica.
+        (&Method::GET, "/healthz") if !state.shared.healthy() => crate::shared_redis::unhealthy(),
         // Liveness: the process answers. Handshakes of known keys go on without the
         // store (the key directory is in memory), so a down store is `degraded`, not down.
         (&Method::GET, "/healthz") if state.store_up() => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
@@ -266,6 +269,7 @@ fn metrics(state: &AppState) -> Response<Body> {
     );
     crate::metrics::render_store_stats(&mut text, &state.store.store_stats());
     state.metrics.otp.render(&mut text);
+    crate::shared_redis::render_metrics(&mut text, state.shared.as_ref());
     let expiry = state.handshake.load().responder.entries().map(|e| e.not_after).max();
     crate::metrics::render_state_gauges(&mut text, state.settings.replay_cache_capacity, expiry);
     let mut resp = Response::new(Body::new(Bytes::from(text)));

@@ -34,13 +34,20 @@ fn tools_required() -> bool {
 /// `ONETRIP_REQUIRE_TOOLS=1`) when not.
 pub fn redis_available() -> bool {
     let ok = |bin: &str| {
-        Command::new(bin).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+        Command::new(bin)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     };
     if ok("redis-server") && ok("redis-cli") {
         return true;
     }
     if tools_required() {
-        panic!("redis-server/redis-cli not found but ONETRIP_REQUIRE_TOOLS=1: apt-get install -y redis-server redis-tools");
+        panic!(
+            "redis-server/redis-cli not found but ONETRIP_REQUIRE_TOOLS=1: apt-get install -y redis-server redis-tools"
+        );
     }
     eprintln!("redis-server/redis-cli not found, skipped (install: apt-get install -y redis-server redis-tools)");
     false
@@ -99,7 +106,8 @@ impl RedisNode {
             return None;
         }
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut node = RedisNode { child: None, port: free_port(), dir: tmp.path().into(), cluster: false, _tmp: Some(tmp) };
+        let mut node =
+            RedisNode { child: None, port: free_port(), dir: tmp.path().into(), cluster: false, _tmp: Some(tmp) };
         node.restart();
         Some(node)
     }
@@ -150,10 +158,15 @@ impl RedisNode {
             .arg("--dir")
             .arg(&self.dir);
         if self.cluster {
-            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
-                .args(["--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0"]);
+            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]).args([
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-replica-validity-factor",
+                "0",
+            ]);
         }
-        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn redis-server");
+        let child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn redis-server");
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         while self.cli(&["ping"]) != "PONG" {
@@ -199,7 +212,8 @@ impl RedisCluster {
             return None;
         }
         let tmp = tempfile::tempdir().expect("tempdir");
-        let nodes: Vec<RedisNode> = (0..6).map(|i| RedisNode::cluster_member(tmp.path().join(format!("n{i}")))).collect();
+        let nodes: Vec<RedisNode> =
+            (0..6).map(|i| RedisNode::cluster_member(tmp.path().join(format!("n{i}")))).collect();
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let out = Command::new("redis-cli")
             .arg("--cluster")
