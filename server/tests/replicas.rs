@@ -4,10 +4,10 @@
 //! write. Each test runs its own throw-away cluster (`scripts/pg-throwaway.sh`), so
 //! it can stop that cluster without touching anyone else's.
 
+mod cluster;
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{http, pop_headers, Server};
@@ -16,78 +16,10 @@ use onetrip_protocol::handshake::ClientRequest;
 use onetrip_protocol::pop::POP_HEADER;
 use onetrip_protocol::Outcome;
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg-throwaway.sh");
-
-/// A PostgreSQL cluster of this test's own, stopped and removed on drop.
-struct Cluster {
-    dir: PathBuf,
-    url: String,
-    _tmp: tempfile::TempDir,
-}
-
-impl Cluster {
-    /// `None` (after saying why) when PostgreSQL is not installed and the tools are
-    /// not required; with `ONETRIP_REQUIRE_TOOLS=1` a missing PostgreSQL fails.
-    fn start() -> Option<Cluster> {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("pg");
-        let out = Command::new("bash").arg(SCRIPT).arg("start").arg(&dir).output().unwrap();
-        if !out.status.success() {
-            let why = String::from_utf8_lossy(&out.stderr).into_owned();
-            if std::env::var("ONETRIP_REQUIRE_TOOLS").as_deref() == Ok("1") {
-                panic!("ONETRIP_REQUIRE_TOOLS=1 and no PostgreSQL cluster could be started: {why}");
-            }
-            eprintln!("skipped: no PostgreSQL here ({why})");
-            return None;
-        }
-        let line = String::from_utf8(out.stdout).unwrap();
-        let url = line.trim().strip_prefix("export ONETRIP_TEST_POSTGRES_URL='").unwrap().trim_end_matches('\'');
-        Some(Cluster { dir, url: url.to_owned(), _tmp: tmp })
-    }
-
-    /// Stops (`halt`) or starts again on the same port (`resume`) the cluster.
-    fn control(&self, what: &str) {
-        let out = Command::new("bash").arg(SCRIPT).arg(what).arg(&self.dir).output().unwrap();
-        assert!(out.status.success(), "pg-throwaway {what}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new("bash").arg(SCRIPT).arg("stop").arg(&self.dir).output();
-    }
-}
-
-/// `onetrip <args> --store URL`, against the database directly (no server).
-fn cli(url: &str, dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(common::BIN)
-        .args(args)
-        .args(["--store", url, "--data-dir"])
-        .arg(dir)
-        .env_remove("ONETRIP_PASSPHRASE")
-        .output()
-        .unwrap()
-}
-
-fn create_key(url: &str, dir: &Path, args: &[&str]) -> (ApiKey, String) {
-    let out = cli(url, dir, &[&["keys", "create", "--json"], args].concat());
-    assert!(out.status.success(), "keys create: {}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    (ApiKey::parse(v["api_key"].as_str().unwrap()).unwrap(), v["id"].as_str().unwrap().to_owned())
-}
+use cluster::{cli, create_key, until, Pg as Cluster};
 
 fn granted(server: &Server, key: &ApiKey) -> bool {
     matches!(server.handshake(key, &ClientRequest::default()), Outcome::Granted(_))
-}
-
-/// Waits (at most `limit`) until `done`; returns how long it took.
-fn until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
 }
 
 fn serve(url: &str, dir: &Path) -> Server {

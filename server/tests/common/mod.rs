@@ -52,7 +52,9 @@ impl Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--data-dir"])
             .arg(dir)
-            .args(["--listen", "127.0.0.1:0"])
+            // An ephemeral port unless the caller chose one (a replica restarted
+            // behind a load balancer comes back on its own port).
+            .args(if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
             .args(extra)
             .env_remove("ONETRIP_PASSPHRASE")
             .envs(env.iter().copied())
