@@ -16,8 +16,9 @@
 //! - Redis may lose writes it acknowledged: a restart without persistence, or a
 //!   failover before the replica got them (replication is asynchronous). So after an
 //!   outage this replica has seen, it treats Redis as a freshly started replay cache:
-//!   requests stamped at or before the recovery are refused as replays (the same rule
-//!   as a process start, `crate::replay_guard`), and [`SharedState::take_recovery`]
+//!   requests stamped at or before the recovery are refused (the rule of a process
+//!   start, `crate::replay_guard`, but as server errors: a lost id cannot be told from
+//!   a fresh request, and an honest client retries), and [`SharedState::take_recovery`]
 //!   tells the serve loop to reload the ids stamped ahead and the revocations from the
 //!   store.
 
@@ -103,7 +104,7 @@ pub struct RedisShared {
     healthy: AtomicBool,
     /// A command or probe failed since the last recovery: writes may have been lost.
     outage: AtomicBool,
-    /// Stamps at or before this (Unix seconds) are refused as replays: the recovery.
+    /// Stamps at or before this (Unix seconds) are refused (as server errors): the recovery.
     fence: AtomicU64,
     /// The clock window: a replay id expires at its stamp + this.
     window_secs: u64,
@@ -237,7 +238,11 @@ impl SharedState for RedisShared {
             return Err(SharedError("shared state recovering from an outage".into()));
         }
         if stamp <= self.fence.load(Ordering::Relaxed) {
-            return Ok(false);
+            // Stamped before the recovery: maybe a replay whose id Redis lost, maybe a
+            // fresh request. Not knowing, refuse it as a server error (the client
+            // retries with a new stamp) rather than as a replay (`auth_failed`, which
+            // tells an honest client its key is wrong). Never accepted either way.
+            return Err(SharedError("stamped before the shared state recovered from an outage".into()));
         }
         let key = self.key("replay", &hex::encode(id));
         let mut cmd = redis::cmd("SET");
